@@ -1,0 +1,1 @@
+"""recur: train recurrent-depth (looped) language models."""
