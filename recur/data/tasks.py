@@ -1,0 +1,208 @@
+"""Algorithmic task generators with a difficulty knob, for length-generalisation experiments.
+
+Every task renders short, byte-friendly prompts ("parity 10110101" -> "1") so that a tiny byte-level
+model can learn the in-distribution difficulty quickly; `ood_difficulties` lists harder settings for
+testing whether extra recurrence lets the model extrapolate. Generation is a pure function of the
+`random.Random` state, so a seed fully determines the data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+LETTERS = string.ascii_lowercase
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    answer: str
+    difficulty: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: `make(rng, difficulty) -> (prompt, answer)`; `difficulty` is the knob in `knob` units."""
+
+    name: str
+    knob: str
+    train_difficulty: int
+    ood_difficulties: list[int]
+    make: Callable[[random.Random, int], tuple[str, str]] = field(repr=False)
+    min_difficulty: int = 1
+    max_difficulty: int | None = None
+
+    def generate(self, rng: random.Random, difficulty: int | None = None) -> Sample:
+        level = self.train_difficulty if difficulty is None else difficulty
+        if not isinstance(level, int) or level < self.min_difficulty or (
+            self.max_difficulty is not None and level > self.max_difficulty
+        ):
+            upper = "" if self.max_difficulty is None else f" and <= {self.max_difficulty}"
+            raise ValueError(
+                f"task '{self.name}': difficulty ({self.knob}) must be an int >= {self.min_difficulty}{upper}, "
+                f"got {level!r}"
+            )
+        prompt, answer = self.make(rng, level)
+        return Sample(prompt=prompt, answer=answer, difficulty=level)
+
+    @staticmethod
+    def check(prediction: str, answer: str) -> bool:
+        """Exact match after stripping surrounding whitespace."""
+        return prediction.strip() == answer.strip()
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    """A uniformly random integer with exactly `digits` decimal digits (0..9 when digits == 1)."""
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randint(low, 10**digits - 1)
+
+
+def _word(rng: random.Random, length: int) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(length))
+
+
+def _mod_add(rng: random.Random, digits: int) -> tuple[str, str]:
+    # A modulus with exactly `digits` digits (>= 2 so the sum is not trivially 0).
+    modulus = max(2, _number(rng, digits))
+    a, b = rng.randrange(modulus), rng.randrange(modulus)
+    return f"modadd {a}+{b}%{modulus}", str((a + b) % modulus)
+
+
+def _parity(rng: random.Random, bits: int) -> tuple[str, str]:
+    word = "".join(rng.choice("01") for _ in range(bits))
+    return f"parity {word}", str(word.count("1") % 2)
+
+
+def _addition(rng: random.Random, digits: int) -> tuple[str, str]:
+    a, b = _number(rng, digits), _number(rng, digits)
+    return f"add {a}+{b}", str(a + b)
+
+
+def _multiplication(rng: random.Random, digits: int) -> tuple[str, str]:
+    a, b = _number(rng, digits), _number(rng, digits)
+    return f"mul {a}*{b}", str(a * b)
+
+
+def _copy(rng: random.Random, length: int) -> tuple[str, str]:
+    word = _word(rng, length)
+    return f"copy {word}", word
+
+
+def _reverse(rng: random.Random, length: int) -> tuple[str, str]:
+    word = _word(rng, length)
+    return f"reverse {word}", word[::-1]
+
+
+_BRACKETS = {"(": ")", "[": "]"}
+
+
+def _balanced(rng: random.Random, pairs: int) -> str:
+    """A uniformly shaped random balanced bracket word with `pairs` pairs (random split recursion)."""
+    if pairs == 0:
+        return ""
+    inner = rng.randrange(pairs)
+    opener = rng.choice("([")
+    return opener + _balanced(rng, inner) + _BRACKETS[opener] + _balanced(rng, pairs - 1 - inner)
+
+
+def _dyck(rng: random.Random, depth: int) -> tuple[str, str]:
+    # A Dyck-2 prefix left with exactly `depth` unclosed brackets, interleaved with balanced
+    # distractor segments; the answer closes them, so its length equals the depth.
+    prefix, stack = [], []
+    for _ in range(depth):
+        prefix.append(_balanced(rng, rng.randint(0, 2)))
+        opener = rng.choice("([")
+        prefix.append(opener)
+        stack.append(_BRACKETS[opener])
+    prefix.append(_balanced(rng, rng.randint(0, 2)))
+    return f"dyck {''.join(prefix)}", "".join(reversed(stack))
+
+
+def _chain(rng: random.Random, hops: int) -> tuple[str, str]:
+    # Variable-binding chain v0=7 v1=v0 ... asked for the last variable; statements are shuffled so
+    # the model has to follow `hops` pointers instead of reading the value off a fixed position.
+    names = rng.sample(LETTERS, hops + 1)
+    statements = [f"{names[0]}={rng.randrange(10)}"]
+    statements += [f"{names[i]}={names[i - 1]}" for i in range(1, hops + 1)]
+    value = statements[0][-1]
+    rng.shuffle(statements)
+    return f"chain {' '.join(statements)} ?{names[-1]}", value
+
+
+def _compare(rng: random.Random, digits: int) -> tuple[str, str]:
+    # Same digit count and a shared random-length prefix, so the decision needs the first differing digit.
+    relation = rng.choice("<>=")
+    a = str(_number(rng, digits))
+    if relation == "=":
+        return f"cmp {a} {a}", "="
+    shared = rng.randrange(digits)
+    first = a[:shared]
+    low_digit = 1 if shared == 0 and digits > 1 else 0
+    x, y = sorted(rng.sample(range(low_digit, 10), 2))
+    tail_a = "".join(rng.choice(string.digits) for _ in range(digits - shared - 1))
+    tail_b = "".join(rng.choice(string.digits) for _ in range(digits - shared - 1))
+    small, big = first + str(x) + tail_a, first + str(y) + tail_b
+    left, right = (small, big) if relation == "<" else (big, small)
+    return f"cmp {left} {right}", relation
+
+
+def _successor(rng: random.Random, digits: int) -> tuple[str, str]:
+    # Force a random run of trailing 9s so long carry chains are common rather than 1-in-10^k rare.
+    nines = rng.randint(0, digits - 1)
+    head = str(_number(rng, digits - nines)) if digits - nines > 1 else str(rng.randint(digits > 1, 9))
+    n = int(head + "9" * nines)
+    return f"succ {n}", str(n + 1)
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in [
+        Task("mod_add", "digits", 2, [2, 3, 4, 6], _mod_add),
+        Task("parity", "bits", 8, [8, 16, 32, 64], _parity),
+        Task("addition", "digits", 4, [4, 5, 6, 8], _addition),
+        Task("multiplication", "digits", 2, [2, 3, 4, 5], _multiplication),
+        Task("copy", "length", 16, [16, 32, 64, 128], _copy),
+        Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
+        Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
+        Task("chain", "hops", 4, [4, 8, 16, 25], _chain, max_difficulty=len(LETTERS) - 1),
+        Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
+        Task("successor", "digits", 4, [4, 8, 16, 32], _successor),
+    ]
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}'; expected one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def iter_samples(task: str | Task, seed: int, difficulty: int | None = None) -> Iterator[Sample]:
+    """Infinite deterministic stream of samples of one task."""
+    resolved = get_task(task) if isinstance(task, str) else task
+    rng = random.Random(seed)
+    while True:
+        yield resolved.generate(rng, difficulty)
+
+
+def sample_to_messages(sample: Sample) -> list[dict[str, str]]:
+    return [{"role": "user", "content": sample.prompt}, {"role": "assistant", "content": sample.answer}]
+
+
+def make_task_documents(
+    task_names: list[str], num_docs: int, seed: int, difficulty: int | None = None
+) -> list[dict]:
+    """`num_docs` chat documents cycling through `task_names` (balanced), deterministic in `seed`."""
+    if not task_names:
+        raise ValueError("make_task_documents: task_names is empty; expected at least one task name")
+    if num_docs < 0:
+        raise ValueError(f"make_task_documents: num_docs must be >= 0, got {num_docs}")
+    # Each task gets its own stream (seeded from `seed` and the task's position) so adding a task to
+    # the list does not change the samples drawn for the others.
+    streams = [iter_samples(name, seed * 1_000_003 + i, difficulty) for i, name in enumerate(task_names)]
+    chosen = itertools.islice(itertools.cycle(streams), num_docs)
+    return [{"messages": sample_to_messages(next(stream))} for stream in chosen]
