@@ -1,0 +1,162 @@
+"""Writing packed datasets: parquet shards of fixed-length rows plus manifest.json, all written atomically.
+
+Every file is written under a temporary name and renamed into place; the manifest is written last, so a
+directory with a manifest always describes complete shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("loss_mask", pa.list_(pa.uint8())),
+        ("doc_starts", pa.list_(pa.int32())),
+    ]
+)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class RowBlock:
+    """A block of packed rows: dense [n, row_len] ids/mask and ragged doc_starts (flat values + offsets)."""
+
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+    doc_starts: np.ndarray
+    doc_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def to_table(self) -> pa.Table:
+        n, row_len = self.input_ids.shape
+        dense_offsets = pa.array(np.arange(0, (n + 1) * row_len, row_len, dtype=np.int32))
+        return pa.Table.from_arrays(
+            [
+                pa.ListArray.from_arrays(dense_offsets, pa.array(self.input_ids.reshape(-1), pa.int32())),
+                pa.ListArray.from_arrays(dense_offsets, pa.array(self.loss_mask.reshape(-1), pa.uint8())),
+                pa.ListArray.from_arrays(
+                    pa.array(self.doc_offsets, pa.int32()), pa.array(self.doc_starts, pa.int32())
+                ),
+            ],
+            schema=SCHEMA,
+        )
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Buffers row tables and writes `rows_per_shard`-row shards with fixed-size row groups."""
+
+    def __init__(self, out_dir: Path, seq_len: int, rows_per_shard: int, row_group_size: int) -> None:
+        if rows_per_shard < 1 or row_group_size < 1:
+            raise ValueError(
+                f"--rows_per_shard and --row_group_size must be >= 1, got {rows_per_shard} and {row_group_size}"
+            )
+        self.out_dir, self.seq_len = out_dir, seq_len
+        self.rows_per_shard, self.row_group_size = rows_per_shard, row_group_size
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.shards: list[dict] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def close(self) -> list[dict]:
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        return self.shards
+
+    def _flush(self, num_rows: int) -> None:
+        buffered = pa.concat_tables(self.pending)
+        shard, rest = buffered.slice(0, num_rows), buffered.slice(num_rows)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+        path = self.out_dir / shard_name(len(self.shards))
+        tmp = path.with_name(f".{path.name}.tmp")
+        # seq_len in the parquet metadata lets a lone shard be checked against its dataset.
+        table = shard.combine_chunks().replace_schema_metadata({"recur.seq_len": str(self.seq_len)})
+        pq.write_table(table, tmp, row_group_size=self.row_group_size)
+        os.replace(tmp, path)
+        self.shards.append({"file": path.name, "num_rows": num_rows, "sha256": file_sha256(path)})
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create `out_dir`; refuse to clobber an existing dataset unless `overwrite`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.exists():
+        if not overwrite:
+            raise ValueError(f"{out_dir} already holds a packed dataset ({manifest}); pass --overwrite to replace it")
+        # Drop the manifest first so a half-rewritten directory is never mistaken for a complete dataset.
+        manifest.unlink()
+
+
+def finish_dataset(out_dir: Path, manifest: dict) -> Path:
+    """Write manifest.json atomically, then delete shards of an overwritten older dataset."""
+    path = out_dir / MANIFEST_NAME
+    write_atomic_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    keep = {shard["file"] for shard in manifest["shards"]}
+    for stale in out_dir.glob("shard-*.parquet"):
+        if stale.name not in keep:
+            stale.unlink()
+    return path
+
+
+def build_manifest(
+    *,
+    seq_len: int,
+    tokenizer: dict,
+    shards: list[dict],
+    num_tokens: int,
+    packing: dict,
+    sources: list[dict],
+    created_by: str,
+    **extra: object,
+) -> dict:
+    if not shards:
+        raise ValueError("no rows were produced; the inputs hold no tokens")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "seq_len": seq_len,
+        "row_len": seq_len + 1,
+        "tokenizer": tokenizer,
+        "num_rows": sum(shard["num_rows"] for shard in shards),
+        "num_tokens": int(num_tokens),
+        "num_shards": len(shards),
+        "shards": shards,
+        "packing": packing,
+        "sources": sources,
+        "created_by": created_by,
+    }
+    manifest.update(extra)
+    return manifest
