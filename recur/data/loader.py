@@ -1,0 +1,258 @@
+"""Resumable, rank-aware, world-size-invariant loader over a packed parquet dataset.
+
+Order. Rows form an endless stream: epoch 0's order, then epoch 1's, ... (see ``recur.data.order``: a
+global row-group permutation per epoch, then a row shuffle inside windows of ``shuffle_window`` groups,
+all seeded by (seed, epoch[, window]) and nothing else). The stream is cut into global batches of
+``global_batch_size`` (G) rows: batch b is stream rows [b*G, (b+1)*G). Batches cut across epoch boundaries,
+so no row is ever dropped: when num_rows is divisible by G every epoch is exactly a whole number of
+batches; otherwise the batch that straddles a boundary finishes epoch e and starts epoch e+1.
+
+Ranks. Rank r of W reads rows [r*G/W, (r+1)*G/W) of every global batch, optionally split into
+micro-batches of ``micro_batch_size`` rows yielded in order. The global batch sequence therefore depends
+only on (data, seed, shuffle settings, G), never on W; there is no rank-local randomness.
+
+State. ``state_dict()`` holds the number of *fully consumed* global batches plus what defines the order
+(seed, G, shuffle settings, dataset fingerprint); it is identical on every rank, so a state saved on W
+ranks resumes on W' ranks with exactly the next rows. State is kept at global-batch granularity: a state
+taken in the middle of gradient accumulation resumes at the start of that global batch, which is what a
+checkpoint without the partial gradients needs.
+
+Workers. With ``torch.utils.data.DataLoader(num_workers=k)`` worker w produces items w, w+k, ... of the
+remaining (batch, micro-batch) sequence, so DataLoader's round-robin returns them in order. The main
+process cannot see worker-side positions, so ``make_dataloader`` returns a wrapper that counts received
+items and owns the state. Each worker decodes the row groups it needs itself, so k workers read the
+data k times: one or two workers suffice to hide loading behind compute.
+
+Epochs. ``infinite=True`` streams forever; ``infinite=False`` makes one pass of ``for batch in loader``
+end with the batch that consumes the last row of the epoch the pass started in (a straddling final batch
+is completed from the next epoch's order, so every batch has the full size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from recur.data.order import GlobalOrder, Window
+from recur.data.packed_reader import PackedShards, take_rows
+from recur.data.shard_writer import RowBlock
+
+STATE_VERSION = 1
+# Keys that define the batch sequence; a state saved under other values cannot be resumed exactly.
+_ORDER_KEYS = ("dataset_fingerprint", "global_batch_size", "seed", "shuffle", "shuffle_window")
+
+
+class StatefulParquetDataset(IterableDataset):
+    """Per-rank batches ``{"input_ids": int64, "loss_mask": uint8, "doc_ids": int32}``, each [B, row_len]."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        global_batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_window: int = 8,
+        micro_batch_size: int | None = None,
+        infinite: bool = True,
+    ) -> None:
+        super().__init__()
+        if global_batch_size < 1 or world_size < 1:
+            raise ValueError(f"--global_batch_size ({global_batch_size}) and world size ({world_size}) must be >= 1")
+        if global_batch_size % world_size:
+            raise ValueError(
+                f"--global_batch_size {global_batch_size} is not divisible by the world size {world_size}; "
+                "every rank must read the same number of rows per global batch"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world size {world_size})")
+        if seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {seed}")
+        rank_rows = global_batch_size // world_size
+        micro = rank_rows if micro_batch_size is None else micro_batch_size
+        if micro < 1 or rank_rows % micro:
+            raise ValueError(
+                f"--micro_batch_size {micro_batch_size} must divide the per-rank batch "
+                f"--global_batch_size {global_batch_size} / world size {world_size} = {rank_rows}"
+            )
+        self.shards = PackedShards(path)
+        self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window)
+        self.global_batch_size = global_batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.rank_batch_size = rank_rows
+        self.micro_batch_size = micro
+        self.micro_batches_per_step = rank_rows // micro
+        self.infinite = infinite
+        self._next_batch = 0
+        self._window_cache: tuple[tuple[int, int], RowBlock] | None = None
+
+    # ----- position and state -------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return self.shards.num_rows
+
+    @property
+    def row_len(self) -> int:
+        return self.shards.row_len
+
+    @property
+    def batch_index(self) -> int:
+        """Global batches fully consumed so far (the next one to read)."""
+        return self._next_batch
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next row to be read."""
+        return self.epoch_of(self._next_batch)
+
+    def epoch_of(self, batch_index: int) -> int:
+        return batch_index * self.global_batch_size // self.num_rows
+
+    def seek(self, batch_index: int) -> None:
+        if batch_index < 0:
+            raise ValueError(f"batch index must be >= 0, got {batch_index}")
+        self._next_batch = batch_index
+
+    def state_at(self, batch_index: int) -> dict[str, Any]:
+        """The (JSON-serialisable, world-size independent) state after ``batch_index`` global batches."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch_of(batch_index),
+            "batch_index": batch_index,
+            "seed": self.order.seed,
+            "global_batch_size": self.global_batch_size,
+            "shuffle": self.order.shuffle,
+            "shuffle_window": self.order.shuffle_window,
+            "dataset_fingerprint": self.shards.fingerprint,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state_at(self._next_batch)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = self.state_at(0)
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise ValueError(f"loader state is missing keys {missing}; expected a dict from state_dict()")
+        if state["version"] != STATE_VERSION:
+            raise ValueError(f"loader state version {state['version']} is not supported (expected {STATE_VERSION})")
+        for key in _ORDER_KEYS:
+            if state[key] != expected[key]:
+                raise ValueError(
+                    f"loader state was saved with {key}={state[key]!r} but this loader has {key}={expected[key]!r} "
+                    f"(dataset {self.shards.path}); resuming would not continue the same batch sequence"
+                )
+        batch_index = int(state["batch_index"])
+        if batch_index < 0 or state["epoch"] != self.epoch_of(batch_index):
+            raise ValueError(
+                f"loader state is inconsistent: batch_index {state['batch_index']} is in epoch "
+                f"{self.epoch_of(max(batch_index, 0))}, state says epoch {state['epoch']}"
+            )
+        self._next_batch = batch_index
+
+    # ----- reading ------------------------------------------------------------------------------------
+    def _spans(self, batch_index: int, micro: int) -> Iterator[tuple[Window, np.ndarray]]:
+        start = batch_index * self.global_batch_size + self.rank * self.rank_batch_size + micro * self.micro_batch_size
+        for window, lo, hi in self.order.spans(start, start + self.micro_batch_size):
+            yield window, self.order.window_permutation(window)[lo:hi]
+
+    def _block(self, window: Window) -> RowBlock:
+        key = (window.epoch, window.index)
+        if self._window_cache is None or self._window_cache[0] != key:
+            self._window_cache = None  # free the previous window before decoding the next one
+            self._window_cache = (key, self.shards.read_groups(window.groups))
+        return self._window_cache[1]
+
+    def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        """This rank's micro-batch ``micro`` of global batch ``batch_index`` (no change of position)."""
+        parts = [take_rows(self._block(window), rows) for window, rows in self._spans(batch_index, micro)]
+        arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {
+            "input_ids": torch.from_numpy(arrays["input_ids"].astype(np.int64)),
+            "loss_mask": torch.from_numpy(arrays["loss_mask"]),
+            "doc_ids": torch.from_numpy(arrays["doc_ids"]),
+        }
+
+    def origins(self, batch_index: int, micro: int = 0) -> list[tuple[str, int, int]]:
+        """(shard file, row group, row within group) of each row that ``read`` returns, in order."""
+        out = []
+        for window, rows in self._spans(batch_index, micro):
+            groups, within = self.order.origin(window, rows)
+            out.extend((*self.shards.origin(g), int(r)) for g, r in zip(groups, within))
+        return out
+
+    def _end_batch(self, start: int) -> int | None:
+        if self.infinite:
+            return None
+        end_row = (self.epoch_of(start) + 1) * self.num_rows
+        return -(-end_row // self.global_batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        start, end = self._next_batch, self._end_batch(self._next_batch)
+        worker = get_worker_info()
+        item, stride = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        per_step = self.micro_batches_per_step
+        while True:
+            batch_index, micro = start + item // per_step, item % per_step
+            if end is not None and batch_index >= end:
+                return
+            out = self.read(batch_index, micro)
+            if worker is None and micro == per_step - 1:
+                # Advance before yielding: once the caller holds the last micro-batch, the batch is consumed.
+                self._next_batch = batch_index + 1
+            yield out
+            item += stride
+
+
+class StatefulDataLoader:
+    """A DataLoader over a ``StatefulParquetDataset`` whose state is counted in the main process."""
+
+    def __init__(self, dataset: StatefulParquetDataset, num_workers: int = 0, pin_memory: bool = False) -> None:
+        if num_workers < 0:
+            raise ValueError(f"--num_workers must be >= 0, got {num_workers}")
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self._next_batch = dataset.batch_index
+
+    @property
+    def batch_index(self) -> int:
+        return self._next_batch
+
+    @property
+    def epoch(self) -> int:
+        return self.dataset.epoch_of(self._next_batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_at(self._next_batch)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+        self._next_batch = self.dataset.batch_index
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # Workers are (re)started from the position counted here, never from their own copies.
+        self.dataset.seek(self._next_batch)
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
+        per_step, received = self.dataset.micro_batches_per_step, 0
+        for item in loader:
+            received += 1
+            if received == per_step:
+                self._next_batch += 1
+                received = 0
+            yield item
+
+
+def make_dataloader(
+    dataset: StatefulParquetDataset, num_workers: int = 0, pin_memory: bool = False
+) -> StatefulDataLoader:
+    """Wrap ``dataset`` in a DataLoader with ``num_workers`` workers; the wrapper owns the resumable state."""
+    return StatefulDataLoader(dataset, num_workers, pin_memory)
