@@ -1,0 +1,158 @@
+"""Llama-style building blocks: RMSNorm, RoPE, grouped-query attention, SwiGLU, decoder block."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recur.models.attention import attend
+from recur.models.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 for bf16 stability, as Llama does.
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies of the rotary embedding, with optional Llama-3 long-context scaling."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    elif kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind != "default":
+        raise ValueError(f"--model.rope_scaling: unsupported rope_type '{kind}'; expected default, linear or llama3")
+    return inv_freq.float()
+
+
+class Rotary(nn.Module):
+    """Precomputed cos/sin tables (HF "rotate half" convention, so HF weights load unchanged)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)
+        self.max_seq_len = cfg.max_seq_len
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D]; cos/sin: [T, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class AttentionContext:
+    """Everything attention needs besides the hidden states, shared by all layers of one forward."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    doc_ids: torch.Tensor | None = None  # [B, T] document index per token: attention stays within a document
+    cache: "KVCache | None" = None
+    start_pos: int = 0
+
+
+class KVCache:
+    """Keys/values per layer application. A looped model keys entries by (layer, recurrence step), so each
+    recurrence step keeps its own cache: exact for any depth, since step i at position t sees only the
+    step-i keys of earlier positions, exactly as in an uncached forward."""
+
+    def __init__(self) -> None:
+        self.store: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cursor: object = None  # set by the model before each layer application
+        self.seen_tokens = 0  # positions already cached; the next forward starts here
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cursor in self.store:
+            pk, pv = self.store[self.cursor]
+            k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
+        self.store[self.cursor] = (k, v)
+        return k, v
+
+    def past_length(self, key: object) -> int:
+        return self.store[key][0].shape[1] if key in self.store else 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.backend = cfg.attn_backend
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(cfg.n_heads * cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.n_kv_heads * cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim), ctx.cos, ctx.sin)
+        k = apply_rotary(k.view(B, T, self.n_kv_heads, self.head_dim), ctx.cos, ctx.sin)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(k, v)
+        out = attend(q, k, v, doc_ids=ctx.doc_ids, backend=self.backend)
+        return self.wo(out.reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Decoder block. `pre` norm: x + f(norm(x)) (Llama); `post` norm: x + norm(f(x)) (OLMo-2)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.post_norm = cfg.block_norm == "post"
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        if self.post_norm:
+            x = x + self.dropout(self.attn_norm(self.attn(x, ctx)))
+            return x + self.dropout(self.mlp_norm(self.mlp(x)))
+        x = x + self.dropout(self.attn(self.attn_norm(x), ctx))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))

@@ -1,0 +1,97 @@
+"""Shared scaffolding of every language model: embeddings, rotary tables, final norm, head and loss.
+
+A variant only implements `trunk()`, the map from embedded tokens to final hidden states; the loss,
+caching and positions are handled here once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recur.models.config import ModelConfig
+from recur.models.layers import AttentionContext, KVCache, RMSNorm, Rotary
+
+NumSteps = int | tuple[int, int] | None  # r, or (steps without grad, steps with grad)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None = None  # [B, T, V]; None when targets were given (only the loss is needed)
+    loss: torch.Tensor | None = None  # mean cross-entropy over target tokens with loss_mask = 1
+    aux_loss: torch.Tensor | None = None  # variant-specific regulariser already weighted (e.g. ACT ponder cost)
+    stats: dict = field(default_factory=dict)  # e.g. {"num_steps": 8}, {"mean_steps_used": 3.2}
+
+
+def lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
+            loss_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean token cross-entropy in fp32 over positions where loss_mask is set."""
+    logits = head(hidden).float()
+    losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    if loss_mask is None:
+        return losses.mean()
+    mask = loss_mask.reshape(-1).to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rotary = Rotary(cfg)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps) -> tuple[torch.Tensor, ModelOutput]:
+        raise NotImplementedError
+
+    def effective_depth(self) -> int:
+        """Layers a token passes through at the default recurrence (used to scale the init)."""
+        raise NotImplementedError
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) everywhere; residual output projections scaled by 1/sqrt(2·depth) (GPT-2)."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * max(1, self.effective_depth()))
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_out = name.endswith(("attn.wo", "mlp.w2"))
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None, num_steps: NumSteps = None,
+                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
+        T = input_ids.shape[1]
+        start = cache.seen_tokens if cache is not None else 0
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds --model.max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rotary(torch.arange(start, start + T, device=input_ids.device))
+        ctx = AttentionContext(cos=cos, sin=sin, doc_ids=doc_ids, cache=cache, start_pos=start)
+        hidden, out = self.trunk(self.tok_embeddings(input_ids), ctx, num_steps)
+        hidden = self.norm(hidden)
+        if cache is not None:
+            cache.seen_tokens += T
+        if targets is not None:
+            out.loss = lm_loss(hidden, self.lm_head, targets, loss_mask)
+        else:
+            out.logits = self.lm_head(hidden)
+        return out
+
+    def run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, ctx: AttentionContext, tag: object) -> torch.Tensor:
+        """Apply blocks in order; `tag` names this application so a KV cache keeps one entry per use."""
+        for i, block in enumerate(blocks):
+            if ctx.cache is not None:
+                ctx.cache.cursor = (tag, i)
+            x = block(x, ctx)
+        return x

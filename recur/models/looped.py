@@ -1,0 +1,88 @@
+"""Looped models: `recurrent` (prelude / recurrent core / coda, Huginn-style) and `shared_loop`.
+
+    e = prelude(embed(x));  s_0 = init(e)
+    s_i = core(inject(s_{i-1}, e))        for i = 1 .. n + k
+    logits = head(norm(coda(s_{n+k})))
+
+The first n iterations run without autograd and only the last k build a graph (truncated backprop), so
+activation memory grows with k, not with the total depth r = n + k. `shared_loop` is the special case
+without prelude and coda whose state starts as the embeddings and is iterated without injection.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recur.models.config import ModelConfig
+from recur.models.layers import AttentionContext, Block, RMSNorm
+from recur.models.lm import DecoderLM, ModelOutput, NumSteps
+
+
+def split_steps(num_steps: NumSteps, default: int) -> tuple[int, int]:
+    """Normalise num_steps to (steps without grad, steps with grad)."""
+    if num_steps is None:
+        num_steps = default
+    no_grad_steps, grad_steps = (0, num_steps) if isinstance(num_steps, int) else num_steps
+    if no_grad_steps < 0 or grad_steps < 0 or no_grad_steps + grad_steps < 1:
+        raise ValueError(f"num_steps must total at least 1 iteration, got {num_steps}")
+    return int(no_grad_steps), int(grad_steps)
+
+
+class LoopedLM(DecoderLM):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
+        self.core = nn.ModuleList(Block(cfg) for _ in range(cfg.n_core))
+        self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
+        self.adapter = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False) if cfg.injection == "concat" else None
+        self.state_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.state_norm else None
+        # A fixed draw of the random initial state for eval mode: deterministic outputs, and cached
+        # generation sees the same state as an uncached forward.
+        eval_state = torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(0)) * cfg.init_state_std
+        self.register_buffer("eval_state", eval_state, persistent=False)
+        self.init_weights()
+        if self.adapter is not None and cfg.adapter_init == "passthrough":
+            self.set_passthrough_adapter()
+
+    def effective_depth(self) -> int:
+        return self.cfg.n_prelude + self.cfg.n_core * self.cfg.default_num_steps + self.cfg.n_coda
+
+    @torch.no_grad()
+    def set_passthrough_adapter(self) -> None:
+        """adapter([s, e]) = e: the first iteration then sees exactly the prelude output, so a model
+        converted from a pretrained decoder reproduces it at r = 1."""
+        d = self.cfg.d_model
+        self.adapter.weight.zero_()
+        self.adapter.weight[:, d:].copy_(torch.eye(d))
+
+    def initial_state(self, e: torch.Tensor) -> torch.Tensor:
+        kind = self.cfg.init_state
+        if kind == "input":
+            return e
+        if kind == "zeros":
+            return torch.zeros_like(e)
+        if self.training:
+            return torch.randn_like(e) * self.cfg.init_state_std
+        return self.eval_state.to(e.dtype).expand_as(e)
+
+    def iterate(self, s: torch.Tensor, e: torch.Tensor, ctx: AttentionContext, step: int) -> torch.Tensor:
+        if self.adapter is not None:
+            s = self.adapter(torch.cat([s, e], dim=-1))
+        elif self.cfg.injection == "add":
+            s = s + e
+        s = self.run_blocks(self.core, s, ctx, ("core", step))
+        return self.state_norm(s) if self.state_norm is not None else s
+
+    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps) -> tuple[torch.Tensor, ModelOutput]:
+        no_grad_steps, grad_steps = split_steps(num_steps, self.cfg.default_num_steps)
+        e = self.run_blocks(self.prelude, x, ctx, "prelude")
+        s = self.initial_state(e)
+        if no_grad_steps:
+            with torch.no_grad():
+                for step in range(no_grad_steps):
+                    s = self.iterate(s, e, ctx, step)
+        for step in range(no_grad_steps, no_grad_steps + grad_steps):
+            s = self.iterate(s, e, ctx, step)
+        s = self.run_blocks(self.coda, s, ctx, "coda")
+        return s, ModelOutput(stats={"num_steps": no_grad_steps + grad_steps})
