@@ -89,7 +89,7 @@ def test_parameter_names_and_shapes_match_mamba_ssm_layout() -> None:
     assert ((-torch.exp(m.A_log) <= -1.0 + 1e-6) & (-torch.exp(m.A_log) >= -16.0 - 1e-5)).all()
 
 
-@pytest.mark.parametrize("seqlen", [3, 21])
+@pytest.mark.parametrize("seqlen", [3, 16, 21])
 def test_forward_matches_step_loop(seqlen: int) -> None:
     m = _mixer().eval()
     u = torch.randn(2, seqlen, 16)

@@ -57,12 +57,15 @@ def try_import_mamba2() -> Mamba2Kernels | None:
     """
     if importlib.util.find_spec("mamba_ssm") is None:
         return None
-    if "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None:
+    stand_in = "selective_scan_cuda" not in sys.modules and importlib.util.find_spec("selective_scan_cuda") is None
+    if stand_in:
         sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
     try:
         from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except ImportError:
+        if stand_in:  # leave no trace of the stand-in when mamba-ssm is unusable anyway (e.g. no triton)
+            del sys.modules["selective_scan_cuda"]
         return None
     return Mamba2Kernels(chunk_scan_combined=mamba_chunk_scan_combined, rmsnorm_fn=rmsnorm_fn)
 
@@ -132,8 +135,8 @@ def ssd_chunked(
 
     # Split heads into (group, head-in-group) so B and C broadcast over heads without being copied.
     xdt = (x * dt.unsqueeze(-1)).view(batch, nchunks, L, ngroups, rep, headdim)
-    B = B.view(batch, nchunks, L, ngroups, d_state)
-    C = C.view(batch, nchunks, L, ngroups, d_state)
+    B = B.reshape(batch, nchunks, L, ngroups, d_state)
+    C = C.reshape(batch, nchunks, L, ngroups, d_state)
     # Log-decays, laid out [b, g, r, c, l] so cumulative sums run along the last axis.
     a = (dt * A).view(batch, nchunks, L, ngroups, rep).permute(0, 3, 4, 1, 2)
     a_cum = a.cumsum(dim=-1)
@@ -154,7 +157,7 @@ def ssd_chunked(
         expected = (batch, nheads, headdim, d_state)
         if tuple(initial_state.shape) != expected:
             raise ValueError(f"ssd_chunked: initial_state must have shape {expected}, got {tuple(initial_state.shape)}")
-        init = initial_state.float().view(batch, 1, ngroups, rep, headdim, d_state)
+        init = initial_state.float().reshape(batch, 1, ngroups, rep, headdim, d_state)
     states = torch.cat([init, chunk_states], dim=1)  # [b, c+1, g, r, p, n]
     decay_chunks = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # [b, g, r, c+1, c+1]
     states = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay_chunks, states)
