@@ -319,7 +319,8 @@ def pack_dataset(
         source_entries.append(
             {"path": source.path, "sha256": source.sha256, "documents": len(rendered), "tokens": tokens} | source.extra
         )
-    _fit_lengths(docs, owners, row_len, truncate)
+    if packing == "bfd":
+        _fit_lengths(docs, owners, row_len, truncate)
     num_tokens = sum(len(doc.ids) for doc in docs)
     blocks = pack_concat(docs, row_len, tok.pad_id) if packing == "concat" else pack_bfd(docs, row_len, tok.pad_id)
     writer = ShardWriter(out, seq_len, rows_per_shard, row_group_size)
