@@ -201,15 +201,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(model_path: str | Path, device: torch.device, dtype: str = "float32"):
-    """``(model, tokenizer)`` from a local HF directory; never touches the hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _model_dir(model_path: str | Path) -> Path:
     path = Path(model_path)
     if not path.is_dir():
         raise FileNotFoundError(f"--model_path {path}: directory not found")
     if not (path / "config.json").is_file():
         raise ValueError(f"--model_path {path}: not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def count_layers(model_path: str | Path) -> int:
+    """Number of decoder layers, from the config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(_model_dir(model_path)), local_files_only=True)
+    return config.get_text_config().num_hidden_layers
+
+
+def load_model(model_path: str | Path, device: torch.device, dtype: str = "float32"):
+    """``(model, tokenizer)`` from a local HF directory; never touches the hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _model_dir(model_path)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -383,10 +396,10 @@ def analyse_model(model_path: str | Path, calibration: str | Path | None = None,
                   smooth_window: int = 1) -> LayerAnalysis:
     """Load, measure, find zones and choose a split; the whole analysis in one call."""
     texts = load_calibration_texts(calibration, num_samples)
+    if target_recurrent_size is not None:  # fail before loading weights and the forward pass
+        check_target_recurrent_size(target_recurrent_size, count_layers(model_path))
     model, tokenizer = load_model(model_path, resolve_device(device), dtype)
     n_layers = len(decoder_layers(model))
-    if target_recurrent_size is not None:  # fail before the (possibly long) forward pass
-        check_target_recurrent_size(target_recurrent_size, n_layers)
     metrics = collect_layer_metrics(model, tokenizer, texts, max_length, batch_size)
     zones = find_zone_boundaries(metrics.angular_distance, sensitivity, smooth_window)
     split = choose_split(metrics.block_influence, zones, target_recurrent_size)
