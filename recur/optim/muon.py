@@ -28,7 +28,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim import AdamW, Optimizer
 
 # Quintic coefficients from Keller Jordan's Muon (maximal slope at zero; converges to singular values
-# in roughly [0.7, 1.2] rather than exactly 1, which works as well in practice and needs fewer steps).
+# in roughly [0.7, 1.2] rather than exactly 1; singular values under ~1% of the largest are only
+# partly lifted, which works as well in practice and needs fewer steps).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 
