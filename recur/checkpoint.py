@@ -1,0 +1,168 @@
+"""Atomic, resumable checkpoints of the whole training state.
+
+Layout of one checkpoint (a directory `step_00000100/` under the run's `checkpoints/`):
+    .metadata, *.distcp        model + optimizer, torch.distributed.checkpoint (sharded when the model is)
+    trainer_state.json         step, tokens, data loader state, model config, world size, ...
+    rng_rank00000.pt ...       every RNG of every rank (python, numpy, torch, cuda)
+    COMPLETE                   written last: a directory without it is partial and never loaded
+
+A checkpoint is written into `step_N.tmp/`, fsynced, and renamed, so a crash at any moment leaves
+either the previous checkpoints or a complete new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+COMPLETE = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a loadable checkpoint, or None if it is complete."""
+    if not path.is_dir():
+        return "not a directory"
+    for name in (COMPLETE, STATE_FILE, ".metadata"):
+        if not (path / name).is_file():
+            return f"missing {name} (partial write?)"
+    try:
+        json.loads((path / STATE_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"{STATE_FILE} is damaged: {exc}"
+    return None
+
+
+class Checkpointer:
+    def __init__(self, root: str | Path, keep: int = 3, rank: int = 0, world_size: int = 1):
+        if keep < 1:
+            raise ValueError(f"--checkpoint.keep must be >= 1, got {keep}")
+        self.root, self.keep, self.rank, self.world_size = Path(root), keep, rank, world_size
+
+    def complete_checkpoints(self, report: bool = False) -> list[Path]:
+        """Complete checkpoints, oldest first; damaged or partial ones are reported and skipped."""
+        found = []
+        for path in sorted(self.root.glob("step_*")):
+            problem = "unfinished temporary directory" if path.name.endswith(".tmp") else checkpoint_problem(path)
+            if problem is None:
+                found.append(path)
+            elif report and self.rank == 0:
+                print(f"[checkpoint] skipping {path}: {problem}", file=sys.stderr)
+        return found
+
+    def latest(self) -> Path | None:
+        found = self.complete_checkpoints(report=True)
+        return found[-1] if found else None
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict) -> Path:
+        final = self.root / f"step_{step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        rng_file = tmp / f"rng_rank{self.rank:05d}.pt"
+        torch.save(rng_state(), rng_file)
+        with open(rng_file, "rb") as f:
+            os.fsync(f.fileno())
+        _barrier()
+        if self.rank == 0:
+            write_json_atomic(tmp / STATE_FILE, {**trainer_state, "step": step, "world_size": self.world_size})
+            for file in tmp.iterdir():  # DCP does not fsync its shards
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+            write_json_atomic(tmp / COMPLETE, {"step": step})
+            _fsync_dir(tmp)
+            if final.exists():  # re-saving a step (e.g. preempted right after a periodic save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+            for old in self.complete_checkpoints()[:-self.keep]:
+                shutil.rmtree(old)
+        _barrier()
+        return final
+
+    def load(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             model_config: dict) -> dict:
+        """Restore model, optimizer and this rank's RNGs; return the trainer state."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"--checkpoint.resume: checkpoint {path} does not exist")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ValueError(f"--checkpoint.resume: {path} is not a complete checkpoint: {problem}")
+        state = json.loads((path / STATE_FILE).read_text())
+        saved = state.get("model_config", {})
+        diffs = [f"{k}: checkpoint {saved[k]!r} vs run {model_config.get(k)!r}" for k in saved
+                 if saved[k] != model_config.get(k) and k not in ("attn_backend", "dropout")]
+        if diffs:
+            raise ValueError(f"checkpoint {path} is from a different model ({'; '.join(diffs[:4])})")
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        bundle = {"model": model_sd, "optim": optim_sd}
+        dcp.load(bundle, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=bundle["model"], optim_state_dict=bundle["optim"])
+        rng_file = path / f"rng_rank{self.rank:05d}.pt"
+        if state.get("world_size") == self.world_size and rng_file.exists():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        else:
+            # Resharded resume: per-rank RNG streams cannot carry over; derive fresh ones from the step.
+            seed_everything(state.get("seed", 0) * 1_000_003 + state["step"] * 1009 + self.rank)
+        return state
+

@@ -1,0 +1,78 @@
+"""Typed configuration of a training run. `train.py --print_config` prints a complete, reproducible YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recur.models.config import ModelConfig
+from recur.optim.config import OptimConfig
+from recur.recurrence import RecurrenceConfig
+
+DEFAULT_TASKS = ["parity", "compare", "successor", "copy", "reverse", "mod_add"]
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # packed dataset directory; None = generate the built-in algorithmic mix
+    val_path: str | None = None  # held-out packed dataset for perplexity (generated alongside when path is None)
+    tokenizer: str = "byte"  # tokenizer of generated data and evaluation: "byte" or a local HF directory
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # generated data only
+    num_docs: int = 60_000  # generated training documents
+    seq_len: int = 128  # generated data only (a packed dataset records its own)
+    global_batch_size: int = 32  # rows per optimizer step, over all ranks and micro-batches
+    micro_batch_size: int | None = None  # rows per forward on one rank; None = all of the rank's rows
+    num_workers: int = 0
+    shuffle_window: int = 8
+    seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 100  # steps between checkpoints (0 = only at the end and on preemption)
+    keep: int = 3  # newest complete checkpoints kept
+    resume: str = "none"  # none | auto (newest complete checkpoint in the run, if any) | a checkpoint path
+
+
+@dataclass
+class LogConfig:
+    interval: int = 10  # steps between progress lines (metrics.jsonl gets every step)
+    plot_interval: int = 100  # steps between refreshes of loss.png / accuracy.png
+    wandb_mode: str = "disabled"  # disabled | online | offline
+    wandb_project: str = "recur"
+    peak_tflops: float | None = None  # device peak for MFU; None = table lookup by GPU name (no MFU on CPU)
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 0  # steps between in-training evaluations (0 = only at the end)
+    depths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    tasks: list[str] | None = None  # algorithmic tasks to score; None = the training tasks
+    num_samples: int = 64  # per task and depth
+    max_new_tokens: int = 32
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"  # auto | none | ddp | fsdp | deepspeed
+    timeout_minutes: float = 30.0
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "default"
+    out_dir: str = "runs"
+    model_size: str = "tiny"  # preset whose shape fills `model` (explicit --model.* values win)
+    variant: str | None = None  # shorthand for --model.variant
+    steps: int = 1200
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    recurrence: RecurrenceConfig = field(default_factory=RecurrenceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)

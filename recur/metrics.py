@@ -1,0 +1,87 @@
+"""Run metrics: one JSON line per step in metrics.jsonl, optional wandb, and a progress line with ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16 peak (TFLOP/s) by GPU name, for MFU when --log.peak_tflops is not given.
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def device_peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, total_steps: int, log_interval: int, wandb_mode: str, wandb_project: str,
+                 run_name: str, config: dict, enabled: bool = True, resume: bool = False):
+        self.path = run_dir / "metrics.jsonl"
+        self.total_steps, self.log_interval, self.enabled = total_steps, log_interval, enabled
+        self.start = time.time()
+        self.wandb = None
+        if not enabled:
+            return
+        if not resume and self.path.exists():
+            self.path.unlink()
+        if wandb_mode != "disabled":
+            if wandb_mode not in ("online", "offline"):
+                raise ValueError(f"--log.wandb_mode: got '{wandb_mode}'; expected disabled, online or offline")
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, name=run_name, mode=wandb_mode, config=config,
+                                    dir=str(run_dir), resume="allow")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", -1) < step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def progress(self, record: dict, first_step: int) -> None:
+        step = record["step"]
+        if not self.enabled or (step % self.log_interval and step != self.total_steps - 1):
+            return
+        done = step + 1 - first_step
+        elapsed = time.time() - self.start
+        eta = elapsed / max(done, 1) * (self.total_steps - step - 1)
+        mfu = f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else ""
+        print(f"step {step + 1:>6}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+              f"r {record['r']:>3} (r̄ {record['mean_recurrence']}, k {record['k']}) | "
+              f"{record['tokens_per_s']:,.0f} tok/s{mfu} | gnorm {record['grad_norm']:.2f} | "
+              f"eta {_fmt_time(eta)}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

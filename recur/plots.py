@@ -1,0 +1,58 @@
+"""PNG plots of a run, refreshed during training: loss.png (and accuracy.png once evaluation runs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_loss(records: list[dict], path: Path) -> None:
+    """Training loss (raw and smoothed, log scale) and the recurrence curriculum against the step."""
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] for r in records]
+    window = max(1, len(losses) // 50)
+    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+              for i in range(len(losses))]
+    fig, (ax, ax_r) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label=f"moving average ({window})")
+    ax.set_yscale("log")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_r.plot(steps, [r["r"] for r in records], ".", ms=2, alpha=0.4, label="sampled r")
+    ax_r.plot(steps, [r["mean_recurrence"] for r in records], label="scheduled r̄")
+    ax_r.plot(steps, [r["k"] for r in records], label="backprop depth k")
+    ax_r.set_xlabel("step")
+    ax_r.set_ylabel("recurrence")
+    ax_r.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_accuracy(evals: list[dict], path: Path) -> None:
+    """Exact-match accuracy against the step, one line per (task, depth) measured during training."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in evals:
+        for key, acc in record["accuracy"].items():
+            series.setdefault(key, []).append((record["step"], acc))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, points in sorted(series.items()):
+        ax.plot(*zip(*points), marker="o", ms=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)

@@ -1,0 +1,215 @@
+"""The training loop, top to bottom: data, model, optimizer, resume, then steps until done or preempted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from recur.checkpoint import Checkpointer, seed_everything, write_json_atomic
+from recur.config import TrainConfig
+from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.packing import pack_dataset
+from recur.data.tokenizer import load_tokenizer
+from recur.data.validate import read_manifest
+from recur.eval.algorithmic import accuracy_grid
+from recur.flops import count_params, flops_per_token
+from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
+from recur.models import create_model
+from recur.optim import build_optimizer, lr_at, set_lr
+from recur.parallel.env import DistEnv, single_process_env
+from recur.plots import plot_accuracy, plot_loss
+from recur.recurrence import RecurrenceSampler
+
+
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 (slurm's warning signal) ask the loop to checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.raised: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = signum
+
+
+def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> tuple[Path, Path | None]:
+    """The packed train/val datasets: given paths, or the built-in algorithmic mix generated once per run."""
+    if cfg.data.path is not None:
+        path = Path(cfg.data.path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--data.path: data directory {path} does not exist")
+        return path, Path(cfg.data.val_path) if cfg.data.val_path else None
+    train_dir, val_dir = run_dir / "data" / "train", run_dir / "data" / "val"
+    if env.is_main:
+        for out, num_docs, seed in ((train_dir, cfg.data.num_docs, cfg.data.seed),
+                                    (val_dir, max(256, cfg.data.num_docs // 50), cfg.data.seed + 1)):
+            if not (out / "manifest.json").exists():
+                pack_dataset(out, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len, tasks=cfg.data.tasks,
+                             num_docs=num_docs, seed=seed, packing="bfd", mask_non_assistant=True,
+                             overwrite=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return train_dir, val_dir
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    mask = batch["loss_mask"].to(device, non_blocking=True)
+    docs = batch["doc_ids"].to(device, non_blocking=True)
+    return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
+
+
+def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, evals: list[dict]) -> dict:
+    tasks = cfg.eval.tasks or cfg.data.tasks
+    depths = cfg.eval.depths if cfg.model.variant != "baseline" else [1]
+    accuracy = accuracy_grid(model, tokenizer, tasks, depths, cfg.eval.num_samples, seed=cfg.seed,
+                             max_new_tokens=cfg.eval.max_new_tokens)
+    record = {"step": step, "accuracy": accuracy}
+    evals.append(record)
+    with open(run_dir / "eval.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    plot_accuracy(evals, run_dir / "accuracy.png")
+    return record
+
+
+def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None = None) -> dict:
+    env = env or single_process_env(cfg.device)
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed + env.rank)
+
+    # ---- data ----
+    train_path, val_path = prepare_data(cfg, run_dir, env)
+    manifest = read_manifest(train_path)
+    data_vocab = manifest["tokenizer"]["vocab_size"]
+    if data_vocab > cfg.model.vocab_size:
+        raise ValueError(f"--model.vocab_size {cfg.model.vocab_size} is smaller than the vocabulary of "
+                         f"{train_path} ({data_vocab})")
+    if manifest["seq_len"] > cfg.model.max_seq_len:
+        raise ValueError(f"--model.max_seq_len {cfg.model.max_seq_len} is shorter than the data's seq_len "
+                         f"{manifest['seq_len']} ({train_path})")
+    dataset = StatefulParquetDataset(train_path, cfg.data.global_batch_size, env.rank, env.world_size,
+                                     seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
+                                     micro_batch_size=cfg.data.micro_batch_size)
+    loader = make_dataloader(dataset, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
+    seq_len = manifest["seq_len"]
+
+    # ---- model, optimizer, schedules ----
+    model_cfg = cfg.model.resolved()
+    model = create_model(model_cfg).to(env.device)
+    optimizer = build_optimizer(model, cfg.optim)
+    sampler = RecurrenceSampler(cfg.recurrence, cfg.steps)
+    params = count_params(model)
+    peak = device_peak_tflops(env.device, cfg.log.peak_tflops)
+
+    # ---- resume ----
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank, env.world_size)
+    start_step, tokens_seen = 0, 0
+    resume_from = None
+    if cfg.checkpoint.resume == "auto":
+        resume_from = checkpointer.latest()
+    elif cfg.checkpoint.resume != "none":
+        resume_from = Path(cfg.checkpoint.resume)
+    if resume_from is not None:
+        state = checkpointer.load(resume_from, model, optimizer, asdict(model_cfg))
+        loader.load_state_dict(state["loader"])
+        start_step, tokens_seen = state["step"], state["tokens"]
+        if env.is_main:
+            print(f"[resume] {resume_from} at step {start_step}", file=sys.stderr)
+    if env.is_main:
+        if config_yaml is not None:
+            (run_dir / "config.yaml").write_text(config_yaml)
+        print(f"[model] {model_cfg.variant}: {params['total']:,} params "
+              f"({params['non_embedding']:,} non-embedding) on {env.device}", file=sys.stderr)
+    logger = MetricsLogger(run_dir, cfg.steps, cfg.log.interval, cfg.log.wandb_mode, cfg.log.wandb_project,
+                           cfg.run_name, asdict(cfg), enabled=env.is_main, resume=resume_from is not None)
+    logger.truncate_after(start_step)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    evals: list[dict] = []
+
+    def trainer_state(step: int) -> dict:
+        return {"step": step, "tokens": tokens_seen, "loader": loader.state_dict(), "seed": cfg.seed,
+                "model_config": asdict(model_cfg)}
+
+    # ---- loop ----
+    preempt = PreemptionFlag()
+    batches = iter(loader)
+    accum = dataset.micro_batches_per_step
+    step = start_step
+    model.train()
+    for step in range(start_step, cfg.steps):
+        began = time.perf_counter()
+        lr = lr_at(step, cfg.optim.schedule, cfg.steps)
+        set_lr(optimizer, lr)
+        depth = sampler(step)
+        loss_sum = torch.zeros((), device=env.device)
+        step_tokens = 0
+        for _ in range(accum):
+            inputs, targets, mask, docs = _batch_to(next(batches), env.device)
+            with _autocast(cfg, env.device):
+                out = model(inputs, targets=targets, loss_mask=mask, num_steps=(depth.no_grad_steps,
+                                                                                 depth.grad_steps), doc_ids=docs)
+            loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
+            (loss / accum).backward()
+            loss_sum += out.loss.detach()
+            step_tokens += inputs.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += step_tokens * env.world_size
+        elapsed = time.perf_counter() - began
+        flops = flops_per_token(model, model_cfg, seq_len, depth.no_grad_steps, depth.grad_steps) * step_tokens
+        record = {"step": step, "loss": (loss_sum / accum).item(), "lr": lr, "r": depth.total,
+                  "mean_recurrence": depth.mean_recurrence, "k": depth.grad_steps,
+                  "backprop_depth": depth.backprop_depth, "tokens": tokens_seen,
+                  "tokens_per_s": step_tokens * env.world_size / elapsed, "flops": flops * env.world_size,
+                  "mfu": flops / elapsed / (peak * 1e12) if peak else None, "grad_norm": grad_norm.item(),
+                  "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if env.device.type == "cuda" else None,
+                  "time": time.time()}
+        record.update({f"stat/{k}": v for k, v in out.stats.items()})
+        logger.log(record)
+        logger.progress(record, start_step)
+        done = step + 1
+        if env.is_main and (done % cfg.log.plot_interval == 0 or done == cfg.steps):
+            plot_loss(read_metrics(logger.path), run_dir / "loss.png")
+        if cfg.eval.interval and done % cfg.eval.interval == 0 and done != cfg.steps and env.is_main:
+            _evaluate(model, tokenizer, cfg, done, run_dir, evals)
+        if preempt.raised is not None:
+            checkpointer.save(done, model, optimizer, trainer_state(done))
+            if env.is_main:
+                print(f"[preempt] signal {preempt.raised}: checkpointed step {done}, exiting", file=sys.stderr)
+            logger.close()
+            return {"preempted": True, "step": done}
+        if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done != cfg.steps:
+            checkpointer.save(done, model, optimizer, trainer_state(done))
+
+    # ---- finish ----
+    checkpointer.save(cfg.steps, model, optimizer, trainer_state(cfg.steps))
+    summary = {"steps": cfg.steps, "tokens": tokens_seen, "params": params}
+    if env.is_main:
+        history = read_metrics(logger.path)
+        tail = history[-max(1, len(history) // 20):]
+        summary.update(final_loss=sum(r["loss"] for r in tail) / len(tail), first_loss=history[0]["loss"],
+                       mean_tokens_per_s=sum(r["tokens_per_s"] for r in history) / len(history),
+                       wall_time_s=history[-1]["time"] - history[0]["time"])
+        summary["eval"] = _evaluate(model, tokenizer, cfg, cfg.steps, run_dir, evals)["accuracy"]
+        write_json_atomic(run_dir / "summary.json", summary)
+        print(f"[done] final loss {summary['final_loss']:.4f}; accuracy "
+              + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items()), file=sys.stderr)
+    logger.close()
+    return summary
