@@ -1,0 +1,261 @@
+"""Exactly-once, world-size invariance, resumption and error tests of the stateful parquet loader.
+
+The fixture's row i holds token i at position 0, so every yielded row names its global row index.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.shard_writer import RowBlock, ShardWriter, build_manifest, finish_dataset
+
+ROW_LEN = 17
+NUM_ROWS = 240  # 10 global batches of G=24
+G = 24
+WORLD_SIZES = (1, 2, 3, 4, 8)
+
+
+def fixture_rows(num_rows: int, row_len: int = ROW_LEN) -> RowBlock:
+    rng = np.random.default_rng(1234)
+    ids = (np.arange(num_rows)[:, None] * 31 + np.arange(row_len)[None, :]) % 997
+    ids[:, 0] = np.arange(num_rows)
+    mask = rng.integers(0, 2, size=(num_rows, row_len), dtype=np.uint8)
+    starts = [np.concatenate([[0], np.sort(rng.choice(np.arange(1, row_len), size=i % 4, replace=False))]) for i in range(num_rows)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in starts])])
+    return RowBlock(ids.astype(np.int32), mask, np.concatenate(starts).astype(np.int32), offsets)
+
+
+def write_dataset(out: Path, rows: RowBlock, rows_per_shard: int = 45, row_group_size: int = 10) -> Path:
+    out.mkdir(parents=True)
+    writer = ShardWriter(out, ROW_LEN - 1, rows_per_shard, row_group_size)
+    writer.add(rows.to_table())
+    manifest = build_manifest(
+        seq_len=ROW_LEN - 1,
+        tokenizer={"name": "test", "vocab_size": 1000, "pad_id": 0, "eos_id": 1, "fingerprint": "t"},
+        shards=writer.close(),
+        num_tokens=rows.input_ids.size,
+        packing={"mode": "concat", "efficiency": 1.0},
+        sources=[],
+        created_by="tests/test_loader.py",
+    )
+    finish_dataset(out, manifest)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rows() -> RowBlock:
+    return fixture_rows(NUM_ROWS)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, rows: RowBlock) -> Path:
+    # 45-row shards with 10-row groups: uneven group sizes (10,10,10,10,5) exercise window bookkeeping.
+    return write_dataset(tmp_path_factory.mktemp("packed") / "data", rows)
+
+
+def make(data_dir: Path, **kwargs) -> StatefulParquetDataset:
+    return StatefulParquetDataset(data_dir, **{"global_batch_size": G, "shuffle_window": 3, **kwargs})
+
+
+def read_global_batches(data_dir: Path, world_size: int, workers: int, steps: int | None, state: dict | None = None, **kwargs) -> list[np.ndarray]:
+    """Row indices of each global batch, assembled from all ranks' shares in rank order."""
+    per_rank = []
+    for rank in range(world_size):
+        dataset = make(data_dir, rank=rank, world_size=world_size, infinite=steps is not None, **kwargs)
+        if state is not None:
+            dataset.load_state_dict(state)
+        loader = make_dataloader(dataset, num_workers=workers)
+        micro_per_step = dataset.micro_batches_per_step
+        items = []
+        for item in loader:
+            items.append(item["input_ids"][:, 0].numpy())
+            if steps is not None and len(items) == steps * micro_per_step:
+                break
+        per_rank.append([np.concatenate(items[i : i + micro_per_step]) for i in range(0, len(items), micro_per_step)])
+    assert len({len(r) for r in per_rank}) == 1
+    return [np.concatenate([r[step] for r in per_rank]) for step in range(len(per_rank[0]))]
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path) -> list[np.ndarray]:
+    """Three epochs read by one rank in-process: the sequence every other configuration must reproduce."""
+    return read_global_batches(data_dir, 1, 0, steps=3 * NUM_ROWS // G)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_one_epoch_exactly_once_and_world_size_invariant(data_dir: Path, reference: list[np.ndarray], world_size: int, workers: int) -> None:
+    batches = read_global_batches(data_dir, world_size, workers, steps=None)
+    assert len(batches) == NUM_ROWS // G
+    assert all(len(b) == G for b in batches)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(NUM_ROWS))
+    assert all(np.array_equal(b, r) for b, r in zip(batches, reference))
+
+
+def test_rows_match_the_written_data(data_dir: Path, rows: RowBlock) -> None:
+    dataset = make(data_dir, world_size=3, rank=1, micro_batch_size=4)
+    for _, batch in zip(range(12), dataset):
+        index = batch["input_ids"][:, 0].numpy()
+        assert batch["input_ids"].dtype == torch.int64 and batch["input_ids"].shape == (4, ROW_LEN)
+        assert np.array_equal(batch["input_ids"].numpy(), rows.input_ids[index])
+        assert np.array_equal(batch["loss_mask"].numpy(), rows.loss_mask[index])
+        for row, doc_ids in zip(index, batch["doc_ids"].numpy()):
+            starts = rows.doc_starts[rows.doc_offsets[row] : rows.doc_offsets[row + 1]]
+            expected = np.searchsorted(starts, np.arange(ROW_LEN), side="right") - 1
+            assert np.array_equal(doc_ids, expected)
+
+
+def test_resume_with_another_world_size_and_workers(data_dir: Path, reference: list[np.ndarray]) -> None:
+    rng = random.Random(0)
+    total = len(reference)
+    for _ in range(6):
+        stop = rng.randrange(1, total - 3)
+        first_w, second_w = rng.choice(WORLD_SIZES), rng.choice(WORLD_SIZES)
+        first_k, second_k = rng.choice([0, 2]), rng.choice([0, 2])
+        micro = rng.choice([None, 1])  # micro-batches of 1 row: the finest split every W supports
+        states = []
+        for rank in range(first_w):
+            dataset = make(data_dir, rank=rank, world_size=first_w, micro_batch_size=micro)
+            loader = make_dataloader(dataset, num_workers=first_k)
+            consumed = 0
+            for _item in loader:
+                consumed += 1
+                if consumed == stop * dataset.micro_batches_per_step:
+                    break
+            states.append(json.loads(json.dumps(loader.state_dict())))
+        assert all(s == states[0] for s in states), "state must not depend on the rank"
+        assert states[0]["batch_index"] == stop and states[0]["epoch"] == stop * G // NUM_ROWS
+        resumed = read_global_batches(data_dir, second_w, second_k, steps=total - stop, state=states[0])
+        assert all(np.array_equal(a, b) for a, b in zip(resumed, reference[stop:], strict=True))
+
+
+def test_state_mid_accumulation_resumes_at_the_global_batch(data_dir: Path, reference: list[np.ndarray]) -> None:
+    dataset = make(data_dir, micro_batch_size=6)
+    iterator = iter(dataset)
+    for _ in range(4 + 2):  # one full global batch of four micro-batches, then half of the next
+        next(iterator)
+    assert dataset.state_dict()["batch_index"] == 1
+    again = make(data_dir, micro_batch_size=6)
+    again.load_state_dict(dataset.state_dict())
+    assert np.array_equal(next(iter(again))["input_ids"][:, 0].numpy(), reference[1][:6])
+
+
+def test_epochs_reshuffle_and_infinite_continues(data_dir: Path, reference: list[np.ndarray]) -> None:
+    per_epoch = NUM_ROWS // G
+    epochs = [np.concatenate(reference[e * per_epoch : (e + 1) * per_epoch]) for e in range(3)]
+    for order in epochs:
+        assert np.array_equal(np.sort(order), np.arange(NUM_ROWS))
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    dataset = make(data_dir, infinite=False)
+    for epoch in range(2):
+        assert dataset.epoch == epoch
+        assert np.array_equal(np.concatenate([b["input_ids"][:, 0].numpy() for b in dataset]), epochs[epoch])
+    assert dataset.epoch == 2 and dataset.batch_index == 2 * per_epoch
+
+
+def test_seed_determines_order(data_dir: Path, reference: list[np.ndarray]) -> None:
+    same = read_global_batches(data_dir, 2, 0, steps=5, seed=0)
+    other = read_global_batches(data_dir, 2, 0, steps=5, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(same, reference))
+    assert not np.array_equal(np.concatenate(other), np.concatenate(reference[:5]))
+
+
+def test_no_shuffle_reads_in_storage_order(data_dir: Path) -> None:
+    batches = read_global_batches(data_dir, 4, 0, steps=None, shuffle=False)
+    assert np.array_equal(np.concatenate(batches), np.arange(NUM_ROWS))
+
+
+def test_batches_cut_across_epochs_when_rows_do_not_divide(data_dir: Path) -> None:
+    dataset = make(data_dir, global_batch_size=36, world_size=2, rank=0, infinite=False)
+    assert len(list(dataset)) == 7  # ceil(240 / 36): the seventh batch finishes epoch 0 and starts epoch 1
+    assert dataset.batch_index == 7 and dataset.epoch == 1
+    ranks = [make(data_dir, global_batch_size=36, world_size=2, rank=r) for r in range(2)]
+    streams = [[b["input_ids"][:, 0].numpy() for _, b in zip(range(20), d)] for d in ranks]
+    stream = np.concatenate([np.concatenate(pair) for pair in zip(*streams)])
+    for epoch in range(3):  # 20 * 36 = 720 rows = exactly three epochs, each a permutation
+        assert np.array_equal(np.sort(stream[epoch * NUM_ROWS : (epoch + 1) * NUM_ROWS]), np.arange(NUM_ROWS))
+
+
+def test_batch_larger_than_the_dataset(tmp_path: Path) -> None:
+    small = write_dataset(tmp_path / "small", fixture_rows(20), rows_per_shard=20, row_group_size=7)
+    ranks = [StatefulParquetDataset(small, global_batch_size=48, world_size=2, rank=r) for r in range(2)]
+    batch = np.concatenate([next(iter(d))["input_ids"][:, 0].numpy() for d in ranks])
+    # 48 rows = epoch 0, epoch 1 and the first 8 rows of epoch 2.
+    assert np.array_equal(np.sort(batch[:20]), np.arange(20)) and np.array_equal(np.sort(batch[20:40]), np.arange(20))
+    assert len(set(batch[40:])) == 8 and ranks[0].epoch == 2
+
+
+def test_state_round_trips_and_validates(data_dir: Path, tmp_path: Path) -> None:
+    dataset = make(data_dir, world_size=4, rank=3)
+    for _, _batch in zip(range(3), dataset):
+        pass
+    state = json.loads(json.dumps(dataset.state_dict()))
+    assert state == dataset.state_dict() and state["batch_index"] == 3
+    other = make(data_dir)
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+    with pytest.raises(ValueError, match="global_batch_size=24 but this loader has global_batch_size=48"):
+        make(data_dir, global_batch_size=48).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed"):
+        make(data_dir, seed=5).load_state_dict(state)
+    different = write_dataset(tmp_path / "other", fixture_rows(NUM_ROWS + 24))
+    with pytest.raises(ValueError, match="dataset_fingerprint"):
+        make(different).load_state_dict(state)
+    with pytest.raises(ValueError, match="missing keys"):
+        make(data_dir).load_state_dict({"batch_index": 3})
+    with pytest.raises(ValueError, match="inconsistent"):
+        make(data_dir).load_state_dict({**state, "epoch": 4})
+
+
+def test_bad_batch_geometry_errors(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="--global_batch_size 24 is not divisible by the world size 5"):
+        make(data_dir, world_size=5)
+    with pytest.raises(ValueError, match="--micro_batch_size 5 must divide"):
+        make(data_dir, world_size=4, micro_batch_size=5)
+    with pytest.raises(ValueError, match="rank 4 is outside"):
+        make(data_dir, world_size=4, rank=4)
+
+
+def test_bad_shards_name_the_file(tmp_path: Path, rows: RowBlock) -> None:
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        make(tmp_path)
+    truncated = write_dataset(tmp_path / "truncated", rows)
+    shard = truncated / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:200])
+    with pytest.raises(ValueError, match="shard-00001.parquet"):
+        make(truncated)
+    missing = write_dataset(tmp_path / "missing", rows)
+    (missing / "shard-00002.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="shard-00002.parquet"):
+        make(missing)
+    empty = write_dataset(tmp_path / "empty", rows)
+    (empty / "shard-00000.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="shard-00000.parquet"):
+        make(empty)
+    no_column = write_dataset(tmp_path / "no_column", rows)
+    shard = no_column / "shard-00003.parquet"
+    pq.write_table(pq.read_table(shard).drop_columns(["doc_starts"]), shard)
+    with pytest.raises(ValueError, match="shard-00003.parquet lacks required column 'doc_starts'"):
+        make(no_column)
+
+
+def test_bad_rows_name_the_file_and_row_group(tmp_path: Path, rows: RowBlock) -> None:
+    bad = write_dataset(tmp_path / "bad", rows)
+    shard = bad / "shard-00004.parquet"
+    table = pq.read_table(shard)
+    starts = table.column("doc_starts").to_pylist()
+    starts[12] = [3]  # must begin with 0: found only when that row group is read
+    pq.write_table(table.set_column(2, "doc_starts", pa.array(starts, pa.list_(pa.int32()))), shard, row_group_size=10)
+    dataset = make(bad, shuffle=False)
+    with pytest.raises(ValueError, match="shard-00004.parquet, row group 1, row 12: doc_starts does not begin with 0"):
+        for _batch in dataset:
+            pass
