@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from recur.models import ModelConfig, create_model
 from recur.optim import ELLISAdam, LRScheduleConfig, MuonWithAdamW, OptimConfig, build_optimizer, lr_at, set_lr
@@ -282,20 +283,24 @@ def test_optimizer_lowers_loss(name: str) -> None:
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 
+@pytest.mark.parametrize("via", ["torch.save", "distributed.checkpoint.state_dict"])
 @pytest.mark.parametrize("name", list(OPTIMIZER_CONFIGS))
-def test_state_dict_round_trip_is_bit_identical(name: str, tmp_path) -> None:
+def test_state_dict_round_trip_is_bit_identical(name: str, via: str, tmp_path) -> None:
     model, x, y = _regression(8)
     cfg = OPTIMIZER_CONFIGS[name]
     opt = build_optimizer(model, cfg)
     _train(model, opt, x, y, steps=5)
     set_lr(opt, 1e-3)
-    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "ckpt.pt")
-
     resumed, _, _ = _regression(9)  # different init: everything must come from the checkpoint
-    ckpt = torch.load(tmp_path / "ckpt.pt")
-    resumed.load_state_dict(ckpt["model"])
     resumed_opt = build_optimizer(resumed, cfg)
-    resumed_opt.load_state_dict(ckpt["optim"])
+    if via == "torch.save":
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "ckpt.pt")
+        ckpt = torch.load(tmp_path / "ckpt.pt")
+        resumed.load_state_dict(ckpt["model"])
+        resumed_opt.load_state_dict(ckpt["optim"])
+    else:  # the FQN-keyed path recur.checkpoint uses (it first runs a zero-lr step on a fresh optimizer)
+        model_sd, optim_sd = copy.deepcopy(get_state_dict(model, opt))
+        set_state_dict(resumed, resumed_opt, model_state_dict=model_sd, optim_state_dict=optim_sd)
     assert [g["lr"] for g in resumed_opt.param_groups] == [g["lr"] for g in opt.param_groups]
 
     assert _train(model, opt, x, y, steps=3) == _train(resumed, resumed_opt, x, y, steps=3)
