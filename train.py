@@ -11,7 +11,7 @@ from recur.train_loop import train
 def main() -> int:
     try:
         cfg, yaml_text = parse_config()
-    except ValueError as error:  # one clear line, not a traceback
+    except (ValueError, FileNotFoundError) as error:  # one clear line, not a traceback
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     try:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import sys
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from recur.config import TrainConfig
+from recur.config import TrainConfig, validate_config
 from recur.models.presets import PRESETS
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="train.py", description="Train a recurrent-depth language model.",
-                            exit_on_error=False)
+    parser = ArgumentParser(prog="train.py", description="Train a recurrent-depth language model.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file(s); later flags override")
     parser.add_class_arguments(TrainConfig, nested_key=None, fail_untyped=False)
     return parser
@@ -43,4 +42,6 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
         print(yaml_text, end="")
         sys.exit(0)
     fields = vars(parser.instantiate_classes(namespace))
-    return TrainConfig(**{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__}), yaml_text
+    cfg = TrainConfig(**{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__})
+    validate_config(cfg)
+    return cfg, yaml_text

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from recur.models.config import ModelConfig
 from recur.optim.config import OptimConfig
+from recur.parallel.config import DistConfig
 from recur.recurrence import RecurrenceConfig
 
 DEFAULT_TASKS = ["parity", "compare", "successor", "copy", "reverse", "mod_add"]
@@ -52,12 +53,6 @@ class EvalConfig:
 
 
 @dataclass
-class DistConfig:
-    backend: str = "auto"  # auto | none | ddp | fsdp | deepspeed
-    timeout_minutes: float = 30.0
-
-
-@dataclass
 class TrainConfig:
     run_name: str = "default"
     out_dir: str = "runs"
@@ -76,3 +71,34 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Fail fast, before anything is written, with one message naming the offending flag."""
+    from pathlib import Path
+
+    from recur.data.tasks import get_task
+
+    cfg.model.resolved()
+    cfg.recurrence.validate()
+    if cfg.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.data.path is not None and not Path(cfg.data.path).is_dir():
+        raise FileNotFoundError(f"--data.path: data directory {cfg.data.path} does not exist")
+    if cfg.data.val_path is not None and not Path(cfg.data.val_path).is_dir():
+        raise FileNotFoundError(f"--data.val_path: data directory {cfg.data.val_path} does not exist")
+    if cfg.checkpoint.resume not in ("none", "auto") and not Path(cfg.checkpoint.resume).exists():
+        raise FileNotFoundError(f"--checkpoint.resume: checkpoint {cfg.checkpoint.resume} does not exist")
+    if cfg.data.global_batch_size < 1:
+        raise ValueError(f"--data.global_batch_size must be >= 1, got {cfg.data.global_batch_size}")
+    for task in (cfg.data.tasks if cfg.data.path is None else []) + (cfg.eval.tasks or []):
+        try:
+            get_task(task)
+        except ValueError as error:
+            raise ValueError(f"--data.tasks / --eval.tasks: {error}") from None
+    if any(d < 1 for d in cfg.eval.depths):
+        raise ValueError(f"--eval.depths must all be >= 1, got {cfg.eval.depths}")
+    if cfg.log.wandb_mode not in ("disabled", "online", "offline"):
+        raise ValueError(f"--log.wandb_mode: got '{cfg.log.wandb_mode}'; expected disabled, online or offline")
+    if cfg.dtype not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--dtype: got '{cfg.dtype}'; expected auto, fp32 or bf16")
