@@ -259,3 +259,20 @@ def test_bad_rows_name_the_file_and_row_group(tmp_path: Path, rows: RowBlock) ->
     with pytest.raises(ValueError, match="shard-00004.parquet, row group 1, row 12: doc_starts does not begin with 0"):
         for _batch in dataset:
             pass
+
+
+def test_cli_shows_the_next_rows_from_a_state(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from stateful_parquet_dataset import main
+
+    dataset = make(data_dir, world_size=4)
+    for _, _batch in zip(range(2), dataset):
+        pass
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps(dataset.state_dict()))
+    assert main([str(data_dir), "--rank", "1", "--world_size", "4", "--state", str(state), "--show", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = make(data_dir, world_size=4, rank=1).read(2)["input_ids"][:, 0].tolist()
+    rows = [line for line in lines if line.startswith("  ")]
+    assert [int(line.split("ids [")[1].split(",")[0]) for line in rows] == expected
+    assert main([str(data_dir), "--world_size", "5", "--global_batch_size", "24"]) == 2
+    assert "--global_batch_size 24 is not divisible" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Inspect a packed dataset and show what rank r of W reads next from a given loader state.
+
+    python stateful_parquet_dataset.py DIR --rank 0 --world_size 4 --global_batch_size 32 [--state state.json] --show 2
+
+Importable too: re-exports the loader API of ``recur.data.loader``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recur.data.loader import StatefulDataLoader, StatefulParquetDataset, make_dataloader
+
+__all__ = ["StatefulDataLoader", "StatefulParquetDataset", "make_dataloader", "main"]
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", type=Path, help="packed dataset directory (with manifest.json)")
+    parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--world_size", type=int, default=1)
+    parser.add_argument("--global_batch_size", type=int, help="rows per optimizer step over all ranks")
+    parser.add_argument("--micro_batch_size", type=int, default=None)
+    parser.add_argument("--seed", type=int, help="order seed (default: the state's, else 0)")
+    parser.add_argument("--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 8)")
+    parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
+    parser.add_argument("--state", type=Path, help="loader state JSON (from state_dict()); default: the start")
+    parser.add_argument("--show", type=int, default=1, help="how many upcoming global batches to show")
+    parser.add_argument("--tokens", type=int, default=8, help="leading tokens printed per row")
+    return parser.parse_args(argv)
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--state {path}: cannot read a loader state JSON ({err})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"--state {path}: expected a JSON object from state_dict()")
+    return state
+
+
+def _open(args: argparse.Namespace) -> StatefulParquetDataset:
+    state = _load_state(args.state) if args.state else {}
+    # Order settings default to the state's so that `--state` alone reproduces the saved run.
+    global_batch_size = args.global_batch_size or state.get("global_batch_size")
+    if global_batch_size is None:
+        raise ValueError("--global_batch_size is required when no --state is given")
+    dataset = StatefulParquetDataset(
+        args.path,
+        global_batch_size=global_batch_size,
+        rank=args.rank,
+        world_size=args.world_size,
+        seed=args.seed if args.seed is not None else state.get("seed", 0),
+        shuffle=not args.no_shuffle and state.get("shuffle", True),
+        shuffle_window=args.shuffle_window or state.get("shuffle_window", 8),
+        micro_batch_size=args.micro_batch_size,
+    )
+    if state:
+        dataset.load_state_dict(state)
+    return dataset
+
+
+def _report(dataset: StatefulParquetDataset, show: int, tokens: int) -> None:
+    shards = dataset.shards
+    print(
+        f"dataset {shards.path}: {dataset.num_rows} rows x {dataset.row_len} tokens, {len(shards.files)} shards, "
+        f"{len(shards.group_sizes)} row groups, fingerprint {shards.fingerprint}"
+    )
+    order = dataset.order
+    print(
+        f"order: seed {order.seed}, shuffle {order.shuffle}, shuffle_window {order.shuffle_window}; "
+        f"global batch {dataset.global_batch_size} rows, rank {dataset.rank}/{dataset.world_size} reads "
+        f"{dataset.rank_batch_size} rows per batch in {dataset.micro_batches_per_step} micro-batch(es)"
+    )
+    print(f"position: epoch {dataset.epoch}, {dataset.batch_index} global batches consumed")
+    for batch_index in range(dataset.batch_index, dataset.batch_index + show):
+        for micro in range(dataset.micro_batches_per_step):
+            print(f"global batch {batch_index} (epoch {dataset.epoch_of(batch_index)}), micro-batch {micro}:")
+            batch = dataset.read(batch_index, micro)
+            for (file, group, row), ids, mask, docs in zip(
+                dataset.origins(batch_index, micro), batch["input_ids"], batch["loss_mask"], batch["doc_ids"]
+            ):
+                print(
+                    f"  {file} row group {group} row {row}: {int(docs[-1]) + 1} docs, "
+                    f"{int(mask.sum())} loss tokens, ids {ids[:tokens].tolist()}"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        if args.show < 0 or args.tokens < 0:
+            raise ValueError("--show and --tokens must be >= 0")
+        _report(_open(args), args.show, args.tokens)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
