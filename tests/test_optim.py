@@ -147,6 +147,7 @@ def test_muon_matches_torch_muon_bitwise(adjust: str, nesterov: bool) -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # two spawned processes: ~10 s, mostly importing torch twice
 def test_muon_dtensor_sharded_matches_unsharded(tmp_path) -> None:
     # The worker lives in a small module so that the spawned processes import only torch and recur.optim.
     mp.spawn(dtensor_muon_worker, args=(str(tmp_path / "pg_init"),), nprocs=2, join=True)
@@ -271,7 +272,8 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: tor
 
 OPTIMIZER_CONFIGS = {
     "adamw": OptimConfig(name="adamw", schedule=LRScheduleConfig(lr=3e-3)),
-    "muon": OptimConfig(name="muon", schedule=LRScheduleConfig(lr=3e-3)),
+    # A 64-wide toy needs a larger Muon step than match_rms_adamw's 0.2*sqrt(64) gives at the AdamW lr.
+    "muon": OptimConfig(name="muon", muon_lr_scale=10.0, schedule=LRScheduleConfig(lr=3e-3)),
     "ellisadam": OptimConfig(name="ellisadam", ellis_grad_norm=True, schedule=LRScheduleConfig(lr=3e-3)),
 }
 
@@ -279,8 +281,8 @@ OPTIMIZER_CONFIGS = {
 @pytest.mark.parametrize("name", list(OPTIMIZER_CONFIGS))
 def test_optimizer_lowers_loss(name: str) -> None:
     model, x, y = _regression(7)
-    losses = _train(model, build_optimizer(model, OPTIMIZER_CONFIGS[name]), x, y, steps=150)
-    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+    losses = _train(model, build_optimizer(model, OPTIMIZER_CONFIGS[name]), x, y, steps=60)
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
 
 @pytest.mark.parametrize("via", ["torch.save", "distributed.checkpoint.state_dict"])
