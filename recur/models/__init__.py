@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from torch import nn
 
+from recur.models.act import ActLM
 from recur.models.baseline import BaselineLM
 from recur.models.config import VARIANTS, ModelConfig
 from recur.models.lm import DecoderLM, ModelOutput
+from recur.models.latent import LatentLM
 from recur.models.looped import LoopedLM
 from recur.models.presets import PRESETS, preset_config
+from recur.models.ssm_lm import SSMLM, SSMMemLM
 
 MODEL_CLASSES: dict[str, type[DecoderLM]] = {
     "baseline": BaselineLM,
     "recurrent": LoopedLM,
     "shared_loop": LoopedLM,
+    "latent": LatentLM,
+    "act": ActLM,
+    "ssm": SSMLM,
+    "ssm_mem": SSMMemLM,
 }
 
 

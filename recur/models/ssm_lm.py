@@ -1,0 +1,156 @@
+"""`ssm` and `ssm_mem`: a Mamba-2 token stream with the latent thought loop on top.
+
+`ssm`: every token block is RMSNorm + Mamba2Mixer (recur/models/ssm.py) + RMSNorm + SwiGLU; the thought
+stream of latent.py reads the stream after `read_layer` blocks and is injected there.
+
+`ssm_mem` adds attention-based memory between the prelude and the thoughts, so a token can retrieve
+content an SSM state may have forgotten: per chunk of `memory_chunk` positions, M learned memory slots
+are *written* by one ThoughtCore pass (self-attention among slots, cross-attention to the causal prefix
+<= the chunk's first position, SwiGLU), and every token *reads* its own chunk's slots by cross-attention
+(residual). The causal argument is the one of latent.py: slots of chunk c only see positions <= c·C.
+The thoughts then read the memory-enriched token stream.
+
+Caches: a Mamba block keeps (conv_state, ssm_state) in the KVCache under its layer key and steps one
+token at a time after the prompt; memory keys/values are cached like the thoughts'. The Mamba mixer has
+no document reset: in packed rows the SSM state flows across document boundaries (attention parts,
+memory and thoughts, respect doc_ids).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recur.models.config import ModelConfig
+from recur.models.latent import ChunkAttention, LatentLM, ThoughtCore, chunk_layout, ffn_width
+from recur.models.layers import AttentionContext, RMSNorm, SwiGLU
+from recur.models.ssm import Mamba2Mixer
+
+
+@dataclass(frozen=True)
+class SSMSettings:
+    d_state: int  # SSM state size per head [64]
+    headdim: int  # channels per SSM head [64]
+    expand: int  # inner width = expand · d_model [2]
+    d_conv: int  # causal depthwise conv kernel [4]
+    scan_chunk: int  # SSD chunk length [64]
+
+    KEYS = ("ssm_d_state", "ssm_headdim", "ssm_expand", "ssm_d_conv", "ssm_scan_chunk")
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> SSMSettings:
+        values = {"ssm_d_state": 64, "ssm_headdim": 64, "ssm_expand": 2, "ssm_d_conv": 4, "ssm_scan_chunk": 64}
+        values.update({k: cfg.extra[k] for k in cls.KEYS if k in cfg.extra})
+        for key, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--model.extra.{key} must be an integer >= 1, got {value!r}")
+        if values["ssm_expand"] * cfg.d_model % values["ssm_headdim"]:
+            raise ValueError(f"--model.extra.ssm_headdim {values['ssm_headdim']} must divide ssm_expand·d_model "
+                             f"= {values['ssm_expand'] * cfg.d_model}")
+        return cls(*(values[k] for k in cls.KEYS))
+
+
+class SSMBlock(nn.Module):
+    """x + mixer(norm(x)), then x + mlp(norm(x)). With a cache it continues from the stored SSM state."""
+
+    def __init__(self, cfg: ModelConfig, ssm: SSMSettings):
+        super().__init__()
+        self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Mamba2Mixer(cfg.d_model, d_state=ssm.d_state, headdim=ssm.headdim, expand=ssm.expand,
+                                 d_conv=ssm.d_conv, chunk_size=ssm.scan_chunk, norm_eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def mix(self, u: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        if ctx.cache is None:
+            return self.mixer(u)
+        key = ("ssm", ctx.cache.cursor)
+        state = ctx.cache.store.get(key)
+        if state is None:  # the prompt: one parallel scan that also returns the final state
+            y, state = self.mixer(u, return_state=True)
+        else:  # continuation: the recurrence, token by token, from the stored state
+            outputs = []
+            for t in range(u.shape[1]):
+                y_t, *state = self.mixer.step(u[:, t], *state)
+                outputs.append(y_t)
+            y = torch.stack(outputs, dim=1)
+        ctx.cache.store[key] = tuple(state)
+        return y
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        x = x + self.dropout(self.mix(self.mixer_norm(x), ctx))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+class SSMLM(LatentLM):
+    stream_keys = SSMSettings.KEYS
+
+    def make_block(self, cfg: ModelConfig) -> nn.Module:
+        return SSMBlock(cfg, SSMSettings.from_config(cfg))
+
+    @torch.no_grad()
+    def after_init(self) -> None:
+        # init_weights scales residual outputs named attn.wo / mlp.w2; the mixer's out_proj is one too.
+        out_std = self.cfg.init_std / math.sqrt(2 * max(1, self.effective_depth()))
+        for block in (*self.prelude, *self.coda):
+            nn.init.normal_(block.mixer.out_proj.weight, std=out_std)
+
+
+class Memory(nn.Module):
+    """M memory slots per chunk, written from the causal prefix and read back by the chunk's tokens."""
+
+    def __init__(self, cfg: ModelConfig, n_slots: int, chunk: int):
+        super().__init__()
+        self.chunk = chunk
+        self.slots = nn.Parameter(torch.empty(n_slots, cfg.d_model))
+        self.write_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.write = ThoughtCore(cfg.d_model, cfg.d_model, cfg.n_heads, ffn_width(cfg.d_model, cfg.ffn_multiple_of),
+                                 cfg.norm_eps)
+        self.read_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.read = ChunkAttention(cfg.d_model, cfg.d_model, cfg.n_heads)
+
+    def forward(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, d = h.shape
+        k, v = self.write.cross_attn.keys(self.write_norm(h))
+        if ctx.cache is not None:
+            ctx.cache.cursor = ("memory",)
+            k, v = ctx.cache.update(k, v)
+        layout = chunk_layout(ctx.start_pos, T, k.shape[1], self.chunk, ctx.doc_ids, h.device)
+        memory = self.write(self.slots[None, None].expand(B, layout.num_units, -1, -1), k, v, layout.read_mask)
+        # Token t reads the slots of its own chunk: tokens are groups of one query over U·M slots.
+        n_slots = self.slots.shape[0]
+        slot_unit = torch.arange(layout.num_units, device=h.device).repeat_interleave(n_slots)
+        own = (layout.unit_of_position[:, None] == slot_unit[None, :])[None]  # [1, T, U·M]
+        mk, mv = self.read.keys(memory.reshape(B, -1, d))
+        read = self.read.cross_attend(self.read_norm(h)[:, :, None, :], mk, mv, own).squeeze(2)
+        # A token of another document than its chunk's first token must not read that chunk's memory.
+        return h + read * layout.inject_mask.to(read.dtype)
+
+
+class SSMMemLM(SSMLM):
+    stream_keys = SSMSettings.KEYS + ("n_memory", "memory_chunk")
+
+    def __init__(self, cfg: ModelConfig):
+        n_slots, chunk = cfg.extra.get("n_memory", 64), cfg.extra.get("memory_chunk", 64)
+        for key, value in (("n_memory", n_slots), ("memory_chunk", chunk)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--model.extra.{key} must be an integer >= 1, got {value!r}")
+        self.memory_shape = (n_slots, chunk)
+        super().__init__(cfg)
+
+    def make_stream(self, cfg: ModelConfig):
+        # Built right before the thought stream so parameter order reads prelude, memory, thoughts, coda.
+        self.memory = Memory(cfg, *self.memory_shape)
+        return super().make_stream(cfg)
+
+    @torch.no_grad()
+    def after_init(self) -> None:
+        super().after_init()
+        nn.init.normal_(self.memory.slots, std=self.cfg.init_std)
+
+    def mix_tokens(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        return self.memory(h, ctx)
