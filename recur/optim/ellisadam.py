@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
 
 class ELLISAdam(Optimizer):
@@ -32,7 +33,7 @@ class ELLISAdam(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: ParamsT,
         lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
