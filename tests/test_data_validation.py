@@ -71,7 +71,8 @@ def test_missing_column_and_wrong_type(data):
         open_packed_dataset(data)
     wrong = table.set_column(0, "input_ids", table.column("input_ids").cast(pa.list_(pa.int64())))
     _rewrite(data / SHARD, wrong)
-    with pytest.raises(ValueError, match=f"shard .*{SHARD}: column 'input_ids' is list<.*int64.*>, expected list<int32>"):
+    expected = f"shard .*{SHARD}: column 'input_ids' is list<.*int64.*>, expected list<int32>"
+    with pytest.raises(ValueError, match=expected):
         open_packed_dataset(data)
 
 
@@ -97,7 +98,8 @@ def test_seq_len_mismatch_between_shards(tmp_path, data):
         open_packed_dataset(data)
     # Without the parquet metadata the row lengths themselves give it away.
     _rewrite(data / SHARD, pq.read_table(data / SHARD).replace_schema_metadata({}), empty="1")
-    with pytest.raises(ValueError, match=f"{SHARD}, row group 0, row 0: 'input_ids' has length 16, expected row_len 32"):
+    expected = f"{SHARD}, row group 0, row 0: 'input_ids' has length 16, expected row_len 32"
+    with pytest.raises(ValueError, match=expected):
         open_packed_dataset(data)
 
 

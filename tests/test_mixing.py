@@ -99,7 +99,9 @@ def test_empty_source_is_refused(packed, tmp_path):
 
 def test_yaml_config_and_apportion(packed, tmp_path):
     config = tmp_path / "mix.yaml"
-    config.write_text(f"sources:\n  - {{path: {packed / 'parity'}, weight: 2}}\n  - {{path: {packed / 'add'}, weight: 1}}\n")
+    config.write_text(
+        f"sources:\n  - {{path: {packed / 'parity'}, weight: 2}}\n  - {{path: {packed / 'add'}, weight: 1}}\n"
+    )
     assert load_mix_config(config) == [MixSource(str(packed / "parity"), 2.0), MixSource(str(packed / "add"), 1.0)]
     assert mix_cli.main(["--config", str(config), "--num_rows", "90", "--num_shards", "3", "--out_dir",
                          str(tmp_path / "m")]) == 0

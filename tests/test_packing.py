@@ -111,7 +111,8 @@ def test_generated_tasks_and_all_input_formats(tmp_path):
     assert read_documents(tmp_path / "a.txt") == [{"text": "first paragraph\nstill first"}, {"text": "second one"}]
     assert read_documents(tmp_path / "c.parquet") == chat
     manifest = pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=32, tasks=["parity", "successor"],
-                            num_docs=50, seed=1, inputs=[str(tmp_path / n) for n in ("a.txt", "b.parquet", "c.parquet")])
+                            num_docs=50, seed=1,
+                            inputs=[str(tmp_path / n) for n in ("a.txt", "b.parquet", "c.parquet")])
     assert [s["documents"] for s in manifest["sources"]] == [2, 1, 2, 50]
     assert manifest["sources"][-1]["path"] == "tasks:parity,successor"
 
