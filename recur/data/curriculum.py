@@ -1,0 +1,170 @@
+"""ReLSM's split curriculum (algorithmic data, then language) and a per-task difficulty curriculum.
+
+`PhasedLoader` reads phase 1 until `alg_tokens` tokens have been consumed, then phase 2 until
+`total_tokens`, switching only at optimizer-step boundaries (a step never mixes phases). Tokens are
+counted globally (global_batch_size · row_len per step), so every rank switches at the same step. Its
+state (phase, tokens, both loaders' positions) resumes exactly.
+
+`DifficultyCurriculum` raises a task's difficulty when its accuracy passes a threshold (Rr-slm:
+addition 1 -> 2 -> 3 digits); it is a pure object with state_dict/load_state_dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.packing import pack_dataset
+from recur.data.tasks import get_task
+from recur.data.textgen import write_stories
+
+PHASES = ("algorithmic", "language")
+
+
+@dataclass
+class SplitCurriculumConfig:
+    """Proposed `data.*` fields of the trainer (see docs/ladder.md)."""
+
+    alg_tokens: int  # tokens of phase 1 (algorithmic)
+    total_tokens: int  # tokens of both phases together
+    alg_tasks: list[str] = field(default_factory=lambda: ["parity", "addition", "copy", "reverse", "mod_add"])
+    text_docs: int = 20_000  # generated stories for phase 2 when no language data path is given
+    text_path: str | None = None  # packed language dataset; None = generated stories
+
+    def validate(self) -> None:
+        if self.alg_tokens < 0:
+            raise ValueError(f"--data.alg_tokens must be >= 0, got {self.alg_tokens}")
+        if self.total_tokens <= self.alg_tokens:
+            raise ValueError(f"--data.total_tokens {self.total_tokens} must exceed --data.alg_tokens {self.alg_tokens}")
+        if not self.alg_tasks:
+            raise ValueError("--data.alg_tasks is empty; expected at least one task name")
+        for task in self.alg_tasks:
+            try:
+                get_task(task)
+            except ValueError as error:
+                raise ValueError(f"--data.alg_tasks: {error}") from None
+        if self.text_path is not None and not Path(self.text_path).is_dir():
+            raise FileNotFoundError(f"--data.text_path: data directory {self.text_path} does not exist")
+
+
+class PhasedLoader:
+    """Loader-like: __iter__ yields micro-batches; state_dict / load_state_dict; micro_batches_per_step."""
+
+    def __init__(self, phases: list, micro_batches_per_step: int, tokens_per_step: int,
+                 alg_tokens: int, total_tokens: int):
+        if len(phases) != 2:
+            raise ValueError(f"PhasedLoader: expected 2 phase loaders, got {len(phases)}")
+        self.phases = phases
+        self.micro_batches_per_step = micro_batches_per_step
+        self.tokens_per_step = tokens_per_step
+        self.limits = (alg_tokens, total_tokens)
+        self.tokens = 0  # global tokens of completed steps
+        self.phase = 0 if alg_tokens > 0 else 1
+
+    @property
+    def phase_name(self) -> str:
+        return PHASES[self.phase]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while self.tokens < self.limits[1]:
+            stream = iter(self.phases[self.phase])
+            while self.tokens < self.limits[self.phase]:
+                for _ in range(self.micro_batches_per_step):
+                    yield next(stream)
+                self.tokens += self.tokens_per_step
+            if self.phase == 0:
+                self.phase = 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "tokens": self.tokens, "limits": list(self.limits),
+                "loaders": [loader.state_dict() for loader in self.phases]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["limits"]) != list(self.limits):
+            raise ValueError(f"cannot resume the split curriculum: saved alg/total tokens {state['limits']} differ "
+                             f"from --data.alg_tokens/--data.total_tokens {list(self.limits)}")
+        self.phase, self.tokens = state["phase"], state["tokens"]
+        for loader, saved in zip(self.phases, state["loaders"]):
+            loader.load_state_dict(saved)
+
+
+def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig) -> PhasedLoader:
+    """Pack (once, on the main rank) the algorithmic and language datasets under run_dir/data and chain them.
+
+    `cfg` is the TrainConfig (data.* for tokenizer, seq_len, batch sizes, seeds); `env` the DistEnv.
+    """
+    split.validate()
+    data = cfg.data
+    alg_dir, lang_dir = run_dir / "data" / "alg", Path(split.text_path) if split.text_path else run_dir / "data" / "lang"
+    if env.is_main:
+        if not (alg_dir / "manifest.json").exists():
+            pack_dataset(alg_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, tasks=split.alg_tasks,
+                         num_docs=data.num_docs, seed=data.seed, packing="bfd", mask_non_assistant=True,
+                         overwrite=True)
+        if split.text_path is None and not (lang_dir / "manifest.json").exists():
+            corpus = write_stories(run_dir / "data" / "stories.jsonl", split.text_docs, data.seed)
+            pack_dataset(lang_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, inputs=[str(corpus)],
+                         packing="concat", overwrite=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    loaders, datasets = [], []
+    for path in (alg_dir, lang_dir):
+        dataset = StatefulParquetDataset(path, data.global_batch_size, env.rank, env.world_size, seed=data.seed,
+                                         shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size)
+        datasets.append(dataset)
+        loaders.append(make_dataloader(dataset, data.num_workers, pin_memory=env.device.type == "cuda"))
+    if datasets[0].row_len != datasets[1].row_len:
+        raise ValueError(f"{alg_dir} and {lang_dir} have different row lengths "
+                         f"({datasets[0].row_len} vs {datasets[1].row_len}); pack both with the same seq_len")
+    return PhasedLoader(loaders, datasets[0].micro_batches_per_step, data.global_batch_size * datasets[0].row_len,
+                        split.alg_tokens, split.total_tokens)
+
+
+class DifficultyCurriculum:
+    """Per-task difficulty that steps through `levels[task]` as accuracy passes `threshold`.
+
+    update() is called with each evaluation; a task moves up after `patience` consecutive evaluations at or
+    above the threshold at its current level, and never moves down.
+    """
+
+    def __init__(self, levels: dict[str, list[int]], threshold: float = 0.9, patience: int = 1):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"DifficultyCurriculum: threshold must be in (0, 1], got {threshold}")
+        if patience < 1:
+            raise ValueError(f"DifficultyCurriculum: patience must be >= 1, got {patience}")
+        for task, steps in levels.items():
+            spec = get_task(task)
+            if not steps or steps != sorted(set(steps)) or steps[0] < spec.min_difficulty:
+                raise ValueError(f"DifficultyCurriculum: levels of '{task}' must be strictly increasing "
+                                 f"{spec.knob} values >= {spec.min_difficulty}, got {steps}")
+        self.levels = {task: list(steps) for task, steps in levels.items()}
+        self.threshold, self.patience = threshold, patience
+        self.index = {task: 0 for task in levels}
+        self.streak = {task: 0 for task in levels}
+
+    def difficulty(self, task: str) -> int:
+        return self.levels[task][self.index[task]]
+
+    def update(self, task: str, accuracy: float) -> bool:
+        """Record one evaluation; returns True when the task's difficulty was raised."""
+        if task not in self.levels:
+            raise ValueError(f"DifficultyCurriculum: unknown task '{task}'; tracking {', '.join(self.levels)}")
+        self.streak[task] = self.streak[task] + 1 if accuracy >= self.threshold else 0
+        if self.streak[task] >= self.patience and self.index[task] + 1 < len(self.levels[task]):
+            self.index[task] += 1
+            self.streak[task] = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": dict(self.index), "streak": dict(self.streak)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["index"]) != set(self.levels):
+            raise ValueError(f"DifficultyCurriculum: saved tasks {sorted(state['index'])} differ from "
+                             f"{sorted(self.levels)}")
+        self.index, self.streak = dict(state["index"]), dict(state["streak"])
