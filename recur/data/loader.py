@@ -90,7 +90,7 @@ class StatefulParquetDataset(IterableDataset):
         self.micro_batches_per_step = rank_rows // micro
         self.infinite = infinite
         self._next_batch = 0
-        self._window_cache: tuple[tuple[int, int], RowBlock] | None = None
+        self._window_cache: tuple[tuple[int, int], list[RowBlock]] | None = None
 
     # ----- position and state -------------------------------------------------------------------------
     @property
@@ -162,7 +162,7 @@ class StatefulParquetDataset(IterableDataset):
         for window, lo, hi in self.order.spans(start, start + self.micro_batch_size):
             yield window, self.order.window_permutation(window)[lo:hi]
 
-    def _block(self, window: Window) -> RowBlock:
+    def _blocks(self, window: Window) -> list[RowBlock]:
         key = (window.epoch, window.index)
         if self._window_cache is None or self._window_cache[0] != key:
             self._window_cache = None  # free the previous window before decoding the next one
@@ -171,13 +171,9 @@ class StatefulParquetDataset(IterableDataset):
 
     def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:
         """This rank's micro-batch ``micro`` of global batch ``batch_index`` (no change of position)."""
-        parts = [take_rows(self._block(window), rows) for window, rows in self._spans(batch_index, micro)]
+        parts = [take_rows(self._blocks(window), rows) for window, rows in self._spans(batch_index, micro)]
         arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        return {
-            "input_ids": torch.from_numpy(arrays["input_ids"].astype(np.int64)),
-            "loss_mask": torch.from_numpy(arrays["loss_mask"]),
-            "doc_ids": torch.from_numpy(arrays["doc_ids"]),
-        }
+        return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
     def origins(self, batch_index: int, micro: int = 0) -> list[tuple[str, int, int]]:
         """(shard file, row group, row within group) of each row that ``read`` returns, in order."""

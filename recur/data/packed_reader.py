@@ -14,8 +14,8 @@ from recur.data.shard_writer import MANIFEST_NAME, SCHEMA, RowBlock
 from recur.data.validate import check_row_group, open_packed_dataset
 
 
-def take_rows(block: RowBlock, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Gather rows (in the given order) with per-token document ids derived from ``doc_starts``."""
+def _doc_ids(block: RowBlock, rows: np.ndarray) -> np.ndarray:
+    """Per-token document index within each selected row, from its ``doc_starts``."""
     n, row_len = len(rows), block.input_ids.shape[1]
     lo, hi = block.doc_offsets[rows], block.doc_offsets[rows + 1]
     counts = hi - lo
@@ -26,19 +26,32 @@ def take_rows(block: RowBlock, rows: np.ndarray) -> dict[str, np.ndarray]:
     boundary[np.repeat(np.arange(n), counts), starts] = 1
     doc_ids = np.cumsum(boundary, axis=1, dtype=np.int32)
     doc_ids -= 1
-    return {"input_ids": block.input_ids[rows], "loss_mask": block.loss_mask[rows], "doc_ids": doc_ids}
+    return doc_ids
 
 
-def concat_blocks(blocks: list[RowBlock]) -> RowBlock:
-    if len(blocks) == 1:
-        return blocks[0]
-    shifts = np.cumsum([0] + [len(b.doc_starts) for b in blocks[:-1]])
-    return RowBlock(
-        np.concatenate([b.input_ids for b in blocks]),
-        np.concatenate([b.loss_mask for b in blocks]),
-        np.concatenate([b.doc_starts for b in blocks]),
-        np.concatenate([[0]] + [b.doc_offsets[1:] + s for b, s in zip(blocks, shifts)]),
-    )
+def take_rows(blocks: list[RowBlock], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Gather rows (indices into the concatenation of ``blocks``) in the given order.
+
+    Gathering from each block in place avoids concatenating a whole window of row groups, which would
+    copy every token once more than needed. ``input_ids`` come out as int64, the dtype the model embeds.
+    """
+    sizes = np.array([len(b.input_ids) for b in blocks])
+    ends = np.cumsum(sizes)
+    member = np.searchsorted(ends, rows, side="right")
+    within = rows - (ends - sizes)[member]
+    shape = (len(rows), blocks[0].input_ids.shape[1])
+    out = {
+        "input_ids": np.empty(shape, dtype=np.int64),
+        "loss_mask": np.empty(shape, dtype=np.uint8),
+        "doc_ids": np.empty(shape, dtype=np.int32),
+    }
+    for m in np.unique(member):
+        selected = np.flatnonzero(member == m)
+        block, local = blocks[m], within[selected]
+        out["input_ids"][selected] = block.input_ids[local]
+        out["loss_mask"][selected] = block.loss_mask[local]
+        out["doc_ids"][selected] = _doc_ids(block, local)
+    return out
 
 
 def _flat_values(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +127,8 @@ class PackedShards:
         starts, offsets = _flat_values(table, "doc_starts")
         return RowBlock(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len), starts, offsets)
 
-    def read_groups(self, groups: np.ndarray) -> RowBlock:
-        return concat_blocks([self.read_group(int(g)) for g in groups])
+    def read_groups(self, groups: np.ndarray) -> list[RowBlock]:
+        return [self.read_group(int(g)) for g in groups]
 
     def origin(self, group: int) -> tuple[str, int]:
         """(shard file name, row group index within the shard) of a global row group id."""
