@@ -1,0 +1,135 @@
+"""Hugging Face-style save/load of our models: a directory with `model.safetensors` and `config.json`.
+
+    save_pretrained(model, "out/")            -> out/model.safetensors, out/config.json (+ tokenizer files)
+    model = from_pretrained("out/")           -> the same model, bit-exact in fp32
+    load_pretrained_into(model, "out/")       -> fill an already-built model (trainer --init_from)
+
+config.json is flat like a transformers config: `model_type: "recur"`, every `ModelConfig` field (so the
+loop structure n_prelude / n_core / n_coda, injection and default_num_steps are on record) and, for
+converted models, a `conversion` block naming the source checkpoint and which layers went where. A tied
+head is stored once (safetensors forbids aliased tensors) and re-tied on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recur.models import create_model
+from recur.models.config import ModelConfig
+from recur.models.lm import DecoderLM
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+# Fields that change behaviour but not a single weight shape: a loader may override them.
+RUNTIME_FIELDS = ("attn_backend", "dropout", "default_num_steps", "max_seq_len", "init_state", "init_state_std")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _tied(model: nn.Module) -> bool:
+    return model.lm_head.weight is model.tok_embeddings.weight
+
+
+def _state_to_save(model: nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    if _tied(model):
+        state.pop("lm_head.weight")
+    return state
+
+
+def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | None = None,
+                    extra_files: list[Path] | tuple[Path, ...] = (), dtype: str | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write `model` to `out_dir` atomically (a temp directory renamed into place).
+
+    `extra_files` (e.g. tokenizer files) are copied alongside; `dtype` stores the weights in another
+    precision (float32 | bfloat16 | float16; default: as they are)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out}: already exists (pass --overwrite to replace it)")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype: got '{dtype}'; expected one of {', '.join(DTYPES)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = _state_to_save(model, DTYPES[dtype] if dtype else None)
+    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    config = {"model_type": "recur", "architectures": [type(model).__name__], "recur_format_version": FORMAT_VERSION,
+              "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."), **asdict(model.cfg)}
+    if conversion is not None:
+        config["conversion"] = conversion
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    for file in extra_files:
+        shutil.copy2(file, tmp / Path(file).name)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def read_config_json(path: str | Path) -> dict:
+    config_file = Path(path) / CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (expected a directory written by save_pretrained)")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") != "recur":
+        raise ValueError(f"{config_file}: model_type is '{config.get('model_type')}', not 'recur' "
+                         "(convert a Hugging Face checkpoint first with utils/convert_hf.py)")
+    return config
+
+
+def read_model_config(path: str | Path, **runtime_overrides) -> ModelConfig:
+    """The saved ModelConfig; only RUNTIME_FIELDS may be overridden (the rest fixes the weight shapes)."""
+    bad = set(runtime_overrides) - set(RUNTIME_FIELDS)
+    if bad:
+        raise ValueError(f"{path}: cannot override {sorted(bad)} of a saved model (they fix its weight shapes); "
+                         f"overridable: {', '.join(RUNTIME_FIELDS)}")
+    config = read_config_json(path)
+    known = {f.name for f in fields(ModelConfig)}
+    saved = {k: v for k, v in config.items() if k in known}
+    return ModelConfig(**{**saved, **runtime_overrides}).resolved()
+
+
+def load_pretrained_into(model: nn.Module, path: str | Path) -> None:
+    """Copy the weights saved in `path` into `model`; every tensor must exist with the same shape."""
+    from safetensors.torch import load_file
+
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"--init_from {path}: no {WEIGHTS_NAME}")
+    state = load_file(str(weights))
+    expected = model.state_dict()
+    if _tied(model):
+        expected.pop("lm_head.weight")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"--init_from {path}: weights do not fit the model (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}); build the model from read_model_config({str(path)!r})")
+    for name, tensor in state.items():
+        if expected[name].shape != tensor.shape:
+            raise ValueError(f"--init_from {path}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                             f"{tuple(expected[name].shape)}")
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(state[name])
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu", **runtime_overrides) -> DecoderLM:
+    """Rebuild the model saved in `path` (fp32 parameters, eval mode)."""
+    model = create_model(read_model_config(path, **runtime_overrides))
+    load_pretrained_into(model, path)
+    return model.to(device).eval()
