@@ -68,6 +68,12 @@ def olmo_dir(tmp_path_factory):
 IDS = torch.randint(0, TINY_VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
+@pytest.fixture(scope="module")
+def hf_models(llama_dir, olmo_dir):
+    """Each HF model loaded once (loading dominates the runtime); tests deep-copy before editing layers."""
+    return {"llama": _hf(llama_dir), "olmo2": _hf(olmo_dir)}
+
+
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
 @pytest.mark.parametrize("split,keep", [
     ((1, 1, 3, 1), None),  # all layers kept
@@ -77,15 +83,17 @@ IDS = torch.randint(0, TINY_VOCAB, (2, 24), generator=torch.Generator().manual_s
     ((1, 1, 1, 2), [0, 1, 3, 4]),  # layer 2 dropped
     ((1, 3, 1, 0), [0, 3]),  # layers 1, 2, 4 dropped, no coda
 ])
-def test_converted_model_equals_hf_at_r1(arch, split, keep, llama_dir, olmo_dir):
+def test_converted_model_equals_hf_at_r1(arch, split, keep, llama_dir, olmo_dir, hf_models):
+    import copy
+
     path = llama_dir if arch == "llama" else olmo_dir
     ours = convert_hf_model(path, *split, arch=arch)
-    expected = _hf_logits(_hf(path), IDS, keep)
+    expected = _hf_logits(copy.deepcopy(hf_models[arch]), IDS, keep)
     assert expected.abs().max() > 1.0  # the randomised model is far from trivial
     assert (_ours(ours, IDS) - expected).abs().max() < TOL
 
 
-def test_misplaced_weight_is_detected(llama_dir):
+def test_misplaced_weight_is_detected(llama_dir, hf_models):
     """The equivalence test has teeth: swapping two norms of one layer breaks it by far more than TOL."""
     ours = convert_hf_model(llama_dir, 1, 1, 3, 1)
     block = ours.core[0]
@@ -93,7 +101,7 @@ def test_misplaced_weight_is_detected(llama_dir):
         a, m = block.attn_norm.weight.clone(), block.mlp_norm.weight.clone()
         block.attn_norm.weight.copy_(m)
         block.mlp_norm.weight.copy_(a)
-    assert (_ours(ours, IDS) - _hf_logits(_hf(llama_dir), IDS)).abs().max() > 100 * TOL
+    assert (_ours(ours, IDS) - _hf_logits(hf_models["llama"], IDS)).abs().max() > 100 * TOL
 
 
 @pytest.fixture(scope="module")
