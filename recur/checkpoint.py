@@ -1,7 +1,9 @@
 """Atomic, resumable checkpoints of the whole training state.
 
 Layout of one checkpoint (a directory `step_00000100/` under the run's `checkpoints/`):
-    .metadata, *.distcp        model + optimizer, torch.distributed.checkpoint (sharded when the model is)
+    .metadata, *.distcp        model + optimizer, torch.distributed.checkpoint (sharded when the model is;
+                               loads on any world size: FSDP resharding happens in dcp.load)
+    or deepspeed/              model + optimizer of a DeepSpeed engine (engine.save_checkpoint; same world size)
     trainer_state.json         step, tokens, data loader state, model config, world size, ...
     rng_rank00000.pt ...       every RNG of every rank (python, numpy, torch, cuda)
     COMPLETE                   written last: a directory without it is partial and never loaded
@@ -29,6 +31,31 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+DEEPSPEED_DIR = "deepspeed"
+
+
+def checkpoint_format(path: Path) -> str:
+    return "deepspeed" if (Path(path) / DEEPSPEED_DIR).is_dir() else "dcp"
+
+
+class DCPState:
+    """Model + optimizer written with torch.distributed.checkpoint: plain, DDP-replicated or FSDP-sharded
+    modules alike; a load reshards onto whatever world size and sharding the live model has."""
+
+    format = "dcp"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def save(self, directory: Path) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory))
+
+    def load(self, directory: Path, saved_world_size: int | None) -> None:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        bundle = {"model": model_sd, "optim": optim_sd}
+        dcp.load(bundle, checkpoint_id=str(directory))
+        set_state_dict(self.model, self.optimizer, model_state_dict=bundle["model"], optim_state_dict=bundle["optim"])
 
 
 def _barrier() -> None:
@@ -78,9 +105,11 @@ def checkpoint_problem(path: Path) -> str | None:
     """Why `path` is not a loadable checkpoint, or None if it is complete."""
     if not path.is_dir():
         return "not a directory"
-    for name in (COMPLETE, STATE_FILE, ".metadata"):
+    for name in (COMPLETE, STATE_FILE):
         if not (path / name).is_file():
             return f"missing {name} (partial write?)"
+    if not (path / ".metadata").is_file() and not (path / DEEPSPEED_DIR).is_dir():
+        return f"missing .metadata (DCP) or {DEEPSPEED_DIR}/ (partial write?)"
     try:
         json.loads((path / STATE_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -109,25 +138,28 @@ class Checkpointer:
         found = self.complete_checkpoints(report=True)
         return found[-1] if found else None
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict) -> Path:
+    def save(self, step: int, state: DCPState, trainer_state: dict) -> Path:
+        """Write model/optimizer (`state`: DCPState or parallel.deepspeed.DeepSpeedState), RNGs and
+        `trainer_state` as checkpoint `step`; every rank calls this."""
         final = self.root / f"step_{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        state.save(tmp)
         rng_file = tmp / f"rng_rank{self.rank:05d}.pt"
         torch.save(rng_state(), rng_file)
         with open(rng_file, "rb") as f:
             os.fsync(f.fileno())
         _barrier()
         if self.rank == 0:
-            write_json_atomic(tmp / STATE_FILE, {**trainer_state, "step": step, "world_size": self.world_size})
-            for file in tmp.iterdir():  # DCP does not fsync its shards
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
+            write_json_atomic(tmp / STATE_FILE, {**trainer_state, "step": step, "world_size": self.world_size,
+                                                 "format": state.format})
+            for file in tmp.rglob("*"):  # neither DCP nor DeepSpeed fsyncs its files
+                if file.is_file():
+                    with open(file, "rb") as f:
+                        os.fsync(f.fileno())
             write_json_atomic(tmp / COMPLETE, {"step": step})
             _fsync_dir(tmp)
             if final.exists():  # re-saving a step (e.g. preempted right after a periodic save)
@@ -139,30 +171,30 @@ class Checkpointer:
         _barrier()
         return final
 
-    def load(self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             model_config: dict) -> dict:
-        """Restore model, optimizer and this rank's RNGs; return the trainer state."""
+    def load(self, path: str | Path, state: DCPState, model_config: dict) -> dict:
+        """Restore model, optimizer (`state`) and this rank's RNGs; return the trainer state."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"--checkpoint.resume: checkpoint {path} does not exist")
         problem = checkpoint_problem(path)
         if problem is not None:
             raise ValueError(f"--checkpoint.resume: {path} is not a complete checkpoint: {problem}")
-        state = json.loads((path / STATE_FILE).read_text())
-        saved = state.get("model_config", {})
+        trainer_state = json.loads((path / STATE_FILE).read_text())
+        saved = trainer_state.get("model_config", {})
         diffs = [f"{k}: checkpoint {saved[k]!r} vs run {model_config.get(k)!r}" for k in saved
                  if saved[k] != model_config.get(k) and k not in ("attn_backend", "dropout")]
         if diffs:
             raise ValueError(f"checkpoint {path} is from a different model ({'; '.join(diffs[:4])})")
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        bundle = {"model": model_sd, "optim": optim_sd}
-        dcp.load(bundle, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=bundle["model"], optim_state_dict=bundle["optim"])
+        if checkpoint_format(path) != state.format:
+            raise ValueError(f"--checkpoint.resume: {path} was written by the {checkpoint_format(path)} backend and "
+                             f"cannot be resumed by the {state.format} backend; resume with the same --dist.backend "
+                             "or export it with utils/export_checkpoint.py")
+        state.load(path, trainer_state.get("world_size"))
         rng_file = path / f"rng_rank{self.rank:05d}.pt"
-        if state.get("world_size") == self.world_size and rng_file.exists():
+        if trainer_state.get("world_size") == self.world_size and rng_file.exists():
             set_rng_state(torch.load(rng_file, weights_only=False))
         else:
             # Resharded resume: per-rank RNG streams cannot carry over; derive fresh ones from the step.
-            seed_everything(state.get("seed", 0) * 1_000_003 + state["step"] * 1009 + self.rank)
-        return state
+            seed_everything(trainer_state.get("seed", 0) * 1_000_003 + trainer_state["step"] * 1009 + self.rank)
+        return trainer_state
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,10 +24,16 @@ from recur.eval.algorithmic import accuracy_grid
 from recur.flops import count_params, flops_per_token
 from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
 from recur.models import create_model
+from recur.models.looped import LoopedLM, NoiseKey
 from recur.optim import build_optimizer, lr_at, set_lr
-from recur.parallel.env import DistEnv, single_process_env
+from recur.parallel.backend import all_reduce_sum, build_backend, resolve_backend
+from recur.parallel.env import DistEnv, init_distributed, shutdown_distributed
 from recur.plots import plot_accuracy, plot_loss
 from recur.recurrence import RecurrenceSampler
+
+
+class NonFiniteLossError(ValueError):
+    """--dist.nan_policy stop: a non-finite loss ended the run (no checkpoint of the diverged state)."""
 
 
 class PreemptionFlag:
@@ -74,12 +82,15 @@ def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
 
 
-def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, evals: list[dict]) -> dict:
+def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, evals: list[dict], env: DistEnv) -> dict:
+    """Every rank evaluates (a sharded model needs all ranks in each forward); the main rank records."""
     tasks = cfg.eval.tasks or cfg.data.tasks
     depths = cfg.eval.depths if cfg.model.variant != "baseline" else [1]
     accuracy = accuracy_grid(model, tokenizer, tasks, depths, cfg.eval.num_samples, seed=cfg.seed,
                              max_new_tokens=cfg.eval.max_new_tokens)
     record = {"step": step, "accuracy": accuracy}
+    if not env.is_main:
+        return record
     evals.append(record)
     with open(run_dir / "eval.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -88,10 +99,47 @@ def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, eval
 
 
 def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None = None) -> dict:
-    env = env or single_process_env(cfg.device)
+    """Run (or resume) training; under torchrun/srun every process calls this."""
+    env = env or init_distributed(cfg.device, cfg.dist.timeout_minutes, cfg.dist.master_port)
+    try:
+        return _train(cfg, env, config_yaml)
+    except BaseException as error:
+        if not env.distributed:
+            raise
+        _abort_job(error, env)
+    finally:
+        shutdown_distributed()
+
+
+def _abort_job(error: BaseException, env: DistEnv) -> None:
+    """A failing rank must not leave the others waiting in a collective until the timeout: report, then
+    exit at once (no Python cleanup that could block on communication); torchrun/srun end the others."""
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        print(f"train.py: error (rank {env.rank}): {error}", file=sys.stderr, flush=True)
+        os._exit(2)
+    print(f"[rank {env.rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _loss_weights(masks: list[torch.Tensor], env: DistEnv) -> tuple[list[float], float]:
+    """Per-micro-batch weights turning each micro-batch's mean loss into its share of the global-batch
+    mean over *all* target tokens, with the backends' averaging over ranks undone. One process with a
+    single micro-batch gets weight exactly 1."""
+    counts = [float(m.sum()) for m in masks]
+    total = max(all_reduce_sum(torch.tensor([sum(counts)], dtype=torch.float64, device=env.device))[0], 1.0)
+    return [c * env.world_size / total for c in counts], total
+
+
+def _data_checksum(inputs: torch.Tensor) -> torch.Tensor:
+    """Order-sensitive fingerprint of the tokens of a batch (summed over ranks it identifies the global batch)."""
+    positions = torch.arange(1, inputs.shape[1] + 1, device=inputs.device)
+    return (inputs * positions).sum().double()
+
+
+def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     run_dir = Path(cfg.out_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed + env.rank)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP/ZeRO-3 shard local inits)
 
     # ---- data ----
     train_path, val_path = prepare_data(cfg, run_dir, env)
@@ -108,13 +156,16 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None 
                                      micro_batch_size=cfg.data.micro_batch_size)
     loader = make_dataloader(dataset, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
     seq_len = manifest["seq_len"]
+    accum = dataset.micro_batches_per_step
 
-    # ---- model, optimizer, schedules ----
+    # ---- model, optimizer, parallel backend, schedules ----
     model_cfg = cfg.model.resolved()
     model = create_model(model_cfg).to(env.device)
-    optimizer = build_optimizer(model, cfg.optim)
-    sampler = RecurrenceSampler(cfg.recurrence, cfg.steps)
     params = count_params(model)
+    backend = build_backend(cfg, model, env, accum, dataset.micro_batch_size, lambda m: build_optimizer(m, cfg.optim))
+    optimizer = backend.optimizer
+    seed_everything(cfg.seed + env.rank)  # per-rank streams from here on (e.g. dropout)
+    sampler = RecurrenceSampler(cfg.recurrence, cfg.steps)
     peak = device_peak_tflops(env.device, cfg.log.peak_tflops)
 
     # ---- resume ----
@@ -126,16 +177,18 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None 
     elif cfg.checkpoint.resume != "none":
         resume_from = Path(cfg.checkpoint.resume)
     if resume_from is not None:
-        state = checkpointer.load(resume_from, model, optimizer, asdict(model_cfg))
+        state = checkpointer.load(resume_from, backend.checkpoint_state(), asdict(model_cfg))
         loader.load_state_dict(state["loader"])
         start_step, tokens_seen = state["step"], state["tokens"]
         if env.is_main:
-            print(f"[resume] {resume_from} at step {start_step}", file=sys.stderr)
+            print(f"[resume] {resume_from} at step {start_step} (saved on {state.get('world_size')} ranks, "
+                  f"now {env.world_size})", file=sys.stderr)
     if env.is_main:
         if config_yaml is not None:
             (run_dir / "config.yaml").write_text(config_yaml)
         print(f"[model] {model_cfg.variant}: {params['total']:,} params "
-              f"({params['non_embedding']:,} non-embedding) on {env.device}", file=sys.stderr)
+              f"({params['non_embedding']:,} non-embedding) on {env.device} x {env.world_size} "
+              f"({resolve_backend(cfg.dist.backend, env.world_size)})", file=sys.stderr)
     logger = MetricsLogger(run_dir, cfg.steps, cfg.log.interval, cfg.log.wandb_mode, cfg.log.wandb_project,
                            cfg.run_name, asdict(cfg), enabled=env.is_main, resume=resume_from is not None)
     logger.truncate_after(start_step)
@@ -144,41 +197,67 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None 
 
     def trainer_state(step: int) -> dict:
         return {"step": step, "tokens": tokens_seen, "loader": loader.state_dict(), "seed": cfg.seed,
-                "model_config": asdict(model_cfg)}
+                "model_config": asdict(model_cfg), "backend": backend.name}
 
     # ---- loop ----
     preempt = PreemptionFlag()
     batches = iter(loader)
-    accum = dataset.micro_batches_per_step
+    looped = isinstance(backend.raw, LoopedLM)
     step = start_step
-    model.train()
+    backend.model.train()
     for step in range(start_step, cfg.steps):
         began = time.perf_counter()
         lr = lr_at(step, cfg.optim.schedule, cfg.steps)
         set_lr(optimizer, lr)
-        depth = sampler(step)
-        loss_sum = torch.zeros((), device=env.device)
+        depth = sampler(step)  # a pure function of the step: the same draw on every rank
+        micro_batches = [_batch_to(next(batches), env.device) for _ in range(accum)]
+        weights, target_tokens = _loss_weights([mb[2] for mb in micro_batches], env)
+        # Kept on the device (no sync per micro-batch): sum of loss x target tokens, and the data fingerprint.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+        checksum = torch.zeros((), dtype=torch.float64, device=env.device)
         step_tokens = 0
-        for _ in range(accum):
-            inputs, targets, mask, docs = _batch_to(next(batches), env.device)
+        for micro, (inputs, targets, mask, docs) in enumerate(micro_batches):
+            if looped:  # initial-state noise keyed by (seed, step, global row): world-size invariant
+                first_row = env.rank * dataset.rank_batch_size + micro * dataset.micro_batch_size
+                backend.raw.noise_key = NoiseKey(cfg.seed * 1_000_003 + step, first_row)
             with _autocast(cfg, env.device):
-                out = model(inputs, targets=targets, loss_mask=mask, num_steps=(depth.no_grad_steps,
-                                                                                 depth.grad_steps), doc_ids=docs)
-            loss = out.loss + (out.aux_loss if out.aux_loss is not None else 0.0)
-            (loss / accum).backward()
-            loss_sum += out.loss.detach()
+                out = backend.model(inputs, targets=targets, loss_mask=mask,
+                                    num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs)
+            loss = out.loss * weights[micro]
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss / accum
+            backend.backward(loss, last_micro_batch=micro == accum - 1)
+            loss_sum += out.loss.detach().double() * mask.sum()
+            checksum += _data_checksum(inputs)
             step_tokens += inputs.numel()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        backend.reduce_gradients()
+        # One collective carries the global loss, the NaN verdict, the preemption vote and the data checksum,
+        # so every rank takes the same decision on the same step.
+        total_loss, nonfinite, preempted, checksum = all_reduce_sum(torch.stack([
+            loss_sum, (~torch.isfinite(loss_sum)).double(), torch.tensor(float(preempt.raised is not None),
+                                                                       dtype=torch.float64, device=env.device),
+            checksum]))
+        global_loss = total_loss / target_tokens
+        if nonfinite:
+            if cfg.dist.nan_policy == "stop":
+                _report_nonfinite(run_dir, step, env)
+            backend.skip_step()
+            grad_norm = float("nan")
+            if env.is_main:
+                print(f"[nan] step {step}: non-finite loss on {int(nonfinite)} rank(s); step skipped "
+                      "(--dist.nan_policy skip)", file=sys.stderr)
+        else:
+            grad_norm = backend.clip_and_step(cfg.optim.grad_clip)
+        backend.zero_grad()
         tokens_seen += step_tokens * env.world_size
         elapsed = time.perf_counter() - began
-        flops = flops_per_token(model, model_cfg, seq_len, depth.no_grad_steps, depth.grad_steps) * step_tokens
-        record = {"step": step, "loss": (loss_sum / accum).item(), "lr": lr, "r": depth.total,
+        flops = flops_per_token(backend.raw, model_cfg, seq_len, depth.no_grad_steps, depth.grad_steps) * step_tokens
+        record = {"step": step, "loss": global_loss, "lr": lr, "r": depth.total,
                   "mean_recurrence": depth.mean_recurrence, "k": depth.grad_steps,
                   "backprop_depth": depth.backprop_depth, "tokens": tokens_seen,
                   "tokens_per_s": step_tokens * env.world_size / elapsed, "flops": flops * env.world_size,
-                  "mfu": flops / elapsed / (peak * 1e12) if peak else None, "grad_norm": grad_norm.item(),
+                  "mfu": flops / elapsed / (peak * 1e12) if peak else None, "grad_norm": grad_norm,
+                  "skipped": bool(nonfinite), "data_checksum": checksum,
                   "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if env.device.type == "cuda" else None,
                   "time": time.time()}
         record.update({f"stat/{k}": v for k, v in out.stats.items()})
@@ -187,29 +266,39 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None 
         done = step + 1
         if env.is_main and (done % cfg.log.plot_interval == 0 or done == cfg.steps):
             plot_loss(read_metrics(logger.path), run_dir / "loss.png")
-        if cfg.eval.interval and done % cfg.eval.interval == 0 and done != cfg.steps and env.is_main:
-            _evaluate(model, tokenizer, cfg, done, run_dir, evals)
-        if preempt.raised is not None:
-            checkpointer.save(done, model, optimizer, trainer_state(done))
+        if cfg.eval.interval and done % cfg.eval.interval == 0 and done != cfg.steps:
+            _evaluate(backend.raw, tokenizer, cfg, done, run_dir, evals, env)
+        if preempted:
+            checkpointer.save(done, backend.checkpoint_state(), trainer_state(done))
             if env.is_main:
-                print(f"[preempt] signal {preempt.raised}: checkpointed step {done}, exiting", file=sys.stderr)
+                print(f"[preempt] signal on {int(preempted)} rank(s): checkpointed step {done}, exiting",
+                      file=sys.stderr)
             logger.close()
             return {"preempted": True, "step": done}
         if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done != cfg.steps:
-            checkpointer.save(done, model, optimizer, trainer_state(done))
+            checkpointer.save(done, backend.checkpoint_state(), trainer_state(done))
 
     # ---- finish ----
-    checkpointer.save(cfg.steps, model, optimizer, trainer_state(cfg.steps))
+    checkpointer.save(cfg.steps, backend.checkpoint_state(), trainer_state(cfg.steps))
     summary = {"steps": cfg.steps, "tokens": tokens_seen, "params": params}
+    accuracy = _evaluate(backend.raw, tokenizer, cfg, cfg.steps, run_dir, evals, env)["accuracy"]
     if env.is_main:
         history = read_metrics(logger.path)
         tail = history[-max(1, len(history) // 20):]
         summary.update(final_loss=sum(r["loss"] for r in tail) / len(tail), first_loss=history[0]["loss"],
                        mean_tokens_per_s=sum(r["tokens_per_s"] for r in history) / len(history),
-                       wall_time_s=history[-1]["time"] - history[0]["time"])
-        summary["eval"] = _evaluate(model, tokenizer, cfg, cfg.steps, run_dir, evals)["accuracy"]
+                       wall_time_s=history[-1]["time"] - history[0]["time"], eval=accuracy)
         write_json_atomic(run_dir / "summary.json", summary)
         print(f"[done] final loss {summary['final_loss']:.4f}; accuracy "
               + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items()), file=sys.stderr)
     logger.close()
     return summary
+
+
+def _report_nonfinite(run_dir: Path, step: int, env: DistEnv) -> None:
+    """--dist.nan_policy stop: write the report and end the run without checkpointing the diverged state."""
+    report = run_dir / "nan_report.json"
+    if env.is_main:
+        write_json_atomic(report, {"step": step, "policy": "stop", "world_size": env.world_size,
+                                   "hint": "resume from the last checkpoint with a lower lr or --dist.nan_policy skip"})
+    raise NonFiniteLossError(f"non-finite loss at step {step} (--dist.nan_policy stop); report in {report}")

@@ -11,6 +11,8 @@ without prelude and coda whose state starts as the embeddings and is iterated wi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -29,6 +31,24 @@ def split_steps(num_steps: NumSteps, default: int) -> tuple[int, int]:
     return int(no_grad_steps), int(grad_steps)
 
 
+@dataclass(frozen=True)
+class NoiseKey:
+    """Keys the random initial state of training row by row: row i of a batch draws from a generator
+    seeded by (seed, first_row + i). The trainer passes seed = f(run seed, step) and the batch's first
+    row in the global batch, so a row's noise is the same whatever the world size, micro-batching or
+    resume point, and no global RNG state is consumed."""
+
+    seed: int
+    first_row: int
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for i in range(like.shape[0]):
+            generator = torch.Generator(like.device).manual_seed(((self.seed << 24) + self.first_row + i) % 2**63)
+            rows.append(torch.randn(like.shape[1:], generator=generator, device=like.device))
+        return torch.stack(rows).to(like.dtype)
+
+
 class LoopedLM(DecoderLM):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -41,6 +61,7 @@ class LoopedLM(DecoderLM):
         # generation sees the same state as an uncached forward.
         eval_state = torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(0)) * cfg.init_state_std
         self.register_buffer("eval_state", eval_state, persistent=False)
+        self.noise_key: NoiseKey | None = None  # set by the trainer: training noise keyed by global row
         self.init_weights()
         if self.adapter is not None and cfg.adapter_init == "passthrough":
             self.set_passthrough_adapter()
@@ -63,6 +84,8 @@ class LoopedLM(DecoderLM):
         if kind == "zeros":
             return torch.zeros_like(e)
         if self.training:
+            if self.noise_key is not None:
+                return self.noise_key.draw(e) * self.cfg.init_state_std
             return torch.randn_like(e) * self.cfg.init_state_std
         return self.eval_state.to(e.dtype).expand_as(e)
 

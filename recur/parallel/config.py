@@ -1,0 +1,28 @@
+"""Configuration of multi-process training (`--dist.*`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKENDS = ("auto", "none", "ddp", "fsdp", "deepspeed")
+NAN_POLICIES = ("skip", "stop")
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"  # auto (fsdp when world size > 1, else none) | none | ddp | fsdp | deepspeed
+    timeout_minutes: float = 30.0  # collective timeout: a rank stuck this long fails the job instead of hanging
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (fsdp, ddp, none)
+    cpu_offload: bool = False  # fsdp: keep sharded params/grads/optimizer state in host memory
+    reshard_core: bool = False  # fsdp: free the core blocks' gathered params after every loop iteration
+    deepspeed_config: str = "configs/deepspeed/zero2.json"  # deepspeed: JSON config ("auto" values filled from ours)
+    nan_policy: str = "skip"  # skip (zero grads, skip the optimizer step) | stop (report and exit, no checkpoint)
+    master_port: int | None = None  # slurm launch without MASTER_PORT: default derived from the job id
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--dist.backend: expected one of {'|'.join(BACKENDS)}, got {self.backend!r}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"--dist.nan_policy: expected one of {'|'.join(NAN_POLICIES)}, got {self.nan_policy!r}")
+        if not self.timeout_minutes > 0:
+            raise ValueError(f"--dist.timeout_minutes: expected a positive number, got {self.timeout_minutes!r}")
