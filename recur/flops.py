@@ -11,9 +11,14 @@ as in nanoGPT/PaLM), ×3 with grad.
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
+import numpy as np
 from torch import nn
 
 from recur.models.config import ModelConfig
+from recur.recurrence import RecurrenceSampler
 
 
 def _numel(module: nn.Module | None) -> int:
@@ -36,9 +41,10 @@ def _matmul_params(model: nn.Module, names: tuple[str, ...]) -> int:
     return sum(_numel(getattr(model, name, None)) for name in names)
 
 
-def flops_per_token(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0,
-                    grad_steps: int = 1) -> float:
-    """Training FLOPs per token for one step that runs n = no_grad_steps, k = grad_steps iterations."""
+def flop_terms(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: float = 0,
+               grad_steps: float = 1) -> dict[str, float]:
+    """Per-token pieces of the training cost: N₁ (params applied with grad), N₂ (params applied without
+    grad) and attention FLOPs. n and k may be expectations (floats): the cost is affine in both."""
     head = model.lm_head.weight.numel()
     attn_dim = cfg.n_heads * cfg.head_dim
     attn_per_layer = 4 * seq_len * attn_dim
@@ -51,7 +57,72 @@ def flops_per_token(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_st
         fixed = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("tok_embeddings"))
         fixed += head if tied else 0
         loop, fixed_layers, loop_layers = 0, cfg.n_layers, 0
-    n1 = fixed + loop * grad_steps
-    n2 = loop * no_grad_steps
-    attn = attn_per_layer * (3 * (fixed_layers + loop_layers * grad_steps) + loop_layers * no_grad_steps)
-    return 6 * n1 + 2 * n2 + attn
+    return {"n1": fixed + loop * grad_steps, "n2": loop * no_grad_steps,
+            "attention": attn_per_layer * (3 * (fixed_layers + loop_layers * grad_steps)
+                                           + loop_layers * no_grad_steps)}
+
+
+def flops_per_token(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0,
+                    grad_steps: int = 1) -> float:
+    """Training FLOPs per token for one step that runs n = no_grad_steps, k = grad_steps iterations."""
+    terms = flop_terms(model, cfg, seq_len, no_grad_steps, grad_steps)
+    return 6 * terms["n1"] + 2 * terms["n2"] + terms["attention"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrating a recurrence curriculum over a run
+# ---------------------------------------------------------------------------------------------
+
+EXPECTATIONS = ("analytic", "draws")
+
+
+@lru_cache(maxsize=4096)
+def expected_steps(mean: int, depth: int, sampling: str = "poisson-lognormal", sigma: float = 0.5,
+                   max_recurrence: int | None = None) -> tuple[float, float]:
+    """(E[n], E[k]) for one step with scheduled mean r̄ and backprop depth s under the sampler's law.
+
+    Poisson-lognormal: r = Poisson(λ) + 1 with log λ ~ Normal(log r̄ − σ²/2, σ). P(r = j) is the Poisson
+    pmf at j − 1 averaged over λ by 96-point Gauss–Hermite quadrature in log λ; the support is summed
+    far into the tail (P beyond it < 1e-12). Then r is capped at max_recurrence, k = min(s, r), n = r − k."""
+    if sampling == "fixed":
+        r = min(mean, max_recurrence) if max_recurrence is not None else mean
+        return float(r - min(depth, r)), float(min(depth, r))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(96)
+    weights = weights / weights.sum()
+    log_lam = math.log(mean) - sigma**2 / 2 + sigma * nodes  # [Q]
+    top = int(math.exp(math.log(mean) + 9 * sigma)) * 3 + 60
+    j = np.arange(1, top + 1)  # r values
+    lgamma = np.array([math.lgamma(x) for x in j])
+    log_pmf = (j[None, :] - 1) * log_lam[:, None] - np.exp(log_lam)[:, None] - lgamma[None, :]
+    prob = (weights[:, None] * np.exp(log_pmf)).sum(axis=0)
+    r = np.minimum(j, max_recurrence) if max_recurrence is not None else j
+    k = np.minimum(depth, r)
+    return float((prob * (r - k)).sum()), float((prob * k).sum())
+
+
+def curriculum_flops(model: nn.Module, cfg: ModelConfig, sampler: RecurrenceSampler, seq_len: int,
+                     tokens_per_step: int, steps: int | None = None, expectation: str = "draws") -> dict:
+    """Training FLOPs of a run under the recurrence curriculum: Σ_steps tokens · (6·N₁ + 2·N₂ + attention).
+
+    expectation="draws" replays the sampler's seeded (n, k) of every step, so the total equals what the
+    trainer logs; "analytic" uses E[n], E[k] of the sampling law at each step's scheduled (r̄, s)."""
+    if expectation not in EXPECTATIONS:
+        raise ValueError(f"--expectation: got '{expectation}'; expected one of {', '.join(EXPECTATIONS)}")
+    steps = sampler.total_steps if steps is None else steps
+    totals = {"n1": 0.0, "n2": 0.0, "attention": 0.0}
+    sum_n = sum_k = 0.0
+    for step in range(steps):
+        if expectation == "draws":
+            depth = sampler(step)
+            n, k = float(depth.no_grad_steps), float(depth.grad_steps)
+        else:
+            c = sampler.cfg
+            n, k = expected_steps(*sampler.schedule(step), c.sampling, c.sigma, c.max_recurrence)
+        for name, value in flop_terms(model, cfg, seq_len, n, k).items():
+            totals[name] += value * tokens_per_step
+        sum_n, sum_k = sum_n + n, sum_k + k
+    tokens = steps * tokens_per_step
+    return {"steps": steps, "tokens": tokens, "mean_no_grad_steps": sum_n / max(steps, 1),
+            "mean_grad_steps": sum_k / max(steps, 1), "flops_6DN1": 6 * totals["n1"], "flops_2DN2": 2 * totals["n2"],
+            "flops_attention": totals["attention"],
+            "total_flops": 6 * totals["n1"] + 2 * totals["n2"] + totals["attention"]}
