@@ -30,6 +30,7 @@ is completed from the next epoch's order, so every batch has the full size).
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,6 +92,12 @@ class StatefulParquetDataset(IterableDataset):
         self.infinite = infinite
         self._next_batch = 0
         self._window_cache: tuple[tuple[int, int], list[RowBlock]] | None = None
+        self._prefetch: tuple[tuple[int, int], Future] | None = None
+        self._reader: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Threads and decoded windows stay in the process that made them; DataLoader workers start fresh.
+        return {**self.__dict__, "_window_cache": None, "_prefetch": None, "_reader": None}
 
     # ----- position and state -------------------------------------------------------------------------
     @property
@@ -163,10 +170,24 @@ class StatefulParquetDataset(IterableDataset):
             yield window, self.order.window_permutation(window)[lo:hi]
 
     def _blocks(self, window: Window) -> list[RowBlock]:
+        """The decoded row groups of ``window``; the next window is decoded in the background meanwhile.
+
+        All reads run on one background thread (parquet file handles are not shared between threads),
+        so decoding the next window overlaps with gathering batches from this one.
+        """
         key = (window.epoch, window.index)
-        if self._window_cache is None or self._window_cache[0] != key:
-            self._window_cache = None  # free the previous window before decoding the next one
-            self._window_cache = (key, self.shards.read_groups(window.groups))
+        if self._window_cache is not None and self._window_cache[0] == key:
+            return self._window_cache[1]
+        self._window_cache = None  # free the previous window before holding two new ones
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch")
+        if self._prefetch is not None and self._prefetch[0] == key:
+            current = self._prefetch[1]
+        else:
+            current = self._reader.submit(self.shards.read_groups, window.groups)
+        upcoming = self.order.next_window(window)
+        self._prefetch = ((upcoming.epoch, upcoming.index), self._reader.submit(self.shards.read_groups, upcoming.groups))
+        self._window_cache = (key, current.result())
         return self._window_cache[1]
 
     def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:

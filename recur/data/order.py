@@ -74,6 +74,13 @@ class GlobalOrder:
             layout = self._layout_cache[epoch] = _EpochLayout(windows, starts)
         return layout
 
+    def next_window(self, window: Window) -> Window:
+        """The window whose rows follow ``window``'s in the stream (possibly the next epoch's first)."""
+        windows = self._layout(window.epoch).windows
+        if window.index + 1 < len(windows):
+            return windows[window.index + 1]
+        return self._layout(window.epoch + 1).windows[0]
+
     def window_permutation(self, window: Window) -> np.ndarray:
         """Position within the window -> row index into the concatenation of the window's groups."""
         key = (window.epoch, window.index)

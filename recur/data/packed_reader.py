@@ -14,44 +14,40 @@ from recur.data.shard_writer import MANIFEST_NAME, SCHEMA, RowBlock
 from recur.data.validate import check_row_group, open_packed_dataset
 
 
-def _doc_ids(block: RowBlock, rows: np.ndarray) -> np.ndarray:
-    """Per-token document index within each selected row, from its ``doc_starts``."""
-    n, row_len = len(rows), block.input_ids.shape[1]
-    lo, hi = block.doc_offsets[rows], block.doc_offsets[rows + 1]
-    counts = hi - lo
+def _selected_doc_starts(block: RowBlock, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``doc_starts`` of the selected rows, concatenated; how many starts each row has)."""
+    lo = block.doc_offsets[rows]
+    counts = block.doc_offsets[rows + 1] - lo
     # Flat index of every selected start, without a Python loop over rows.
     first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-    starts = block.doc_starts[first + np.arange(int(counts.sum()))]
-    boundary = np.zeros((n, row_len), dtype=np.int32)
-    boundary[np.repeat(np.arange(n), counts), starts] = 1
-    doc_ids = np.cumsum(boundary, axis=1, dtype=np.int32)
-    doc_ids -= 1
-    return doc_ids
+    return block.doc_starts[first + np.arange(int(counts.sum()))], counts
 
 
 def take_rows(blocks: list[RowBlock], rows: np.ndarray) -> dict[str, np.ndarray]:
     """Gather rows (indices into the concatenation of ``blocks``) in the given order.
 
     Gathering from each block in place avoids concatenating a whole window of row groups, which would
-    copy every token once more than needed. ``input_ids`` come out as int64, the dtype the model embeds.
+    copy every token once more than needed. ``input_ids`` come out as int64, the dtype the model embeds;
+    ``doc_ids`` is the per-token document index within its row (cumulative count of doc starts - 1).
     """
     sizes = np.array([len(b.input_ids) for b in blocks])
     ends = np.cumsum(sizes)
     member = np.searchsorted(ends, rows, side="right")
     within = rows - (ends - sizes)[member]
     shape = (len(rows), blocks[0].input_ids.shape[1])
-    out = {
-        "input_ids": np.empty(shape, dtype=np.int64),
-        "loss_mask": np.empty(shape, dtype=np.uint8),
-        "doc_ids": np.empty(shape, dtype=np.int32),
-    }
+    input_ids = np.empty(shape, dtype=np.int64)
+    loss_mask = np.empty(shape, dtype=np.uint8)
+    doc_ids = np.zeros(shape, dtype=np.int32)
     for m in np.unique(member):
         selected = np.flatnonzero(member == m)
         block, local = blocks[m], within[selected]
-        out["input_ids"][selected] = block.input_ids[local]
-        out["loss_mask"][selected] = block.loss_mask[local]
-        out["doc_ids"][selected] = _doc_ids(block, local)
-    return out
+        input_ids[selected] = block.input_ids[local]
+        loss_mask[selected] = block.loss_mask[local]
+        starts, counts = _selected_doc_starts(block, local)
+        doc_ids[np.repeat(selected, counts), starts] = 1
+    np.cumsum(doc_ids, axis=1, out=doc_ids)
+    doc_ids -= 1
+    return {"input_ids": input_ids, "loss_mask": loss_mask, "doc_ids": doc_ids}
 
 
 def _flat_values(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +113,7 @@ class PackedShards:
             handle = self._handles.get(shard)
             if handle is None:
                 handle = self._handles[shard] = pq.ParquetFile(file)
-            table = handle.read_row_group(index, columns=SCHEMA.names)
+            table = handle.read_row_group(index, columns=SCHEMA.names, use_threads=False)
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"shard {file} is corrupt/truncated: row group {index}: {err}") from err
         where = f"shard {file}, row group {index}"
