@@ -70,14 +70,17 @@ class PhasedLoader:
         return PHASES[self.phase]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        streams: dict[int, Iterator] = {}
         while self.tokens < self.limits[1]:
-            stream = iter(self.phases[self.phase])
-            while self.tokens < self.limits[self.phase]:
-                for _ in range(self.micro_batches_per_step):
-                    yield next(stream)
-                self.tokens += self.tokens_per_step
-            if self.phase == 0:
+            if self.phase == 0 and self.tokens >= self.limits[0]:
                 self.phase = 1
+            stream = streams.setdefault(self.phase, iter(self.phases[self.phase]))
+            for micro in range(self.micro_batches_per_step):
+                # Counted before the step's last micro-batch leaves, so a state_dict taken after the
+                # step (before the next request) already includes it, as the inner loaders do.
+                if micro == self.micro_batches_per_step - 1:
+                    self.tokens += self.tokens_per_step
+                yield next(stream)
 
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "tokens": self.tokens, "limits": list(self.limits),

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Run the whole ablation ladder at one size on a reduced budget, then compare the runs.
+
+    python scripts/run_nano_ladder.py [--size nano] [--steps 60] [--out_dir runs/ladder]
+
+Each variant trains through `train.py --config configs/ladder/<variant>.yaml --model_size <size>` in its
+own subprocess (same data, seed, steps and batch); then compare_runs.py writes the comparison, and a
+summary table from each run's summary.json (loss, throughput, params, accuracy) is printed and saved as
+<out_dir>/ladder.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("baseline", "shared_loop", "latent", "act", "ssm", "ssm_mem")
+
+
+def train_variant(variant: str, args: argparse.Namespace) -> Path:
+    run_dir = Path(args.out_dir) / f"{args.size}_{variant}"
+    if (run_dir / "summary.json").exists() and not args.force:
+        print(f"[ladder] {variant}: done already ({run_dir}); --force retrains", file=sys.stderr)
+        return run_dir
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "ladder" / f"{variant}.yaml"),
+           "--model_size", args.size, "--steps", str(args.steps), "--out_dir", args.out_dir,
+           "--run_name", run_dir.name, "--data.seq_len", str(args.seq_len), "--data.num_docs", str(args.num_docs),
+           "--data.global_batch_size", str(args.batch_size), "--eval.num_samples", str(args.eval_samples),
+           "--eval.depths", json.dumps(args.depths), "--checkpoint.interval", "0", "--log.interval", "10"]
+    print(f"[ladder] {variant}: {' '.join(cmd[1:])}", file=sys.stderr)
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return run_dir
+
+
+def summary_table(run_dirs: list[Path]) -> str:
+    lines = ["| variant | params (total / non-emb) | first loss | final loss | tokens/s | wall s | mean accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for run_dir in run_dirs:
+        s = json.loads((run_dir / "summary.json").read_text())
+        acc = s.get("eval") or {}
+        mean_acc = sum(acc.values()) / len(acc) if acc else float("nan")
+        lines.append(f"| {run_dir.name.split('_', 1)[1]} | {s['params']['total'] / 1e6:.2f}M / "
+                     f"{s['params']['non_embedding'] / 1e6:.2f}M | {s['first_loss']:.3f} | {s['final_loss']:.3f} | "
+                     f"{s['mean_tokens_per_s']:.0f} | {s['wall_time_s']:.0f} | {mean_acc:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="nano")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--num_docs", type=int, default=4000)
+    p.add_argument("--eval_samples", type=int, default=16)
+    p.add_argument("--depths", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--out_dir", default="runs/ladder")
+    p.add_argument("--force", action="store_true", help="retrain runs that already have a summary.json")
+    args = p.parse_args()
+    if args.steps < 1:
+        print("run_nano_ladder.py: error: --steps must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        run_dirs = [train_variant(v, args) for v in args.variants]
+    except subprocess.CalledProcessError as error:
+        print(f"run_nano_ladder.py: error: training failed: {error}", file=sys.stderr)
+        return 1
+    table = summary_table(run_dirs)
+    out = Path(args.out_dir) / "ladder.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(f"# Ladder at {args.size}, {args.steps} steps\n\n{table}")
+    os.replace(tmp, out)
+    print(table)
+    compare = [sys.executable, str(ROOT / "compare_runs.py"), *map(str, run_dirs),
+               "--out_dir", str(Path(args.out_dir) / "compare")]
+    result = subprocess.run(compare, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
