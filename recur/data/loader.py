@@ -30,6 +30,7 @@ is completed from the next epoch's order, so every batch has the full size).
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,7 +94,7 @@ class StatefulParquetDataset(IterableDataset):
         self._next_batch = 0
         self._window_cache: tuple[tuple[int, int], list[RowBlock]] | None = None
         self._prefetch: tuple[tuple[int, int], Future] | None = None
-        self._reader: ThreadPoolExecutor | None = None
+        self._reader: tuple[int, ThreadPoolExecutor] | None = None  # (owning process id, executor)
 
     def __getstate__(self) -> dict[str, Any]:
         # Threads and decoded windows stay in the process that made them; DataLoader workers start fresh.
@@ -179,14 +180,17 @@ class StatefulParquetDataset(IterableDataset):
         if self._window_cache is not None and self._window_cache[0] == key:
             return self._window_cache[1]
         self._window_cache = None  # free the previous window before holding two new ones
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch")
+        if self._reader is None or self._reader[0] != os.getpid():
+            # A forked DataLoader worker inherits the executor object but not its thread: start anew.
+            self._reader = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch"))
+            self._prefetch = None
+        reader = self._reader[1]
         if self._prefetch is not None and self._prefetch[0] == key:
             current = self._prefetch[1]
         else:
-            current = self._reader.submit(self.shards.read_groups, window.groups)
+            current = reader.submit(self.shards.read_groups, window.groups)
         upcoming = self.order.next_window(window)
-        self._prefetch = ((upcoming.epoch, upcoming.index), self._reader.submit(self.shards.read_groups, upcoming.groups))
+        self._prefetch = ((upcoming.epoch, upcoming.index), reader.submit(self.shards.read_groups, upcoming.groups))
         self._window_cache = (key, current.result())
         return self._window_cache[1]
 

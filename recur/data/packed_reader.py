@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,7 @@ class PackedShards:
         self.num_rows = int(self.group_sizes.sum())
         self.fingerprint = self._fingerprint(self.manifest["shards"])
         self._handles: dict[int, pq.ParquetFile] = {}
+        self._handles_pid = os.getpid()
 
     def _fingerprint(self, shard_entries: list[dict]) -> str:
         # Content hashes from the manifest plus the row-group layout, which decides the order too.
@@ -106,14 +108,22 @@ class PackedShards:
         # Open file handles do not survive pickling into DataLoader workers; they reopen lazily there.
         return {**self.__dict__, "_handles": {}}
 
+    def _handle(self, shard: int) -> pq.ParquetFile:
+        if self._handles_pid != os.getpid():
+            # Forked workers must not share open files (and their positions) with the parent.
+            self._handles, self._handles_pid = {}, os.getpid()
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = self._handles[shard] = pq.ParquetFile(self.files[shard])
+        return handle
+
     def read_group(self, group: int) -> RowBlock:
         shard, index = int(self.group_shard[group]), int(self.group_index[group])
         file = self.files[shard]
         try:
-            handle = self._handles.get(shard)
-            if handle is None:
-                handle = self._handles[shard] = pq.ParquetFile(file)
-            table = handle.read_row_group(index, columns=SCHEMA.names, use_threads=False)
+            # Single-threaded decode: parallelism comes from the prefetch thread and DataLoader workers;
+            # pyarrow's own pool in every rank and worker process would oversubscribe the CPUs.
+            table = self._handle(shard).read_row_group(index, columns=SCHEMA.names, use_threads=False)
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"shard {file} is corrupt/truncated: row group {index}: {err}") from err
         where = f"shard {file}, row group {index}"
