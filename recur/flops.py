@@ -28,7 +28,8 @@ def _numel(module: nn.Module | None) -> int:
 def count_params(model: nn.Module) -> dict[str, int]:
     """Parameters by component; `total` counts tied weights once, `non_embedding` excludes the embeddings."""
     parts = {name: _numel(getattr(model, name, None))
-             for name in ("tok_embeddings", "prelude", "adapter", "core", "coda", "layers", "norm")}
+             for name in ("tok_embeddings", "prelude", "adapter", "core", "coda", "layers", "memory",
+                          "thought_stream", "norm")}
     head = model.lm_head.weight
     parts["lm_head"] = 0 if head is model.tok_embeddings.weight else head.numel()
     parts = {k: v for k, v in parts.items() if v}
@@ -48,6 +49,8 @@ def flop_terms(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: 
     head = model.lm_head.weight.numel()
     attn_dim = cfg.n_heads * cfg.head_dim
     attn_per_layer = 4 * seq_len * attn_dim
+    if hasattr(model, "thought_stream"):
+        return _thought_flops(model, cfg, seq_len, no_grad_steps, grad_steps, attn_per_layer, head)
     if hasattr(model, "core"):
         fixed = _matmul_params(model, ("prelude", "coda")) + head
         loop = _matmul_params(model, ("core", "adapter"))
@@ -126,3 +129,29 @@ def curriculum_flops(model: nn.Module, cfg: ModelConfig, sampler: RecurrenceSamp
             "mean_grad_steps": sum_k / max(steps, 1), "flops_6DN1": 6 * totals["n1"], "flops_2DN2": 2 * totals["n2"],
             "flops_attention": totals["attention"],
             "total_flops": 6 * totals["n1"] + 2 * totals["n2"] + totals["attention"]}
+
+
+def _thought_flops(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: int, grad_steps: int,
+                   attn_per_layer: int, head: int) -> dict[str, float]:
+    """latent / act / ssm / ssm_mem: token blocks and memory once per token; the thought core runs on
+    n_thoughts / thought_chunk thought tokens per token and iteration (act: its maximum K, an upper bound).
+    The cross-attention keys are projected once per token; each thought attends to at most seq_len keys."""
+    stream, settings = model.thought_stream, model.settings
+    core = stream.core
+    keys = _numel(core.cross_attn.wk) + _numel(core.cross_attn.wv)
+    per_thought = _numel(core) - keys
+    per_token = n_blocks = 0
+    for block in (*model.prelude, *model.coda):
+        per_token += _numel(block)
+        n_blocks += 1 if hasattr(block, "attn") else 0
+    per_token += keys + _numel(stream.inject) + head
+    memory = getattr(model, "memory", None)
+    if memory is not None:  # reads once per token; writes on n_memory / memory_chunk slots per token
+        write_keys = _numel(memory.write.cross_attn.wk) + _numel(memory.write.cross_attn.wv)
+        slots_per_token = memory.slots.shape[0] / memory.chunk
+        per_token += _numel(memory.read) + write_keys + slots_per_token * (_numel(memory.write) - write_keys)
+    ratio = settings.n_thoughts / settings.thought_chunk
+    thought_attn = 4 * (seq_len + settings.n_thoughts) * settings.d_thought * ratio
+    loop = ratio * per_thought
+    return {"n1": per_token + loop * grad_steps, "n2": loop * no_grad_steps,
+            "attention": 3 * attn_per_layer * n_blocks + thought_attn * (3 * grad_steps + no_grad_steps)}
