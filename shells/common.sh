@@ -39,3 +39,10 @@ recur_sbatch() {
     mkdir -p "$RECUR_ROOT/logs"
     (cd "$RECUR_ROOT" && sbatch --parsable "$@") | cut -d';' -f1
 }
+
+# Where runs go: $RECUR_OUT_ROOT from the machine config, else runs/ in the checkout.
+recur_out_root() { echo "${RECUR_OUT_ROOT:-$RECUR_ROOT/runs}"; }
+
+recur_require_file() {  # recur_require_file PATH WHAT
+    [[ -f $RECUR_ROOT/$1 || -f $1 ]] || recur_die "$2 $1 does not exist"
+}
