@@ -1,21 +1,146 @@
-"""Greedy decoding with a KV cache at a chosen recurrence depth; it always stops (max_new_tokens, context)."""
+"""Greedy decoding at a chosen recurrence depth, with a per-step KV cache and optional adaptive exit.
+
+Decoding always stops: after `max_new_tokens`, at the end of the model's context, or at a stop token.
+
+Adaptive exit (looped models): while decoding a token, the recurrence stops as soon as the state has
+converged, measured either by the relative state change ‖s_i − s_{i−1}‖ / ‖s_i‖ ("delta") or by the KL
+divergence between the next-token distributions read out after steps i−1 and i ("kl"), each below ε.
+`num_steps` is then the maximum depth. A token that exits at step j computes no keys/values for steps
+j+1..r, yet later tokens iterating deeper attend to those steps' caches; we fill the missing slots with a
+copy of the token's step-j keys/values (Huginn's choice: its converged state stands in for the steps it
+skipped). With ε = 0 no token ever exits and decoding equals fixed-depth decoding exactly.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
-from recur.models.layers import KVCache
+from recur.models.layers import AttentionContext, KVCache
 from recur.models.lm import DecoderLM, NumSteps
+from recur.models.looped import LoopedLM, split_steps
+
+EXIT_CRITERIA = ("delta", "kl")
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    criterion: str  # "delta" (relative state change) or "kl" (successive next-token distributions)
+    eps: float
+
+    def __post_init__(self) -> None:
+        if self.criterion not in EXIT_CRITERIA:
+            raise ValueError(f"--exit_criterion: got '{self.criterion}'; expected one of {', '.join(EXIT_CRITERIA)}")
+        if not self.eps >= 0:
+            raise ValueError(f"--exit_eps must be >= 0, got {self.eps}")
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]  # generated ids per prompt, without the stop token
+    steps: list[list[int]]  # recurrence steps behind each decoded token, the stop token included
+    stop_reasons: list[str]  # "stop_token" | "max_new_tokens" | "context"
+
+    def mean_steps(self) -> float:
+        counts = [s for row in self.steps for s in row]
+        return sum(counts) / max(1, len(counts))
+
+
+def depth_of(model: DecoderLM, num_steps: NumSteps) -> int:
+    """Recurrence steps a forward with `num_steps` runs (1 for models without recurrence)."""
+    if not isinstance(model, LoopedLM):
+        return 1
+    return sum(split_steps(num_steps, model.cfg.default_num_steps))
+
+
+def _copy_step_kv(cache: KVCache, n_core: int, step: int, source: torch.Tensor, rows: torch.Tensor) -> None:
+    """Make the newest position of recurrence step `step` hold, for `rows`, the keys/values that step
+    `source[row]` computed for it; appends the position if step `step` did not run for it at all."""
+    for layer in range(n_core):
+        key = (("core", step), layer)
+        k, v = cache.store[key]
+        complete = k.shape[1] == cache.seen_tokens + 1
+        new_k, new_v = (k[:, -1].clone(), v[:, -1].clone()) if complete else (torch.zeros_like(k[:, -1]),
+                                                                               torch.zeros_like(v[:, -1]))
+        for row in rows.nonzero().flatten().tolist():
+            src_k, src_v = cache.store[(("core", int(source[row])), layer)]
+            new_k[row], new_v[row] = src_k[row, -1], src_v[row, -1]
+        if complete:
+            cache.store[key] = (torch.cat([k[:, :-1], new_k[:, None]], 1), torch.cat([v[:, :-1], new_v[:, None]], 1))
+        else:
+            cache.store[key] = (torch.cat([k, new_k[:, None]], 1), torch.cat([v, new_v[:, None]], 1))
+
+
+def _readout(model: LoopedLM, s: torch.Tensor, ctx: AttentionContext, commit: bool) -> torch.Tensor:
+    """Next-token log-probabilities from state s. A probe (commit=False) runs the coda on a shallow copy
+    of the cache, so the real coda entries are written once, by the final readout."""
+    if not commit and ctx.cache is not None:
+        probe = KVCache()
+        probe.store, probe.seen_tokens = dict(ctx.cache.store), ctx.cache.seen_tokens
+        ctx = replace(ctx, cache=probe)
+    hidden = model.norm(model.run_blocks(model.coda, s, ctx, "coda"))
+    return F.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)
 
 
 @torch.no_grad()
-def greedy_generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
-                    num_steps: NumSteps = None, batch_size: int = 64) -> list[list[int]]:
-    """Generated ids per prompt, without the stop token. Prompts of equal length are decoded together."""
+def adaptive_decode_step(model: LoopedLM, token: torch.Tensor, cache: KVCache, max_steps: int,
+                         rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cached decoding step of tokens [B, 1] with per-row early exit -> (log-probs [B, V], steps [B])."""
+    start = cache.seen_tokens
+    if start + 1 > model.cfg.max_seq_len:
+        raise ValueError(f"sequence of {start + 1} tokens exceeds --model.max_seq_len {model.cfg.max_seq_len}")
+    cos, sin = model.rotary(torch.arange(start, start + 1, device=token.device))
+    ctx = AttentionContext(cos=cos, sin=sin, cache=cache, start_pos=start)
+    e = model.run_blocks(model.prelude, model.tok_embeddings(token), ctx, "prelude")
+    s = model.initial_state(e)
+    batch = token.shape[0]
+    exited = torch.zeros(batch, dtype=torch.bool, device=token.device)
+    exit_step = torch.full((batch,), max_steps - 1, dtype=torch.long, device=token.device)
+    previous = None
+    for step in range(max_steps):
+        new = model.iterate(s, e, ctx, step)
+        if exited.any():  # exited rows keep their converged state and their exit step's cache entries
+            new = torch.where(exited[:, None, None], s, new)
+            _copy_step_kv(cache, model.cfg.n_core, step, exit_step, exited)
+        if rule.criterion == "delta":
+            metric = (new - s).flatten(1).norm(dim=-1) / new.flatten(1).norm(dim=-1).clamp(min=1e-12)
+        else:
+            current = _readout(model, new, ctx, commit=False)
+            metric = (F.kl_div(current, previous, log_target=True, reduction="none").sum(-1)
+                      if previous is not None else torch.full((batch,), float("inf"), device=token.device))
+            previous = current
+        s = new
+        converged = (metric < rule.eps) & ~exited
+        exit_step = torch.where(converged, step, exit_step)
+        exited |= converged
+        if exited.all():
+            for later in range(step + 1, max_steps):
+                _copy_step_kv(cache, model.cfg.n_core, later, exit_step, exited)
+            break
+    log_probs = _readout(model, s, ctx, commit=True)
+    cache.seen_tokens += 1
+    return log_probs, exit_step + 1
+
+
+@torch.no_grad()
+def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
+             num_steps: NumSteps = None, batch_size: int = 64, use_cache: bool = True,
+             exit_rule: ExitRule | None = None) -> Generation:
+    """Greedy continuation of every prompt. Prompts of equal length are decoded together (no padding,
+    so batching never changes the result); the prompt itself always runs at the full depth."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
+    if exit_rule is not None and not isinstance(model, LoopedLM):
+        raise ValueError(f"adaptive exit needs a looped model (recurrent or shared_loop); this model is "
+                         f"'{model.cfg.variant}'")
+    if exit_rule is not None and not use_cache:
+        raise ValueError("adaptive exit decodes with the KV cache; do not combine it with use_cache=False")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    depth = depth_of(model, num_steps)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -23,7 +148,7 @@ def greedy_generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: 
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, prompt in enumerate(prompts):
         by_length[len(prompt)].append(i)
-    outputs: list[list[int]] = [[] for _ in prompts]
+    result = Generation([[] for _ in prompts], [[] for _ in prompts], ["" for _ in prompts])
     for length, indices in by_length.items():
         budget = min(max_new_tokens, model.cfg.max_seq_len - length)
         if budget < 1:
@@ -31,21 +156,40 @@ def greedy_generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: 
                              f"{model.cfg.max_seq_len}")
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            cache = KVCache()
-            x = torch.tensor([prompts[i] for i in chunk], device=device)
-            logits = model(x, num_steps=num_steps, cache=cache).logits[:, -1]
+            ids = torch.tensor([prompts[i] for i in chunk], device=device)
+            cache = KVCache() if use_cache else None
+            logits = model(ids, num_steps=num_steps, cache=cache).logits[:, -1]
+            used = torch.full((len(chunk),), depth, device=device)
             done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-            generated = []
+            tokens, steps = [], []
             for t in range(budget):
                 token = logits.argmax(-1)
-                generated.append(token)
+                tokens.append(token)
+                steps.append(used)
                 done |= torch.isin(token, stops)
                 if done.all() or t == budget - 1:
                     break
-                logits = model(token[:, None], num_steps=num_steps, cache=cache).logits[:, -1]
-            rows = torch.stack(generated, dim=1).tolist()
-            for i, row in zip(chunk, rows):
-                cut = next((j for j, tok in enumerate(row) if tok in stop_ids), len(row))
-                outputs[i] = row[:cut]
+                if exit_rule is not None:
+                    logits, used = adaptive_decode_step(model, token[:, None], cache, depth, exit_rule)
+                elif use_cache:
+                    logits = model(token[:, None], num_steps=num_steps, cache=cache).logits[:, -1]
+                else:
+                    ids = torch.cat([ids, token[:, None]], dim=1)
+                    logits = model(ids, num_steps=num_steps).logits[:, -1]
+            rows, step_rows = torch.stack(tokens, 1).tolist(), torch.stack(steps, 1).tolist()
+            for i, row, step_row in zip(chunk, rows, step_rows):
+                cut = next((j for j, tok in enumerate(row) if tok in stop_ids), None)
+                if cut is not None:
+                    reason = "stop_token"
+                else:
+                    cut = len(row)
+                    reason = "max_new_tokens" if len(row) == max_new_tokens else "context"
+                result.tokens[i], result.steps[i], result.stop_reasons[i] = row[:cut], step_row[:cut + 1], reason
     model.train(was_training)
-    return outputs
+    return result
+
+
+def greedy_generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
+                    num_steps: NumSteps = None, batch_size: int = 64) -> list[list[int]]:
+    """Generated ids per prompt, without the stop token (fixed depth, cached)."""
+    return generate(model, prompts, max_new_tokens, stop_ids, num_steps, batch_size).tokens

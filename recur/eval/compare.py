@@ -1,0 +1,246 @@
+"""Compare runs (e.g. the nano ladder): one table (markdown + JSON), figures, and the ReLSM success
+criteria evaluated per variant against the baseline run.
+
+Per run it reads summary.json (train time, tokens/s), config.yaml (variant) and the eval hub's results
+(<run>/eval/results_all.json, else results_algorithmic/longctx/perplexity.json). Accuracy is taken at
+each run's best depth (the depth is reported), perplexity at its lowest across depths.
+
+Success criteria (ReLSM README), each pass / fail / null (data missing, with the reason):
+    algorithmic_gain   mean in-distribution accuracy − baseline's >= 0.05 (absolute, i.e. 5 points)
+    better_ood         mean OOD accuracy > baseline's
+    train_time         wall time <= 2 × baseline's
+    no_ppl_collapse    perplexity <= ppl_tolerance × baseline's (default 1.5)
+A variant wins when all four pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from recur.eval.plots import save_figure  # noqa: E402
+from recur.eval.schema import validate_results  # noqa: E402
+
+RESULT_FILES = ("results_all.json", "results_algorithmic.json", "results_longctx.json", "results_perplexity.json")
+ALG_GAIN, TIME_RATIO = 0.05, 2.0
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: Path, results_dir: str = "eval") -> dict:
+    """Everything compare needs from one run directory; sections with no data are None."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    merged: dict = {}
+    for name in RESULT_FILES:
+        data = _read_json(run_dir / results_dir / name)
+        if data is None:
+            continue
+        validate_results(data, str(run_dir / results_dir / name))
+        for section in ("algorithmic", "longctx", "perplexity", "metadata"):
+            merged.setdefault(section, data.get(section))
+    summary = _read_json(run_dir / "summary.json") or {}
+    if not merged and not summary:
+        raise ValueError(f"{run_dir}: neither summary.json nor eval results under {run_dir / results_dir}; "
+                         f"run eval_hub.py --checkpoint {run_dir} --suite all first")
+    variant = (merged.get("metadata") or {}).get("model", {}).get("variant")
+    if variant is None and (run_dir / "config.yaml").is_file():
+        import yaml
+
+        variant = (yaml.safe_load((run_dir / "config.yaml").read_text()).get("model") or {}).get("variant")
+    return {"name": run_dir.name, "path": str(run_dir), "variant": variant or "unknown", "summary": summary, **merged}
+
+
+def _best_depth(section: dict | None, key: str) -> tuple[int | None, float | None]:
+    rows = [r for r in (section or {}).get("summary", []) if r.get(key) is not None]
+    if not rows:
+        return None, None
+    best = max(rows, key=lambda r: (r[key], -r["depth"]))
+    return best["depth"], best[key]
+
+
+def run_row(run: dict) -> dict:
+    """The comparison metrics of one run."""
+    alg = run.get("algorithmic")
+    id_depth, id_acc = _best_depth(alg, "in_distribution")
+    ood_depth, ood_acc = _best_depth(alg, "ood")
+    per_task = {task: max((r["accuracy"] for r in info["results"] if r["in_distribution"] and r["depth"] == id_depth),
+                          default=None) for task, info in (alg or {}).get("tasks", {}).items()}
+    needle = run.get("longctx")
+    needle_depth = max(((s["depth"], s["accuracy"]) for s in (needle or {}).get("summary", [])),
+                       key=lambda d: d[1], default=(None, None))[0]
+    needle_acc = {str(s["context_length"]): s["accuracy"] for s in (needle or {}).get("summary", [])
+                  if s["depth"] == needle_depth}
+    ppl_rows = (run.get("perplexity") or {}).get("results", [])
+    best_ppl = min(ppl_rows, key=lambda r: r["perplexity"], default=None)
+    summary = run["summary"]
+    return {"name": run["name"], "variant": run["variant"], "path": run["path"],
+            "algorithmic_id": id_acc, "algorithmic_id_depth": id_depth, "per_task": per_task,
+            "ood": ood_acc, "ood_depth": ood_depth, "needle": needle_acc, "needle_depth": needle_depth,
+            "perplexity": best_ppl["perplexity"] if best_ppl else None,
+            "perplexity_depth": best_ppl["depth"] if best_ppl else None,
+            "train_time_s": summary.get("wall_time_s"), "tokens_per_s": summary.get("mean_tokens_per_s"),
+            "final_loss": summary.get("final_loss")}
+
+
+def _criterion(value, base, test, threshold: str) -> dict:
+    if value is None or base is None:
+        return {"pass": None, "value": None, "threshold": threshold,
+                "reason": "missing data for this run or the baseline"}
+    measured, passed = test(value, base)
+    return {"pass": bool(passed), "value": measured, "threshold": threshold, "reason": None}
+
+
+def success_criteria(row: dict, base: dict, ppl_tolerance: float) -> dict:
+    criteria = {
+        "algorithmic_gain": _criterion(row["algorithmic_id"], base["algorithmic_id"],
+                                       lambda v, b: (v - b, v - b >= ALG_GAIN), f">= +{ALG_GAIN} absolute"),
+        "better_ood": _criterion(row["ood"], base["ood"], lambda v, b: (v - b, v > b), "> 0 (vs baseline)"),
+        "train_time": _criterion(row["train_time_s"], base["train_time_s"],
+                                 lambda v, b: (v / b, v / b <= TIME_RATIO), f"<= {TIME_RATIO}x baseline"),
+        "no_ppl_collapse": _criterion(row["perplexity"], base["perplexity"],
+                                      lambda v, b: (v / b, v / b <= ppl_tolerance), f"<= {ppl_tolerance}x baseline"),
+    }
+    verdicts = [c["pass"] for c in criteria.values()]
+    criteria["wins"] = None if None in verdicts and False not in verdicts else all(v is True for v in verdicts)
+    return criteria
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, baseline: str | None = None,
+                 results_dir: str = "eval", ppl_tolerance: float = 1.5) -> dict:
+    """Write compare.json, compare.md and compare_*.png to out_dir; returns the JSON."""
+    if len(run_dirs) < 1:
+        raise ValueError("compare_runs.py: give at least one run directory")
+    if ppl_tolerance <= 0:
+        raise ValueError(f"--ppl_tolerance must be > 0, got {ppl_tolerance}")
+    runs = [load_run(Path(d), results_dir) for d in run_dirs]
+    rows = [run_row(r) for r in runs]
+    if baseline is not None:
+        base = next((r for r in rows if r["name"] == Path(baseline).name), None)
+        if base is None:
+            raise ValueError(f"--baseline {baseline} is not one of the runs given")
+    else:
+        base = next((r for r in rows if r["variant"] == "baseline"), None)
+    for row in rows:
+        if base is None:
+            row["criteria"] = {"wins": None, "reason": "no baseline run among the runs (give --baseline)"}
+        elif row is not base:
+            row["criteria"] = success_criteria(row, base, ppl_tolerance)
+    report = {"baseline": base["name"] if base else None, "ppl_tolerance": ppl_tolerance, "runs": rows}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "compare.json", json.dumps(report, indent=2))
+    _write_atomic(out / "compare.md", markdown_table(report))
+    plot_comparison(runs, rows, out)
+    return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| run | variant | ID acc (r) | OOD acc (r) | needle (len: acc) | ppl (r) | train time s | tok/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        needle = ", ".join(f"{k}: {v:.2f}" for k, v in r["needle"].items()) or "n/a"
+        lines.append(f"| {r['name']} | {r['variant']} | {_fmt(r['algorithmic_id'])} ({r['algorithmic_id_depth']}) | "
+                     f"{_fmt(r['ood'])} ({r['ood_depth']}) | {needle} | {_fmt(r['perplexity'], '.3f')} "
+                     f"({r['perplexity_depth']}) | {_fmt(r['train_time_s'], '.1f')} | {_fmt(r['tokens_per_s'], ',.0f')} |")
+    tasks = sorted({t for r in report["runs"] for t in r["per_task"]})
+    if tasks:
+        lines += ["", "Accuracy per task (in-distribution, at each run's best depth):", "",
+                  "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [f"| {r['name']} | " + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks) + " |"
+                  for r in report["runs"]]
+    lines += ["", f"Success criteria vs baseline `{report['baseline']}` (ReLSM): ≥ +0.05 ID accuracy, better OOD, "
+              f"≤ 2× train time, perplexity ≤ {report['ppl_tolerance']}× baseline.", "",
+              "| run | algorithmic gain | better OOD | train time ratio | ppl ratio | wins |", "|---|---|---|---|---|---|"]
+    verdict = {True: "pass", False: "FAIL", None: "n/a"}
+    for r in report["runs"]:
+        c = r.get("criteria")
+        if c is None:
+            continue
+        if "algorithmic_gain" not in c:
+            lines.append(f"| {r['name']} | {c['reason']} | | | | n/a |")
+            continue
+        cells = [f"{_fmt(c[k]['value'], '+.3f' if k in ('algorithmic_gain', 'better_ood') else '.2f')} "
+                 f"{verdict[c[k]['pass']]}" for k in ("algorithmic_gain", "better_ood", "train_time", "no_ppl_collapse")]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {verdict[c['wins']]} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(runs: list[dict], rows: list[dict], out: Path) -> list[Path]:
+    made = []
+    tasks = sorted({t for r in rows for t in r["per_task"]})
+    if tasks:
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks)), 4))
+        width = 0.8 / len(rows)
+        for i, r in enumerate(rows):
+            values = [r["per_task"].get(t) or 0.0 for t in tasks]
+            ax.bar(np.arange(len(tasks)) + i * width, values, width, label=f"{r['name']} ({r['variant']})")
+        ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, fontsize=8)
+        ax.set_xlabel("task")
+        ax.set_ylabel("exact-match accuracy (ID, best depth)")
+        ax.set_ylim(0, 1.03)
+        ax.legend(fontsize=7)
+        made.append(save_figure(fig, out / "compare_accuracy.png"))
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for run, row in zip(runs, rows):
+                info = (run.get("algorithmic") or {}).get("tasks", {}).get(task)
+                depth = row["ood_depth"] or row["algorithmic_id_depth"]
+                cells = sorted((r["difficulty"], r["accuracy"]) for r in (info or {}).get("results", [])
+                               if r["depth"] == depth)
+                if cells:
+                    ax.plot(*zip(*cells), marker="o", ms=3, label=row["name"])
+            if info:
+                ax.axvline(info["train_difficulty"], color="grey", ls=":", lw=1)
+                ax.set_xlabel(f"difficulty ({info['knob']})")
+            ax.set_title(task, fontsize=9)
+            ax.set_ylabel("exact-match accuracy")
+            ax.set_ylim(-0.03, 1.03)
+        axes[0][0].legend(fontsize=7)
+        made.append(save_figure(fig, out / "compare_ood.png"))
+    if any(r["needle"] for r in rows):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            if r["needle"]:
+                cells = sorted((int(k), v) for k, v in r["needle"].items())
+                ax.plot(*zip(*cells), marker="o", label=r["name"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("needle retrieval accuracy")
+        ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize=7)
+        made.append(save_figure(fig, out / "compare_needle.png"))
+    if any(run.get("perplexity") for run in runs):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for run in runs:
+            cells = sorted((r["depth"], r["perplexity"]) for r in (run.get("perplexity") or {}).get("results", []))
+            if len(cells) == 1:
+                ax.axhline(cells[0][1], ls="--", lw=1, label=f"{run['name']} (depth ignored)")
+            elif cells:
+                ax.plot(*zip(*cells), marker="o", label=run["name"])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("recurrence depth r")
+        ax.set_ylabel("held-out perplexity")
+        ax.legend(fontsize=7)
+        made.append(save_figure(fig, out / "compare_perplexity.png"))
+    return made

@@ -1,0 +1,152 @@
+"""lm-evaluation-harness model "recur": our saved models (utils/convert_hf.py output or any
+`recur.hf_model.save_pretrained` directory) scored at a chosen recurrence depth.
+
+    python -m recur.eval.lm_eval_adapter --model recur \
+        --model_args path=models/tinyllama-4-8-4,num_steps=8 --tasks hellaswag,arc_easy
+    python utils/lm_eval_depths.py --path models/tinyllama-4-8-4 --depths 1,4,8,16 --tasks arc_easy
+
+lm-eval has no plugin discovery, so its stock `lm_eval` command does not know "recur": run this module
+(same flags as `lm_eval`), or import it before calling `lm_eval.simple_evaluate(model="recur", ...)`.
+
+Scoring: log-likelihoods come from one teacher-forced forward per request (right padding in a batch is
+harmless: the model is causal); generation is greedy with the per-depth KV cache (recur.eval.generate).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from recur.data.tokenizer import load_tokenizer
+from recur.eval.generate import greedy_generate
+from recur.hf_model import from_pretrained
+
+
+@register_model("recur")
+class RecurLM(TemplateLM):
+    def __init__(self, path: str, num_steps: int | None = None, tokenizer: str | None = None,
+                 device: str = "cpu", batch_size: int | str = 1, max_length: int | None = None,
+                 add_bos: bool | None = None, max_batch_size: int | None = None) -> None:
+        """`path`: saved model directory; `num_steps`: recurrence depth (default: the model's
+        default_num_steps); `tokenizer`: "byte" or a directory (default: `path`); `add_bos`: prepend BOS to
+        every sequence (default: when the tokenizer has one, as Llama/OLMo were trained); batch_size "auto"
+        means max_batch_size (default 8): padding never changes a score, so any batch size is exact."""
+        super().__init__()
+        self.model = from_pretrained(path, device=device)
+        self.num_steps = int(num_steps) if num_steps is not None else self.model.cfg.default_num_steps
+        if self.num_steps < 1:
+            raise ValueError(f"--model_args num_steps must be >= 1, got {self.num_steps}")
+        self.tok = load_tokenizer(tokenizer or path)
+        bos = getattr(self.tok, "bos_id", None)
+        self.bos_id = bos if (add_bos if add_bos is not None else bos is not None) else None
+        self._device = torch.device(device)
+        self.batch_size = int(batch_size) if str(batch_size) != "auto" else int(max_batch_size or 8)
+        self.max_length = int(max_length or self.model.cfg.max_seq_len)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tok.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        return self.bos_id if self.bos_id is not None else self.tok.eos_id
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tok, "name", "byte")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        ids = self.tok.encode(string)
+        if self.bos_id is not None and add_special_tokens is not False:
+            ids = [self.bos_id] + ids
+        return ids
+
+    def tok_decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    # ---- scoring ----
+
+    @torch.no_grad()
+    def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), continuation is the greedy decode) for each token pair."""
+        results: list[tuple[float, bool]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start:start + self.batch_size]
+            # The last max_length + 1 tokens: inputs are all but the last, targets all but the first.
+            seqs = [(ctx + cont)[-(self.max_length + 1):] for ctx, cont in chunk]
+            width = max(len(s) - 1 for s in seqs)
+            inputs = torch.full((len(seqs), width), self.tok.eos_id, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                inputs[i, :len(s) - 1] = torch.tensor(s[:-1])
+            logits = self.model(inputs.to(self._device), num_steps=self.num_steps).logits.float()
+            logprobs = F.log_softmax(logits, dim=-1).cpu()
+            for i, ((_, cont), s) in enumerate(zip(chunk, seqs)):
+                n = len(cont)
+                rows = logprobs[i, len(s) - 1 - n:len(s) - 1]
+                target = torch.tensor(s[-n:])
+                results.append((rows.gather(1, target[:, None]).sum().item(),
+                                bool((rows.argmax(-1) == target).all())))
+        return results
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        out = []
+        for start in tqdm(range(0, len(pairs), self.batch_size), disable=disable_tqdm, desc="loglikelihood"):
+            out += self._score(pairs[start:start + self.batch_size])
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        totals = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling"):
+            (text,) = req.args
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                self.tok_encode(text, add_special_tokens=False), self.prefix_token_id, self.max_length, 1)]
+            totals.append(sum(ll for ll, _ in self._score(windows)))
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        outputs = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
+            context, gen_kwargs = req.args
+            gen_kwargs = dict(gen_kwargs)
+            if gen_kwargs.get("do_sample") or gen_kwargs.get("temperature", 0.0) > 0:
+                raise ValueError("recur lm-eval model decodes greedily; set do_sample=false, temperature=0")
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(gen_kwargs.get("max_gen_toks", 256))
+            prompt = self.tok_encode(context)[-(self.max_length - max_new):]
+            ids = greedy_generate(self.model, [prompt], max_new, {self.tok.eos_id}, num_steps=self.num_steps)[0]
+            text = self.tok_decode(ids)
+            cuts = [text.find(stop) for stop in until if stop and stop in text]
+            outputs.append(text[:min(cuts)] if cuts else text)
+        return outputs
+
+
+def evaluate_at_depths(path: str, tasks: list[str], depths: list[int], include_path: str | None = None,
+                       limit: int | float | None = None, num_fewshot: int | None = None, device: str = "cpu",
+                       batch_size: int = 1, tokenizer: str | None = None) -> dict[int, dict]:
+    """Run the same lm-eval tasks at each recurrence depth (model loaded once); {depth: results dict}."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    if not depths or min(depths) < 1:
+        raise ValueError(f"--depths: expected positive integers, got {depths}")
+    lm = RecurLM(path, num_steps=depths[0], tokenizer=tokenizer, device=device, batch_size=batch_size)
+    manager = TaskManager(include_path=include_path) if include_path else None
+    results = {}
+    for depth in depths:
+        lm.num_steps = depth
+        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
+                              log_samples=False, bootstrap_iters=0)
+        results[depth] = out["results"]
+    return results
+
+
+if __name__ == "__main__":
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()

@@ -1,0 +1,201 @@
+"""Load a model for evaluation from a run directory, a DCP checkpoint directory or an exported file.
+
+Accepted paths:
+    runs/<name>/                       the newest complete checkpoint under checkpoints/
+    runs/<name>/checkpoints/step_N/    a DCP checkpoint (trainer_state.json holds the model config)
+    model.pt                           torch.save({"model": state_dict, "model_config": dict})
+    model.safetensors                  weights; the config in the file's metadata["model_config"] (JSON)
+                                       or in a sibling config.json ({"model_config": ...} or the config itself)
+
+The model is always built from the config stored with the weights, so a checkpoint whose weights do not
+fit its config (or that is no recur checkpoint at all) fails with an error naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from recur.checkpoint import STATE_FILE, Checkpointer, checkpoint_format, checkpoint_problem
+from recur.models import create_model
+from recur.models.config import ModelConfig
+from recur.models.lm import DecoderLM
+
+EXPORT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass
+class CheckpointMeta:
+    """Where the weights came from, for the metadata block of every result file."""
+
+    path: str  # the file or checkpoint directory actually loaded
+    kind: str  # "dcp" | "deepspeed" | "torch" | "safetensors"
+    run_dir: str | None  # the run the checkpoint belongs to, when it lives in one
+    step: int | None  # training step, when known
+    tokens: int | None  # training tokens seen, when known
+    tokenizer: str | None  # tokenizer spec of the run (config.yaml data.tokenizer), when known
+
+
+def model_config_from_dict(data: dict, where: str) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: model_config must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: model_config has fields {unknown} that this version of recur does not know "
+                         "(checkpoint from another model or a newer version?)")
+    return ModelConfig(**data).resolved()
+
+
+def _run_tokenizer(run_dir: Path | None) -> str | None:
+    """The run's tokenizer spec from its config.yaml (data.tokenizer), if the run wrote one."""
+    if run_dir is None or not (run_dir / "config.yaml").is_file():
+        return None
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return (config.get("data") or {}).get("tokenizer")
+
+
+def _check_fits(model: DecoderLM, state_dict: dict, path: Path) -> None:
+    """Same parameter names and shapes as the model built from the stored config, or a clear error."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    wrong = [f"{k}: {given[k]} vs {expected[k]}" for k in sorted(set(expected) & set(given)) if given[k] != expected[k]]
+    if missing or unexpected or wrong:
+        details = "; ".join(filter(None, [f"missing {missing[:3]}" if missing else "",
+                                          f"unexpected {unexpected[:3]}" if unexpected else "",
+                                          f"shape {wrong[:3]}" if wrong else ""]))
+        raise ValueError(f"checkpoint {path} is from another model: its weights do not match its "
+                         f"{model.cfg.variant} config ({details})")
+
+
+def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
+    state = json.loads((path / STATE_FILE).read_text())
+    if "model_config" not in state:
+        raise ValueError(f"{path / STATE_FILE} has no model_config: not a recur checkpoint")
+    cfg = model_config_from_dict(state["model_config"], str(path / STATE_FILE))
+    model = create_model(cfg)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    meta = CheckpointMeta(str(path), checkpoint_format(path), str(run_dir) if run_dir else None, state.get("step"),
+                          state.get("tokens"), _run_tokenizer(run_dir))
+    if meta.kind == "deepspeed":  # ZeRO shards: consolidated by the exporter's reader
+        from recur.parallel.export import consolidated_state_dict
+
+        weights = consolidated_state_dict(path)[0]
+        _check_fits(model, {**weights, **_tied_aliases(model, weights)}, path)
+        model.load_state_dict({**weights, **_tied_aliases(model, weights)})
+        return model.to(device), cfg, meta
+    model_sd = get_model_state_dict(model)
+    stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    stored_model = {k.removeprefix("model."): v for k, v in stored.items() if k.startswith("model.")}
+    given = {k: torch.empty(tuple(v.size)) for k, v in stored_model.items() if hasattr(v, "size")}
+    _check_fits(model, {**given, **_tied_aliases(model, given)}, path)
+    bundle = {"model": model_sd}
+    with warnings.catch_warnings():  # evaluation is deliberately single-process
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+        dcp.load(bundle, checkpoint_id=str(path))
+    set_model_state_dict(model, bundle["model"])
+    return model.to(device), cfg, meta
+
+
+def _tied_aliases(model: DecoderLM, given: dict) -> dict:
+    """get_model_state_dict drops one name of a tied pair; accept either name as present."""
+    if model.cfg.tie_embeddings and "tok_embeddings.weight" in given and "lm_head.weight" not in given:
+        return {"lm_head.weight": given["tok_embeddings.weight"]}
+    if model.cfg.tie_embeddings and "lm_head.weight" in given and "tok_embeddings.weight" not in given:
+        return {"tok_embeddings.weight": given["lm_head.weight"]}
+    return {}
+
+
+def _read_export(path: Path) -> tuple[dict, dict]:
+    """(state_dict, model_config dict) of an exported file."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if "model_config" in metadata:
+            config = json.loads(metadata["model_config"])
+        elif (path.parent / "config.json").is_file():
+            sidecar = json.loads((path.parent / "config.json").read_text())
+            config = sidecar.get("model_config", sidecar)
+        else:
+            raise ValueError(f"{path}: no model_config in the safetensors metadata and no config.json beside it")
+        return load_file(str(path)), config
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a torch archive
+        raise ValueError(f"{path} is not a torch checkpoint file: {error}") from error
+    if not isinstance(blob, dict) or "model" not in blob or "model_config" not in blob:
+        raise ValueError(f"{path}: expected a dict with 'model' (state_dict) and 'model_config' (exported by recur); "
+                         f"got {sorted(blob)[:5] if isinstance(blob, dict) else type(blob).__name__}")
+    return blob["model"], blob["model_config"]
+
+
+def _load_export(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
+    state_dict, config = _read_export(path)
+    cfg = model_config_from_dict(config, str(path))
+    model = create_model(cfg)
+    state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd exports
+    _check_fits(model, {**state_dict, **_tied_aliases(model, state_dict)}, path)
+    model.load_state_dict({**state_dict, **_tied_aliases(model, state_dict)})
+    run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
+    kind = "safetensors" if path.suffix == ".safetensors" else "torch"
+    meta = CheckpointMeta(str(path), kind, str(run_dir) if run_dir else None, None, None, _run_tokenizer(run_dir))
+    return model.to(device), cfg, meta
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The concrete checkpoint directory or file that `path` designates (newest complete one of a run)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint: {path} does not exist")
+    if path.is_file():
+        if path.suffix not in EXPORT_SUFFIXES:
+            raise ValueError(f"--checkpoint: {path} is not a checkpoint (expected a run directory, a checkpoint "
+                             f"directory or an exported {'/'.join(EXPORT_SUFFIXES)} file)")
+        return path
+    if (path / STATE_FILE).is_file() or (path / ".metadata").is_file():
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ValueError(f"--checkpoint: {path} is not a complete checkpoint: {problem}")
+        return path
+    if (path / "checkpoints").is_dir():
+        latest = Checkpointer(path / "checkpoints").latest()
+        if latest is None:
+            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {path / 'checkpoints'}")
+        return latest
+    exports = [path / f"model{suffix}" for suffix in EXPORT_SUFFIXES if (path / f"model{suffix}").is_file()]
+    if exports:
+        return exports[0]
+    raise ValueError(f"--checkpoint: {path} is not a checkpoint (no trainer_state.json, checkpoints/ or model.pt)")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
+    """(model in eval mode on `device`, its resolved config, where it came from)."""
+    resolved = resolve_checkpoint(path)
+    device = torch.device(device)
+    loader = _load_export if resolved.is_file() else _load_dcp
+    model, cfg, meta = loader(resolved, device)
+    model.eval()
+    return model, cfg, meta
+
+
+def list_checkpoints(path: str | Path) -> list[Path]:
+    """Every complete checkpoint of a run directory (oldest first), or [path] for a single checkpoint."""
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        found = Checkpointer(path / "checkpoints").complete_checkpoints(report=True)
+        if not found:
+            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {path / 'checkpoints'}")
+        return found
+    return [resolve_checkpoint(path)]
