@@ -1,11 +1,33 @@
-"""Attention kernels behind one function, so the model code never branches on the backend."""
+"""Attention kernels behind one function, so the model code never branches on the backend.
+
+Backends:
+- `sdpa`: `F.scaled_dot_product_attention`, PyTorch picks the kernel.
+- `cudnn` / `flash` / `efficient` / `math`: SDPA pinned to one kernel with `torch.nn.attention.sdpa_kernel`.
+- `flex`: `flex_attention` with a block mask built from doc_ids (causal, within a document), so packed
+  documents skip the masked blocks instead of computing them under a dense [T, T] mask.
+- `auto`: the backend `select_backend()` measured fastest (and correct) on this device type; before a
+  selection it is `sdpa`, or `flex` on CUDA when documents are masked (a dense mask at 16k tokens is
+  O(T²) memory).
+flash-attn / flash-attn-4 are not backends: their CUDA builds are not installable on the lent machines.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-BACKENDS = ("auto", "sdpa")
+SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+BACKENDS = ("auto", "sdpa", "flex", *SDPA_KERNELS)
+
+# Chosen by select_backend(), per device type and whether documents are masked.
+_auto_choice: dict[tuple[str, bool], str] = {}
 
 
 def _mask(q_len: int, k_len: int, doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -19,20 +41,143 @@ def _mask(q_len: int, k_len: int, doc_ids: torch.Tensor | None, device: torch.de
     return (mask[None] & same_doc)[:, None]
 
 
+def _causal_mod(offset: int) -> Callable:
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx + offset >= kv_idx
+    return causal
+
+
+def _document_mod(doc_ids: torch.Tensor, offset: int) -> Callable:
+    def document(b, h, q_idx, kv_idx):
+        return (q_idx + offset >= kv_idx) & (doc_ids[b, q_idx + offset] == doc_ids[b, kv_idx])
+    return document
+
+
+@lru_cache(maxsize=16)
+def _causal_block_mask(q_len: int, k_len: int, device: torch.device) -> BlockMask:
+    return create_block_mask(_causal_mod(k_len - q_len), None, None, q_len, k_len, device=device)
+
+
+# The document mask depends on tensor values, so it is built outside any compiled graph (a graph break
+# under compile_model) and reused while the same doc_ids tensor is passed, i.e. across all layers and
+# recurrence steps of one forward.
+_doc_mask_cache: list = [None, None, None]  # [doc_ids tensor, q_len, BlockMask]
+
+
+@torch.compiler.disable
+def document_block_mask(doc_ids: torch.Tensor, q_len: int) -> BlockMask:
+    """Block mask for causal attention within documents; doc_ids: [B, S], queries are the last q_len."""
+    cached_ids, cached_len, cached_mask = _doc_mask_cache
+    if cached_ids is doc_ids and cached_len == q_len:
+        return cached_mask
+    k_len = doc_ids.shape[1]
+    block_mask = create_block_mask(_document_mod(doc_ids, k_len - q_len), doc_ids.shape[0], None, q_len, k_len,
+                                   device=doc_ids.device, _compile=doc_ids.is_cuda)
+    _doc_mask_cache[:] = [doc_ids, q_len, block_mask]
+    return block_mask
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex() -> Callable:
+    # Eager flex_attention materialises the scores; the compiled one is the fused kernel.
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, gqa: bool) -> torch.Tensor:
+    q_len, k_len = q.shape[2], k.shape[2]
+    block_mask = (_causal_block_mask(q_len, k_len, q.device) if doc_ids is None
+                  else document_block_mask(doc_ids, q_len))
+    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, gqa: bool) -> torch.Tensor:
+    q_len, k_len = q.shape[2], k.shape[2]
+    if doc_ids is None and q_len == k_len:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if doc_ids is None and q_len == 1:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)  # one new token sees the whole cache
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(q_len, k_len, doc_ids, q.device), enable_gqa=gqa)
+
+
+def resolve_backend(backend: str, device: torch.device, doc_masking: bool) -> str:
+    """The concrete backend `backend` means on this device (only `auto` changes)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--model.attn_backend: unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    default = "flex" if device.type == "cuda" and doc_masking else "sdpa"
+    return _auto_choice.get((device.type, doc_masking), default)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
            backend: str = "auto") -> torch.Tensor:
     """Causal grouped-query attention. q: [B, T, H, D]; k, v: [B, S, KV, D] with S >= T (a KV cache holds
     the first S - T positions); doc_ids: [B, S] or None. Returns [B, T, H, D]."""
-    if backend not in BACKENDS:
-        raise ValueError(f"--model.attn_backend: unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
-    q_len, k_len = q.shape[1], k.shape[1]
+    backend = resolve_backend(backend, q.device, doc_ids is not None)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.shape[1] != k.shape[1]
-    if doc_ids is None and q_len == k_len:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    elif doc_ids is None and q_len == 1:
-        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)  # one new token sees the whole cache
+    if backend == "flex":
+        out = _flex(q, k, v, doc_ids, gqa)
+    elif backend == "sdpa":
+        out = _sdpa(q, k, v, doc_ids, gqa)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(q_len, k_len, doc_ids, q.device),
-                                             enable_gqa=gqa)
+        with sdpa_kernel(SDPA_KERNELS[backend]):
+            out = _sdpa(q, k, v, doc_ids, gqa)
     return out.transpose(1, 2)
+
+
+def _time_fwd_bwd(fn: Callable[[], torch.Tensor], iters: int) -> float:
+    """Median seconds of one forward + backward."""
+    times = []
+    for _ in range(iters + 2):  # two warm-up calls (compilation, autotuning)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        fn().sum().backward()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - began)
+    return sorted(times[2:])[len(times[2:]) // 2]
+
+
+def benchmark_backends(device: torch.device, batch: int, seq_len: int, n_heads: int, n_kv_heads: int,
+                       head_dim: int, doc_masking: bool, dtype: torch.dtype = torch.bfloat16, iters: int = 5,
+                       candidates: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Time and check each backend on one attention shape: {name: {"seconds", "max_err", "error"}}.
+    The reference is the math kernel in fp32 on the same inputs; a backend that raises (unsupported
+    shape, dtype or device) is reported with its error instead of a time."""
+    gen = torch.Generator(device).manual_seed(0)
+    q = torch.randn(batch, seq_len, n_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(batch, seq_len, n_kv_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    v = torch.randn(batch, seq_len, n_kv_heads, head_dim, device=device, dtype=dtype, generator=gen)
+    doc_ids = None
+    if doc_masking:  # documents of random lengths, about 8 per row
+        starts = torch.rand(batch, seq_len, device=device, generator=gen) < 8 / seq_len
+        starts[:, 0] = True
+        doc_ids = starts.cumsum(1) - 1
+    ref = attend(q.float(), k.float(), v.float(), doc_ids, backend="math")
+    results: dict[str, dict] = {}
+    for name in candidates or tuple(b for b in BACKENDS if b not in ("auto", "math")):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        try:
+            out = attend(*leaves, doc_ids=doc_ids, backend=name)
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            seconds = _time_fwd_bwd(lambda: attend(*leaves, doc_ids=doc_ids, backend=name), iters)
+            results[name] = {"seconds": seconds, "max_err": err, "error": None}
+        except (RuntimeError, NotImplementedError, ValueError) as exc:  # kernel not available for this case
+            results[name] = {"seconds": None, "max_err": None, "error": str(exc).splitlines()[0][:160]}
+    return results
+
+
+def select_backend(device: torch.device, batch: int, seq_len: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                   doc_masking: bool, dtype: torch.dtype = torch.bfloat16, tolerance: float = 2e-2) -> tuple[str, dict]:
+    """Measure the backends on this shape, make the fastest one within `tolerance` (relative error vs the
+    fp32 math kernel) what `auto` means on this device type, and return (name, measurements)."""
+    results = benchmark_backends(device, batch, seq_len, n_heads, n_kv_heads, head_dim, doc_masking, dtype)
+    correct = {n: r for n, r in results.items() if r["seconds"] is not None and r["max_err"] <= tolerance}
+    if not correct:
+        raise RuntimeError(f"no attention backend ran correctly on {device}: {results}")
+    best = min(correct, key=lambda n: correct[n]["seconds"])
+    _auto_choice[(device.type, doc_masking)] = best
+    return best, results

@@ -10,11 +10,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, KVCache, RMSNorm, Rotary
+from recur.models.loss import lm_loss
 
 NumSteps = int | tuple[int, int] | None  # r, or (steps without grad, steps with grad)
 
@@ -25,17 +25,6 @@ class ModelOutput:
     loss: torch.Tensor | None = None  # mean cross-entropy over target tokens with loss_mask = 1
     aux_loss: torch.Tensor | None = None  # variant-specific regulariser already weighted (e.g. ACT ponder cost)
     stats: dict = field(default_factory=dict)  # e.g. {"num_steps": 8}, {"mean_steps_used": 3.2}
-
-
-def lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
-            loss_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean token cross-entropy in fp32 over positions where loss_mask is set."""
-    logits = head(hidden).float()
-    losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    if loss_mask is None:
-        return losses.mean()
-    mask = loss_mask.reshape(-1).to(losses.dtype)
-    return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
 class DecoderLM(nn.Module):
