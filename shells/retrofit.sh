@@ -18,6 +18,7 @@ recur_setup_env
 model=$1 prelude=$2 start=$3 block=$4 coda=$5
 shift 5
 [[ -f $model/config.json ]] || recur_die "HF_MODEL_DIR $model has no config.json (a local Hugging Face model)"
+model=$(cd "$model" && pwd)  # the conversion runs from the checkout
 recur_require_file configs/retrofit_two_phase.yaml config
 
 name=$(basename "$model")-$prelude-$start-$block-$coda

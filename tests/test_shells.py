@@ -168,3 +168,54 @@ def test_nano_ladder_rejects_unknown_variant(env, fake_sbatch):
     result = _run("nano_ladder.sh", env, VARIANTS="baseline nope")
     assert result.returncode == 2 and "configs/ladder/nope.yaml does not exist" in result.stderr
     assert not (Path(env["PATH"].split(":")[0]).parent / "sbatch_calls").exists()  # nothing was submitted
+
+
+def test_1b_16k_submits_the_launcher(env, fake_sbatch, tmp_path):
+    result = _run("1b_16k.sh", env, "--data.path", "/data/x", NODES="8")
+    assert result.returncode == 0, result.stderr
+    (call,) = fake_sbatch()
+    assert {"--job-name=1b_16k", "--nodes=8", "--time=48:00:00"} <= set(call)
+    assert call[call.index("shells/launch.sh"):] == [
+        "shells/launch.sh", "--config", "configs/1b_16k.yaml", "--out_dir", str(tmp_path / "out"),
+        "--run_name", "1b_16k", "--data.path", "/data/x"]
+
+
+def test_retrofit_converts_once_then_trains(env, fake_sbatch, tmp_path):
+    model = tmp_path / "TinyLlama"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    python_calls = tmp_path / "python_calls"
+    fake_python = tmp_path / "bin" / "python-fake"  # writes what utils/convert_hf.py would, records its args
+    fake_python.write_text(f'#!/bin/bash\necho "$@" >> {python_calls}\n'
+                           'while (($#)); do [[ $1 == --out ]] && mkdir -p "$2" && touch "$2/model.safetensors"; '
+                           'shift; done\n')
+    fake_python.chmod(0o755)
+    # A checkout of its own, so the test does not depend on the real config's contents.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "shells", checkout / "shells")
+    (checkout / "configs").mkdir()
+    (checkout / "configs" / "retrofit_two_phase.yaml").write_text("")
+    env.update(PYTHON=str(fake_python), RECUR_ROOT=str(checkout))
+    script = str(checkout / "shells" / "retrofit.sh")
+    result = subprocess.run(["bash", script, str(model), "4", "10", "8", "4", "--steps", "9"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    init = tmp_path / "out" / "retrofit_init" / "TinyLlama-4-10-8-4"
+    assert python_calls.read_text().split() == [
+        "utils/convert_hf.py", "--arch", "llama", "--model_path", str(model), "--out", str(init),
+        "--prelude_size", "4", "--start_index", "10", "--block_size", "8", "--coda_size", "4"]
+    (call,) = fake_sbatch()
+    assert call[call.index("shells/launch.sh"):] == [
+        "shells/launch.sh", "--config", "configs/retrofit_two_phase.yaml", "--init_from", str(init),
+        "--out_dir", str(tmp_path / "out"), "--run_name", "retrofit_TinyLlama-4-10-8-4", "--steps", "9"]
+    again = subprocess.run(["bash", script, str(model), "4", "10", "8", "4"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "using the existing conversion" in again.stderr
+    assert len(python_calls.read_text().splitlines()) == 1  # converted once
+
+
+def test_retrofit_rejects_bad_input(env, tmp_path):
+    usage = _run("retrofit.sh", env, "/x", "4")
+    assert usage.returncode == 2 and "usage: shells/retrofit.sh" in usage.stderr
+    missing = _run("retrofit.sh", env, str(tmp_path / "none"), "4", "10", "8", "4")
+    assert missing.returncode == 2 and "has no config.json" in missing.stderr
