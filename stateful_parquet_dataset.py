@@ -25,7 +25,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--global_batch_size", type=int, help="rows per optimizer step over all ranks")
     parser.add_argument("--micro_batch_size", type=int, default=None)
     parser.add_argument("--seed", type=int, help="order seed (default: the state's, else 0)")
-    parser.add_argument("--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 8)")
+    parser.add_argument(
+        "--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 8)"
+    )
     parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
     parser.add_argument("--state", type=Path, help="loader state JSON (from state_dict()); default: the start")
     parser.add_argument("--show", type=int, default=1, help="how many upcoming global batches to show")

@@ -29,7 +29,10 @@ def fixture_rows(num_rows: int, row_len: int = ROW_LEN) -> RowBlock:
     ids = (np.arange(num_rows)[:, None] * 31 + np.arange(row_len)[None, :]) % 997
     ids[:, 0] = np.arange(num_rows)
     mask = rng.integers(0, 2, size=(num_rows, row_len), dtype=np.uint8)
-    starts = [np.concatenate([[0], np.sort(rng.choice(np.arange(1, row_len), size=i % 4, replace=False))]) for i in range(num_rows)]
+    starts = [
+        np.concatenate([[0], np.sort(rng.choice(np.arange(1, row_len), size=i % 4, replace=False))])
+        for i in range(num_rows)
+    ]
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in starts])])
     return RowBlock(ids.astype(np.int32), mask, np.concatenate(starts).astype(np.int32), offsets)
 
@@ -66,8 +69,13 @@ def make(data_dir: Path, **kwargs) -> StatefulParquetDataset:
     return StatefulParquetDataset(data_dir, **{"global_batch_size": G, "shuffle_window": 3, **kwargs})
 
 
-def read_global_batches(data_dir: Path, world_size: int, workers: int, steps: int | None, state: dict | None = None, **kwargs) -> list[np.ndarray]:
-    """Row indices of each global batch, assembled from all ranks' shares in rank order."""
+def read_global_batches(
+    data_dir: Path, world_size: int, workers: int, steps: int | None, state: dict | None = None, **kwargs
+) -> list[np.ndarray]:
+    """Row indices of each global batch, assembled from all ranks' shares in rank order.
+
+    ``steps=None`` reads one pass (``infinite=False``); otherwise ``steps`` global batches of the endless stream.
+    """
     per_rank = []
     for rank in range(world_size):
         dataset = make(data_dir, rank=rank, world_size=world_size, infinite=steps is not None, **kwargs)
@@ -93,7 +101,9 @@ def reference(data_dir: Path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_one_epoch_exactly_once_and_world_size_invariant(data_dir: Path, reference: list[np.ndarray], world_size: int, workers: int) -> None:
+def test_one_epoch_exactly_once_and_world_size_invariant(
+    data_dir: Path, reference: list[np.ndarray], world_size: int, workers: int
+) -> None:
     batches = read_global_batches(data_dir, world_size, workers, steps=None)
     assert len(batches) == NUM_ROWS // G
     assert all(len(b) == G for b in batches)

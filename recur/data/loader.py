@@ -23,6 +23,10 @@ process cannot see worker-side positions, so ``make_dataloader`` returns a wrapp
 items and owns the state. Each worker decodes the row groups it needs itself, so k workers read the
 data k times: one or two workers suffice to hide loading behind compute.
 
+Cost. A rank's rows of a window are spread over all of the window's row groups, so every rank decodes
+every row group (whole row groups, never single rows); one background thread per process decodes the
+next window while batches are gathered from the current one.
+
 Epochs. ``infinite=True`` streams forever; ``infinite=False`` makes one pass of ``for batch in loader``
 end with the batch that consumes the last row of the epoch the pass started in (a straddling final batch
 is completed from the next epoch's order, so every batch has the full size).
