@@ -1,0 +1,121 @@
+"""End-to-end trainer tests: exact resume after a clean preemption and after SIGKILL, and bad configs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from recur.data.packing import pack_dataset
+from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "copy"
+    pack_dataset(out, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=600, seed=0, packing="bfd",
+                 mask_non_assistant=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("runs") / "straight"
+    result = run_train(tiny_args(run_dir, data_dir))
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def _wait_for_steps(run_dir, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+
+
+def _assert_same_run(run_dir, reference, tmp_path) -> None:
+    assert losses(run_dir) == losses(reference)  # bit-identical floats, every step
+    got, want = final_state(run_dir, tmp_path), final_state(reference, tmp_path)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def _popen(args):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+
+
+def test_loss_falls(reference):
+    values = [loss for _, loss in losses(reference)]
+    assert len(values) == 40 and sum(values[-5:]) / 5 < 0.8 * sum(values[:5]) / 5
+
+
+def test_preempt_and_resume_is_bit_identical(tmp_path, data_dir, reference):
+    run_dir = tmp_path / "preempted"
+    proc = _popen(tiny_args(run_dir, data_dir))
+    _wait_for_steps(run_dir, 18, proc)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "[preempt]" in err
+    stopped_at = max(step for step, _ in losses(run_dir))
+    assert stopped_at < 39
+    result = run_train(tiny_args(run_dir, data_dir, **{"--checkpoint.resume": "auto"}))
+    assert result.returncode == 0, result.stderr
+    assert "[resume]" in result.stderr
+    _assert_same_run(run_dir, reference, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, data_dir, reference):
+    run_dir = tmp_path / "killed"
+    rng = random.Random(1234)
+    args = tiny_args(run_dir, data_dir, **{"--checkpoint.resume": "auto"})
+    kills = 0
+    while True:
+        proc = _popen(args)
+        if kills < 3:
+            done = len(losses(run_dir)) if (run_dir / "metrics.jsonl").exists() else 0
+            _wait_for_steps(run_dir, done + rng.randint(3, 9), proc)
+            time.sleep(rng.random() * 0.5)  # land anywhere, including inside a checkpoint write
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                kills += 1
+                continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        break
+    assert kills == 3
+    _assert_same_run(run_dir, reference, tmp_path)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model_size", "huge"], "--model_size: unknown size 'huge'"),
+    (["--variant", "nope"], "unknown variant 'nope'"),
+    (["--model.n_prelude", "1", "--model.n_core", "1", "--model.n_coda", "1", "--model.n_layers", "4"],
+     "does not match --model.n_layers 4"),
+    (["--recurrence.sampling", "fixed", "--recurrence.mean_recurrence", "2", "--recurrence.backprop_depth", "4"],
+     "exceeds the fixed recurrence"),
+    (["--data.path", "/does/not/exist"], "data directory /does/not/exist does not exist"),
+    (["--checkpoint.resume", "/does/not/exist"], "checkpoint /does/not/exist does not exist"),
+    (["--data.tasks", "[juggling]"], "unknown task 'juggling'"),
+])
+def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message):
+    run_dir = tmp_path / "runs" / "bad"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("keep me\n")
+    result = run_train(["--out_dir", str(tmp_path / "runs"), "--run_name", "bad", *flags], timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "Warning" not in line and line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    assert (run_dir / "config.yaml").read_text() == "keep me\n"

@@ -1,0 +1,58 @@
+"""Shared pieces of the trainer tests: a tiny run configuration and checkpoint readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(run_dir: Path, data_dir: Path, steps: int = 40, **extra: str) -> list[str]:
+    args = {
+        "--out_dir": str(run_dir.parent), "--run_name": run_dir.name, "--data.path": str(data_dir),
+        "--model.d_model": "64", "--model.n_heads": "4", "--model.max_seq_len": "64",
+        "--data.global_batch_size": "8", "--steps": str(steps), "--optim.schedule.warmup_steps": "5", "--optim.schedule.lr": "3e-3",
+        "--eval.num_samples": "2", "--eval.depths": "[1]", "--eval.tasks": "[copy]", "--log.plot_interval": "1000",
+        "--recurrence.mean_recurrence": "3", "--recurrence.backprop_depth": "2", "--checkpoint.interval": "5",
+    }
+    args.update(extra)
+    return [item for pair in args.items() for item in pair]
+
+
+def train_cmd(args: list[str]) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *args]
+
+
+def run_train(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(train_cmd(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records]
+
+
+def final_state(run_dir: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """Model and optimizer tensors of the newest checkpoint, flattened to {name: tensor}."""
+    newest = sorted((run_dir / "checkpoints").glob("step_*[0-9]"))[-1]
+    out = tmp_path / f"{run_dir.name}-final.pt"
+    dcp_to_torch_save(newest, out)
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            flat[prefix] = obj
+        elif isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(f"{prefix}.{key}", value)
+
+    walk("", torch.load(out, weights_only=False))
+    return flat
