@@ -14,6 +14,8 @@ harmless: the model is causal); generation is greedy with the per-depth KV cache
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
@@ -26,16 +28,28 @@ from recur.eval.generate import greedy_generate
 from recur.hf_model import from_pretrained
 
 
+def _resolve_device(device: str | None) -> str:
+    """None/"auto" -> cuda when present. lm-eval's CLI passes "cuda" unless told otherwise, so on a machine
+    without CUDA we run on the CPU and say so (as lm-eval's own HF model does)."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"[recur lm-eval] device '{device}' requested but CUDA is not available; using cpu", file=sys.stderr)
+        return "cpu"
+    return device
+
+
 @register_model("recur")
 class RecurLM(TemplateLM):
     def __init__(self, path: str, num_steps: int | None = None, tokenizer: str | None = None,
-                 device: str = "cpu", batch_size: int | str = 1, max_length: int | None = None,
+                 device: str | None = None, batch_size: int | str = 1, max_length: int | None = None,
                  add_bos: bool | None = None, max_batch_size: int | None = None) -> None:
         """`path`: saved model directory; `num_steps`: recurrence depth (default: the model's
         default_num_steps); `tokenizer`: "byte" or a directory (default: `path`); `add_bos`: prepend BOS to
         every sequence (default: when the tokenizer has one, as Llama/OLMo were trained); batch_size "auto"
         means max_batch_size (default 8): padding never changes a score, so any batch size is exact."""
         super().__init__()
+        device = _resolve_device(device)
         self.model = from_pretrained(path, device=device)
         self.num_steps = int(num_steps) if num_steps is not None else self.model.cfg.default_num_steps
         if self.num_steps < 1:
@@ -127,16 +141,18 @@ class RecurLM(TemplateLM):
 
 
 def evaluate_at_depths(path: str, tasks: list[str], depths: list[int], include_path: str | None = None,
-                       limit: int | float | None = None, num_fewshot: int | None = None, device: str = "cpu",
-                       batch_size: int = 1, tokenizer: str | None = None) -> dict[int, dict]:
-    """Run the same lm-eval tasks at each recurrence depth (model loaded once); {depth: results dict}."""
+                       limit: int | float | None = None, num_fewshot: int | None = None,
+                       device: str | None = None, batch_size: int = 1, tokenizer: str | None = None,
+                       include_defaults: bool = True) -> dict[int, dict]:
+    """Run the same lm-eval tasks at each recurrence depth (model loaded once); {depth: results dict}.
+    include_defaults=False skips indexing lm-eval's built-in tasks (only include_path's are known)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     if not depths or min(depths) < 1:
         raise ValueError(f"--depths: expected positive integers, got {depths}")
     lm = RecurLM(path, num_steps=depths[0], tokenizer=tokenizer, device=device, batch_size=batch_size)
-    manager = TaskManager(include_path=include_path) if include_path else None
+    manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
     results = {}
     for depth in depths:
         lm.num_steps = depth
