@@ -87,8 +87,8 @@ CONF
     mv "$CONF.tmp" "$CONF"
 }
 
-node_state() {
-    sinfo -h -N -n "$HOST" -o %t 2>/dev/null | head -n1
+node_state() {  # empty while the controller does not answer
+    sinfo -h -N -n "$HOST" -o %t 2>/dev/null | head -n1 || true
 }
 
 start() {
