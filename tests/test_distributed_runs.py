@@ -1,0 +1,135 @@
+"""Real multi-process training runs on CPU (gloo): every backend reproduces the single-process run,
+FSDP checkpoints reshard 2 -> 1 and 2 -> 3 ranks, two torchrun "nodes" train together, and failures
+(bad input, a raising rank, a NaN loss) end the job cleanly. Each run: tiny model, 20 steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.dist_helpers import (
+    GLOBAL_BATCH, PYTHON, ROOT, child_env, free_port, launch_command, make_dataset, metrics, run_training,
+    train_args,
+)
+
+pytestmark = pytest.mark.slow
+TOLERANCE = 1e-4  # per-step loss, fp32: summation order differs between 1 and 2 ranks, nothing else
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("dist") / "data")
+
+
+@pytest.fixture(scope="session")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def reference(data, out):
+    """The single-process run every distributed run must reproduce (checkpoint at step 10 for the resumes)."""
+    run_training(data, out, "single", 1, "--checkpoint.interval", "10")
+    return metrics(out, "single")
+
+
+@pytest.fixture(scope="session")
+def fsdp_run(data, out, reference):
+    run_training(data, out, "fsdp2", 2, "--dist.backend", "fsdp", "--checkpoint.interval", "10")
+    return metrics(out, "fsdp2")
+
+
+def assert_same_run(got: list[dict], want: list[dict], first_step: int = 0) -> None:
+    assert [r["step"] for r in got] == list(range(first_step, len(want)))
+    for g, w in zip(got, want[first_step:]):
+        assert g["data_checksum"] == w["data_checksum"], f"step {g['step']}: different data"
+        assert g["tokens"] == w["tokens"]
+        assert abs(g["loss"] - w["loss"]) < TOLERANCE, f"step {g['step']}: loss {g['loss']} vs {w['loss']}"
+
+
+def test_fsdp_two_processes_match_single(fsdp_run, reference):
+    assert_same_run(fsdp_run, reference)
+    assert reference[-1]["loss"] < reference[0]["loss"] - 1.0  # it trained
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_two_processes_match_single(data, out, reference, stage):
+    run_training(data, out, f"zero{stage}", 2, "--dist.backend", "deepspeed",
+                 "--dist.deepspeed_config", f"configs/deepspeed/zero{stage}.json")
+    assert_same_run(metrics(out, f"zero{stage}"), reference)
+    assert (out / f"zero{stage}" / "checkpoints" / "step_00000020" / "deepspeed").is_dir()
+
+
+def test_ddp_on_two_torchrun_nodes_matches_single(data, out, reference):
+    """Two torchrun invocations (--nnodes 2, node_rank 0/1, localhost rendezvous) form one DDP job."""
+    port = free_port()
+    procs = []
+    for node_rank in (0, 1):
+        command = [PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   *train_args(data, out, "ddp_2nodes", "--dist.backend", "ddp")]
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert_same_run(metrics(out, "ddp_2nodes"), reference)
+
+
+@pytest.mark.parametrize("nproc", [1, 3])
+def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_run, nproc):
+    """Resharded resume: continues with exactly the uninterrupted run's data and losses."""
+    run = f"resume_on_{nproc}"
+    shutil.copytree(out / "fsdp2", out / run)
+    checkpoint = out / run / "checkpoints" / "step_00000010"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
+    result = run_training(data, out, run, nproc, "--dist.backend", "fsdp", "--checkpoint.resume", str(checkpoint))
+    assert "saved on 2 ranks" in result.stderr
+    assert_same_run(metrics(out, run)[10:], reference, first_step=10)
+
+
+def test_bad_inputs_fail_with_one_clear_error(data, out, reference):
+    shape = run_training(data, out, "single", 1, "--model.d_model", "32", "--checkpoint.resume", "auto", check=False)
+    assert shape.returncode == 2 and "is from a different model (d_model: checkpoint 64 vs run 32" in shape.stderr
+    started = time.time()
+    divide = run_training(data, out, "bad_world", 2, "--data.global_batch_size", str(GLOBAL_BATCH + 1),
+                          check=False)
+    assert divide.returncode != 0 and time.time() - started < 120
+    assert f"--global_batch_size {GLOBAL_BATCH + 1} is not divisible by the world size 2" in divide.stderr
+    ds_config = out / "clip05.json"
+    ds_config.write_text(json.dumps({"gradient_clipping": 0.5, "zero_optimization": {"stage": 2}}))
+    ds = run_training(data, out, "bad_ds", 1, "--dist.backend", "deepspeed", "--dist.deepspeed_config",
+                      str(ds_config), check=False)
+    assert ds.returncode == 2
+    assert f"{ds_config}: gradient_clipping = 0.5 contradicts --optim.grad_clip = 1.0" in ds.stderr
+
+
+def _faulty_run(data, out, run: str, nproc: int, fail_rank: int, fail_step: int, kind: str, *extra: str):
+    script = ["-m", "tests.dist_helpers", str(fail_rank), str(fail_step), kind,
+              *train_args(data, out, run, "--steps", "6", *extra)[1:]]
+    command = launch_command(nproc, script)
+    return subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=180)
+
+
+def test_raising_rank_brings_the_job_down_with_its_traceback(data, out):
+    started = time.time()
+    result = _faulty_run(data, out, "raise", 2, 1, 2, "raise", "--dist.backend", "fsdp")
+    assert result.returncode != 0 and time.time() - started < 120  # no hang until the collective timeout
+    assert "[rank 1] failed" in result.stderr and "injected failure at step 2" in result.stderr
+
+
+def test_nan_loss_on_one_rank_is_skipped_on_all(data, out):
+    _faulty_run(data, out, "nan_skip", 2, 1, 3, "nan", "--dist.backend", "ddp").check_returncode()
+    records = metrics(out, "nan_skip")
+    assert [r["skipped"] for r in records] == [False, False, False, True, False, False]
+    assert all(r["loss"] == r["loss"] for i, r in enumerate(records) if i != 3)  # finite after the skip
+
+
+def test_nan_policy_stop_reports_without_checkpoint(data, out):
+    result = _faulty_run(data, out, "nan_stop", 1, 0, 2, "nan", "--dist.nan_policy", "stop")
+    assert result.returncode == 2 and "non-finite loss at step 2 (--dist.nan_policy stop)" in result.stderr
+    assert json.loads((out / "nan_stop" / "nan_report.json").read_text())["step"] == 2
+    assert not (out / "nan_stop" / "checkpoints").exists() or not any((out / "nan_stop" / "checkpoints").iterdir())
