@@ -100,7 +100,8 @@ def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, eval
 
 def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None = None) -> dict:
     """Run (or resume) training; under torchrun/srun every process calls this."""
-    env = env or init_distributed(cfg.device, cfg.dist.timeout_minutes, cfg.dist.master_port)
+    env = env or init_distributed(cfg.device, cfg.dist.timeout_minutes, cfg.dist.master_port,
+                                  always=cfg.dist.backend not in ("auto", "none"))
     try:
         return _train(cfg, env, config_yaml)
     except BaseException as error:

@@ -75,7 +75,7 @@ def test_topology_errors_and_single_process():
 
 def test_backend_choice_and_config_errors():
     assert resolve_backend("auto", 1) == "none" and resolve_backend("auto", 4) == "fsdp"
-    assert resolve_backend("ddp", 1) == "none" and resolve_backend("deepspeed", 1) == "deepspeed"
+    assert resolve_backend("ddp", 1) == "ddp" and resolve_backend("deepspeed", 1) == "deepspeed"
     with pytest.raises(ValueError, match="--dist.backend"):
         DistConfig(backend="megatron")
     with pytest.raises(ValueError, match="--dist.nan_policy"):

@@ -26,10 +26,9 @@ from recur.parallel.env import DistEnv
 
 
 def resolve_backend(name: str, world_size: int) -> str:
+    """auto = fsdp on several ranks, none on one; an explicit choice is honoured even on one rank."""
     if name == "auto":
         return "fsdp" if world_size > 1 else "none"
-    if name in ("ddp", "fsdp") and world_size == 1:
-        return "none"  # one process: nothing to replicate or shard, and identical numerics
     return name
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -144,10 +145,16 @@ def launch_topology(environ: dict[str, str], master_port: int | None = None) -> 
     return None
 
 
-def init_distributed(device: str, timeout_minutes: float, master_port: int | None = None) -> DistEnv:
-    """Start torch.distributed (NCCL on GPU, gloo on CPU) when launched with several processes."""
+def init_distributed(device: str, timeout_minutes: float, master_port: int | None = None,
+                     always: bool = False) -> DistEnv:
+    """Start torch.distributed (NCCL on GPU, gloo on CPU) when launched with several processes, or with
+    `always` also for one process (an explicitly chosen fsdp/ddp/deepspeed backend runs its real code
+    path on a 1-rank group, e.g. to compare backends on one GPU)."""
     topology = launch_topology(dict(os.environ), master_port)
-    if topology is None or topology["world_size"] == 1:
+    if topology is None and always:
+        topology = {"rank": 0, "world_size": 1, "local_rank": 0, "master_addr": "127.0.0.1",
+                    "master_port": master_port or _free_port()}
+    if topology is None or (topology["world_size"] == 1 and not always):
         local = 0 if topology is None else topology["local_rank"]
         return DistEnv(device=pick_device(device, local))
     rank, world, local = topology["rank"], topology["world_size"], topology["local_rank"]
@@ -162,6 +169,12 @@ def init_distributed(device: str, timeout_minutes: float, master_port: int | Non
                                 timeout=timedelta(minutes=timeout_minutes),
                                 device_id=dev if dev.type == "cuda" else None)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def shutdown_distributed() -> None:
