@@ -50,7 +50,7 @@ class HubConfig:
     plots: bool = True
 
     def validate(self) -> None:
-        if self.suite not in HUB_SUITES:
+        if self.suite not in (*HUB_SUITES, "sweep"):  # "sweep" is set by recur.eval.sweep, not a hub flag
             raise ValueError(f"--suite: unknown suite '{self.suite}'; expected one of {', '.join(HUB_SUITES)}")
         for task in [*(self.tasks or []), *(self.difficulties or {})]:
             get_task(task)

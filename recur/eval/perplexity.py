@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from recur.data.packed_reader import PackedShards, take_rows
+from recur.data.loader import StatefulParquetDataset
+from recur.data.packed_reader import PackedShards
 from recur.models.lm import DecoderLM
 
 
 def heldout_batches(path: str | Path, batch_size: int, max_rows: int | None = None):
-    """Rows of a packed dataset in storage order, as batches of (inputs, targets, loss_mask, doc_ids)."""
-    shards = PackedShards(path)
-    rows_left = shards.num_rows if max_rows is None else min(max_rows, shards.num_rows)
-    for group in range(len(shards.group_sizes)):
-        block = shards.read_group(group)
-        for lo in range(0, len(block), batch_size):
-            if rows_left <= 0:
-                return
-            take = np.arange(lo, min(lo + batch_size, len(block)))[:rows_left]
-            rows_left -= len(take)
-            arrays = take_rows(block, take)
-            ids = torch.from_numpy(arrays["input_ids"].astype(np.int64))
-            mask = torch.from_numpy(arrays["loss_mask"].astype(np.int64))
-            docs = torch.from_numpy(arrays["doc_ids"].astype(np.int64))
-            yield ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
+    """Rows of a packed dataset in storage order (one pass, no shuffle), as batches of
+    (inputs, targets, loss_mask, doc_ids) with the targets and mask shifted by one token."""
+    # One row per global batch, so the pass ends exactly at the last row (no wrap into a second epoch).
+    dataset = StatefulParquetDataset(path, global_batch_size=1, shuffle=False, infinite=False)
+    rows = iter(dataset) if max_rows is None else itertools.islice(dataset, max_rows)
+    while chunk := list(itertools.islice(rows, batch_size)):
+        ids = torch.cat([row["input_ids"] for row in chunk])
+        mask = torch.cat([row["loss_mask"] for row in chunk]).long()
+        docs = torch.cat([row["doc_ids"] for row in chunk]).long()
+        yield ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
 
 
 def check_data_fits(model: DecoderLM, path: str | Path) -> PackedShards:
