@@ -11,6 +11,6 @@ if [[ -f $STAMP && $STAMP -nt pyproject.toml ]]; then exit 0; fi
 [[ -d .venv ]] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==${TORCH_VERSION}"
-.venv/bin/pip install -q -e ".[dev,wandb]"
+.venv/bin/pip install -q -e ".[dev,wandb,eval]"
 .venv/bin/pip install -q --no-build-isolation "deepspeed>=0.15"
 touch "$STAMP"
