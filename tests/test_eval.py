@@ -33,11 +33,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_config(variant: str = "recurrent") -> ModelConfig:
-    return ModelConfig(variant=variant, vocab_size=264, d_model=64, n_layers=3, n_heads=2, max_seq_len=128,
+    return ModelConfig(variant=variant, vocab_size=264, d_model=128, n_layers=3, n_heads=4, max_seq_len=128,
                        default_num_steps=TRAIN_DEPTH, init_state="zeros")
 
 
-def train_tiny(steps: int = 120) -> tuple[torch.nn.Module, list[float]]:
+def train_tiny(steps: int = 160) -> tuple[torch.nn.Module, list[float]]:
     """A minimal loop on the chat-rendered task, loss on the assistant reply only; returns the losses too."""
     torch.manual_seed(0)
     tok = load_tokenizer("byte")
@@ -47,7 +47,7 @@ def train_tiny(steps: int = 120) -> tuple[torch.nn.Module, list[float]]:
     width = max(len(ids) for ids, _ in docs)
     ids = torch.tensor([i + [tok.pad_id] * (width - len(i)) for i, _ in docs])
     mask = torch.tensor([m + [0] * (width - len(m)) for _, m in docs])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     rng = random.Random(0)
     losses = []
     for _ in range(steps):
@@ -78,9 +78,9 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-def test_trained_model_hub_reports_the_accuracy_decoding_gives(run_dir, tmp_path):
+def test_trained_model_reaches_known_accuracy_and_hub_reports_it(run_dir, tmp_path):
     losses = json.loads((run_dir / "losses.json").read_text())
-    assert sum(losses[-10:]) / 10 < 0.3 * losses[0]  # training worked: the reply format is learned
+    assert sum(losses[-10:]) / 10 < 0.1  # both reply tokens (digit, end of turn) are learned
     cfg = HubConfig(checkpoint=str(run_dir), suite="algorithmic", tasks=[TASK], num_steps=[1, TRAIN_DEPTH],
                     difficulties={TASK: [LEVEL]}, num_samples=20, out_dir=str(tmp_path))
     results, path = run_hub(cfg)
@@ -105,7 +105,7 @@ def test_trained_model_hub_reports_the_accuracy_decoding_gives(run_dir, tmp_path
             reply.append(nxt)
         correct += tok.decode(reply).strip() == sample.answer
     assert cells[TRAIN_DEPTH]["correct"] == correct
-    assert cells[TRAIN_DEPTH]["accuracy"] == correct / 20
+    assert cells[TRAIN_DEPTH]["accuracy"] == correct / 20 >= 0.9  # chance is ~0.1
     assert (tmp_path / "algorithmic.png").read_bytes()[:8] == PNG_MAGIC
 
 
