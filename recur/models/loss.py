@@ -9,6 +9,8 @@ recomputed, so the FLOPs equal those of the plain head + cross-entropy.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,30 @@ def _compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _chunk(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor, want_grad: bool):
+    """Weighted CE of one chunk of rows and, if wanted, its gradients w.r.t. h and w (fp32 for w)."""
+    logits = (h @ w.t()).float()
+    valid = targets != IGNORE_INDEX
+    safe_tgt = torch.where(valid, targets, 0)
+    rw = row_weights * valid
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = ((lse - logits.gather(1, safe_tgt[:, None]).squeeze(1)) * rw).sum()
+    if not want_grad:
+        return loss, None, None
+    # d(w·CE)/dlogits = w · (softmax − onehot)
+    grad = (logits - lse[:, None]).exp()
+    grad = grad.scatter_add(1, safe_tgt[:, None], -torch.ones_like(lse[:, None]))
+    grad = (grad * rw[:, None]).to(h.dtype)
+    return loss, grad @ w, (grad.t() @ h).float()
+
+
+@lru_cache(maxsize=1)
+def _compiled_chunk():
+    # On GPU the chunk's softmax/gradient elementwise work is fused by inductor (the eager version spends
+    # ~3× the matmul time in separate fp32 passes over the logits); the loop over chunks stays eager.
+    return torch.compile(_chunk, dynamic=False)
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i · CE(hidden_i @ weightᵀ, target_i), gradients computed in the forward pass."""
 
@@ -36,22 +62,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(h) if want_grad else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
+            step = _compiled_chunk() if hidden.is_cuda else _chunk
             for start in range(0, h.shape[0], chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                logits = (h[rows] @ w.t()).float()
-                tgt = targets[rows]
-                valid = tgt != IGNORE_INDEX
-                safe_tgt = torch.where(valid, tgt, 0)
-                rw = row_weights[rows] * valid
-                lse = torch.logsumexp(logits, dim=-1)
-                total += ((lse - logits.gather(1, safe_tgt[:, None]).squeeze(1)) * rw).sum()
+                loss, dh, dw = step(h[rows], w, targets[rows], row_weights[rows], want_grad)
+                total += loss
                 if want_grad:
-                    # d(w·CE)/dlogits = w · (softmax − onehot), built in place in the logits buffer.
-                    grad = logits.sub_(lse[:, None]).exp_()
-                    grad.scatter_add_(1, safe_tgt[:, None], -torch.ones_like(lse[:, None]))
-                    grad = grad.mul_(rw[:, None]).to(dtype)
-                    grad_h[rows] = grad @ w
-                    grad_w += (grad.t() @ h[rows]).float()
+                    grad_h[rows] = dh
+                    grad_w += dw
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
