@@ -99,23 +99,24 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
 
 
 def _sweep_series(sweeps: list[dict]) -> dict:
-    """{"loss": {(label, step, depth): v}, "accuracy": ...} from sweep results (mean in-distribution acc)."""
+    """{"loss": {(run, step, depth): v}, "accuracy": ...} from sweep results (mean in-distribution acc)."""
     series = {"loss": {}, "accuracy": {}}
     for data in sweeps:
         ckpt = data["metadata"]["checkpoint"]
-        label = f"{Path(ckpt['run_dir']).name if ckpt['run_dir'] else Path(ckpt['path']).name} @ {ckpt['step']}"
+        run = Path(ckpt["run_dir"]).name if ckpt["run_dir"] else Path(ckpt["path"]).name
         step = ckpt["step"] if ckpt["step"] is not None else 0
         for r in data.get("perplexity", {}).get("results", []):
-            series["loss"][(label, step, r["depth"])] = r["loss"]
+            series["loss"][(run, step, r["depth"])] = r["loss"]
         for r in data.get("algorithmic", {}).get("summary", []):
             if r["in_distribution"] is not None:
-                series["accuracy"][(label, step, r["depth"])] = r["in_distribution"]
+                series["accuracy"][(run, step, r["depth"])] = r["in_distribution"]
     return series
 
 
 def plot_sweep(sweeps: list[dict], out_dir: Path) -> list[Path]:
     """sweep_depth.png (metric vs depth, one line per checkpoint) and sweep_steps.png (metric vs training
-    step, one line per depth): held-out loss on top, mean in-distribution accuracy below."""
+    step, one line per depth, and per run when several runs are swept): held-out loss on top, mean
+    in-distribution accuracy below."""
     series = _sweep_series(sweeps)
     ylabels = {"loss": "held-out loss (nats/token)", "accuracy": "exact-match accuracy (ID mean over tasks)"}
     metrics = [m for m in ("loss", "accuracy") if series[m]]
@@ -124,19 +125,22 @@ def plot_sweep(sweeps: list[dict], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 3.4 * len(metrics)), squeeze=False)
         for ax, metric in zip(axes[:, 0], metrics):
             points = series[metric]
+            runs = sorted({k[0] for k in points})
             if kind == "depth":
-                for label in sorted({k[0] for k in points}, key=lambda lab: next(k[1] for k in points if k[0] == lab)):
-                    cells = sorted((k[2], v) for k, v in points.items() if k[0] == label)
+                for run, step in sorted({k[:2] for k in points}):
+                    cells = sorted((k[2], v) for k, v in points.items() if k[:2] == (run, step))
                     if len(cells) == 1:  # a model without recurrence: the same value at every depth
-                        ax.axhline(cells[0][1], ls="--", lw=1, label=f"{label} (depth ignored)")
+                        ax.axhline(cells[0][1], ls="--", lw=1, label=f"{run} @ {step} (depth ignored)")
                     else:
-                        ax.plot(*zip(*cells), marker="o", ms=3, label=label)
+                        ax.plot(*zip(*cells), marker="o", ms=3, label=f"{run} @ {step}")
                 ax.set_xscale("log", base=2)
                 ax.set_xlabel("recurrence depth r (num_steps)")
             else:
-                for depth in sorted({k[2] for k in points}):
-                    cells = sorted((k[1], v) for k, v in points.items() if k[2] == depth)
-                    ax.plot(*zip(*cells), marker="o", ms=3, label=f"r = {depth}")
+                for run in runs:
+                    for depth in sorted({k[2] for k in points if k[0] == run}):
+                        cells = sorted((k[1], v) for k, v in points.items() if k[0] == run and k[2] == depth)
+                        label = f"r = {depth}" if len(runs) == 1 else f"{run} r = {depth}"
+                        ax.plot(*zip(*cells), marker="o", ms=3, label=label)
                 ax.set_xlabel("training step")
             ax.set_ylabel(ylabels[metric])
             if metric == "accuracy":
