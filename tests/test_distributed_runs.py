@@ -79,14 +79,17 @@ def test_ddp_on_two_torchrun_nodes_matches_single(data, out, reference):
     assert_same_run(metrics(out, "ddp_2nodes"), reference)
 
 
-@pytest.mark.parametrize("nproc", [1, 3])
-def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_run, nproc):
-    """Resharded resume: continues with exactly the uninterrupted run's data and losses."""
+@pytest.mark.parametrize("nproc, option", [(1, "--dist.activation_checkpointing"), (3, "--dist.reshard_core")])
+def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_run, nproc, option):
+    """Resharded resume: continues with exactly the uninterrupted run's data and losses. The resumed runs
+    also switch on per-block activation checkpointing (1 rank) and per-iteration resharding of the core
+    blocks (3 ranks): neither may change the numbers or the checkpoint format."""
     run = f"resume_on_{nproc}"
     shutil.copytree(out / "fsdp2", out / run)
     checkpoint = out / run / "checkpoints" / "step_00000010"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
-    result = run_training(data, out, run, nproc, "--dist.backend", "fsdp", "--checkpoint.resume", str(checkpoint))
+    result = run_training(data, out, run, nproc, "--dist.backend", "fsdp", option, "true",
+                          "--checkpoint.resume", str(checkpoint))
     assert "saved on 2 ranks" in result.stderr
     assert_same_run(metrics(out, run)[10:], reference, first_step=10)
 
