@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,8 +77,8 @@ def metrics(out: Path, run: str) -> list[dict]:
 
 
 def _inject_faults(fail_rank: int, fail_step: int, kind: str) -> None:
-    """Patch the model so that rank `fail_rank` raises (kind=raise) or gets a NaN loss (kind=nan) at
-    training forward number `fail_step` (one micro-batch per step in these tests)."""
+    """Patch the model so that rank `fail_rank` raises (kind=raise), gets a NaN loss (kind=nan) or receives
+    SIGUSR1 (kind=preempt) at training forward number `fail_step` (one micro-batch per step in these tests)."""
     import torch
 
     from recur.models.lm import DecoderLM
@@ -92,7 +93,10 @@ def _inject_faults(fail_rank: int, fail_step: int, kind: str) -> None:
             if calls["n"] == fail_step + 1:
                 if kind == "raise":
                     raise RuntimeError(f"injected failure at step {fail_step}")
-                out.loss = out.loss * torch.tensor(float("nan"))
+                if kind == "preempt":  # slurm's warning signal reaching this rank only
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                else:
+                    out.loss = out.loss * torch.tensor(float("nan"))
         return out
 
     DecoderLM.forward = forward
