@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit_curve", nargs="+", type=float, metavar="EPS", help="accuracy vs average steps used")
     p.add_argument("--tasks", nargs="+", default=["parity", "successor", "compare"], help="for --exit_curve")
     p.add_argument("--num_samples", type=int, default=32, help="for --exit_curve")
+    p.add_argument("--difficulty", type=int, help="for --exit_curve (default: each task's training difficulty)")
     p.add_argument("--out_dir", help="for --exit_curve (default: <run>/eval)")
     p.add_argument("--tokenizer")
     p.add_argument("--device")
@@ -55,7 +56,7 @@ def main() -> int:
         if out_dir is None:
             raise ValueError("--out_dir is required when the checkpoint does not live in a run directory")
         curve = exit_curve(model, tokenizer, args.tasks, depth, args.exit_curve, args.exit_criterion or "delta",
-                           args.num_samples)
+                           args.num_samples, difficulty=args.difficulty)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "exit_curve.json").write_text(json.dumps(curve, indent=2))
         print(f"wrote {plot_exit_curve(curve, out_dir / 'exit_curve.png')} and exit_curve.json")

@@ -17,22 +17,25 @@ from recur.eval.plots import save_figure  # noqa: E402
 from recur.models.lm import DecoderLM  # noqa: E402
 
 
-def _point(model, tokenizer, tasks, depth, num_samples, seed, rule) -> dict:
-    cells = [evaluate_task(model, tokenizer, task, depth, num_samples, seed, exit_rule=rule) for task in tasks]
+def _point(model, tokenizer, tasks, depth, num_samples, seed, difficulty, rule) -> dict:
+    cells = [evaluate_task(model, tokenizer, task, depth, num_samples, seed, difficulty, exit_rule=rule)
+             for task in tasks]
     return {"accuracy": sum(c["accuracy"] for c in cells) / len(cells),
             "mean_steps": sum(c["mean_steps"] for c in cells) / len(cells)}
 
 
 def exit_curve(model: DecoderLM, tokenizer: Tokenizer, tasks: list[str], max_steps: int, eps_values: list[float],
-               criterion: str, num_samples: int, seed: int = 0) -> dict:
+               criterion: str, num_samples: int, seed: int = 0, difficulty: int | None = None) -> dict:
     """{"fixed": [{depth, accuracy, mean_steps}], "adaptive": [{eps, accuracy, mean_steps}]}; mean accuracy
-    over tasks at their training difficulty; adaptive runs use max_steps as the cap."""
+    over tasks at `difficulty` (None: each task's training difficulty); adaptive runs cap at max_steps."""
     depths = sorted({d for d in (1, 2, 4, 8, 16, 32, 64, max_steps) if d <= max_steps})
-    fixed = [{"depth": d, **_point(model, tokenizer, tasks, d, num_samples, seed, None)}
+    fixed = [{"depth": d, **_point(model, tokenizer, tasks, d, num_samples, seed, difficulty, None)}
              for d in tqdm(depths, desc="fixed depths", leave=False)]
-    adaptive = [{"eps": eps, **_point(model, tokenizer, tasks, max_steps, num_samples, seed, ExitRule(criterion, eps))}
+    adaptive = [{"eps": eps, **_point(model, tokenizer, tasks, max_steps, num_samples, seed, difficulty,
+                                      ExitRule(criterion, eps))}
                 for eps in tqdm(eps_values, desc="exit thresholds", leave=False)]
-    return {"criterion": criterion, "max_steps": max_steps, "tasks": tasks, "fixed": fixed, "adaptive": adaptive}
+    return {"criterion": criterion, "max_steps": max_steps, "tasks": tasks, "difficulty": difficulty,
+            "fixed": fixed, "adaptive": adaptive}
 
 
 def plot_exit_curve(curve: dict, path: Path) -> Path:

@@ -45,7 +45,9 @@ class Generation:
     stop_reasons: list[str]  # "stop_token" | "max_new_tokens" | "context"
 
     def mean_steps(self) -> float:
-        counts = [s for row in self.steps for s in row]
+        """Average steps per token decoded after the prompt: the first token of a reply always comes from the
+        prompt's forward at full depth, so it says nothing about adaptive exit (used only if it is all)."""
+        counts = [s for row in self.steps for s in row[1:]] or [s for row in self.steps for s in row]
         return sum(counts) / max(1, len(counts))
 
 
