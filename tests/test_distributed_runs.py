@@ -56,10 +56,15 @@ def test_fsdp_two_processes_match_single(fsdp_run, reference):
     assert reference[-1]["loss"] < reference[0]["loss"] - 1.0  # it trained
 
 
-def test_deepspeed_zero3_two_processes_match_single(data, out, reference):
+@pytest.fixture(scope="session")
+def zero3_run(data, out, reference):
     run_training(data, out, "zero3", 2, "--dist.backend", "deepspeed", "--dist.deepspeed_config",
                  "configs/deepspeed/zero3.json")
-    assert_same_run(metrics(out, "zero3"), reference)
+    return metrics(out, "zero3")
+
+
+def test_deepspeed_zero3_two_processes_match_single(out, reference, zero3_run):
+    assert_same_run(zero3_run, reference)
     assert (out / "zero3" / "checkpoints" / "step_00000020" / "deepspeed").is_dir()
 
 
@@ -148,3 +153,26 @@ def test_nan_policy_stop_reports_without_checkpoint(data, out):
     assert result.returncode == 2 and "non-finite loss at step 2 (--dist.nan_policy stop)" in result.stderr
     assert json.loads((out / "nan_stop" / "nan_report.json").read_text())["step"] == 2
     assert not (out / "nan_stop" / "checkpoints").exists() or not any((out / "nan_stop" / "checkpoints").iterdir())
+
+
+def test_export_consolidates_sharded_and_deepspeed_checkpoints(out, reference, fsdp_run, zero3_run, tmp_path):
+    """FSDP (DCP, 2 ranks) and ZeRO-3 (partitioned) checkpoints export to the same weights as the
+    single-process run, and the exported files load for evaluation on one device."""
+    import torch
+
+    from recur.eval.load import load_model
+    from recur.parallel.export import export_checkpoint
+
+    exported = {run: export_checkpoint(out / run, tmp_path / run) for run in ("single", "fsdp2", "zero3")}
+    want = torch.load(exported["single"]["pt"])["model"]
+    for run in ("fsdp2", "zero3"):
+        got = torch.load(exported[run]["pt"])["model"]
+        assert sorted(got) == sorted(want)
+        for name, tensor in want.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=2e-4, msg=f"{run}: {name}")
+        model, cfg, meta = load_model(exported[run]["safetensors"])
+        assert meta.kind == "safetensors" and cfg.d_model == 64
+        torch.testing.assert_close(model.state_dict()["core.0.attn.wq.weight"], want["core.0.attn.wq.weight"],
+                                   rtol=0, atol=2e-4)
+    with pytest.raises(ValueError, match="already an exported file"):
+        export_checkpoint(exported["single"]["pt"], tmp_path / "again")

@@ -137,6 +137,8 @@ def build_backend(cfg: TrainConfig, model: nn.Module, env: DistEnv, accumulation
     if cfg.dist.cpu_offload and name != "fsdp":
         raise ValueError(f"--dist.cpu_offload needs --dist.backend fsdp (got {name}); for deepspeed set "
                          "zero_optimization.offload_optimizer in its config")
+    if cfg.dist.cpu_offload and env.device.type != "cuda":
+        raise ValueError(f"--dist.cpu_offload moves GPU state to host memory; this run is on {env.device}")
     if name == "none":
         return Backend(model, make_optimizer(model), env)
     if name == "ddp":
