@@ -13,6 +13,11 @@ Throughput is the mean over steps 10..50 (compilation/allocator warm-up excluded
 Exit code: 0 all losses agree within bf16 tolerance (mean |Δ| of the last 10 steps < 0.05), 1 otherwise,
 2 no CUDA.
 
+Wheels (git-ignored ``wheels/``, prepared on a CPU machine): deepspeed-0.19.8-py3-none-any (built with
+``pip wheel --no-deps --no-build-isolation deepspeed==0.19.8``, no compiled ops), hjson, py-cpuinfo, ninja,
+annotated-types, typing-inspection, pydantic 2.14.4, psutil (abi3), and pydantic-core / msgpack for
+CPython 3.10-3.13 (manylinux x86_64); pip takes only what the machine lacks.
+
 Run from the repository root on the GPU machine (device tool: ``carry=["wheels"]``):
 
     python bench/gpu_dist_check.py [--steps 50] [--batch-per-gpu 16] [--gpus 1|2]
