@@ -95,7 +95,8 @@ def main() -> int:
     data = make_data(1024, num_docs=max(20_000, args.steps * args.batch_per_gpu * gpus * 40))
     print(f"[device] {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}", flush=True)
 
-    single = {b: train(f"{b}_1gpu", 1, b, data, args.steps, args.batch_per_gpu) for b in ("ddp", "fsdp", "deepspeed")}
+    single = {b: train(f"{b}_1gpu", 1, b, data, args.steps, args.batch_per_gpu)
+              for b in ("ddp", "fsdp", "deepspeed")}
     ok = True
     print("\n== 1 GPU, bf16, 125M, loss vs DDP ==")
     print(f"{'backend':<10} {'max|Δ|':>8} {'mean|Δ| last10':>15} {'final loss':>10} {'tokens/s':>10}")

@@ -20,7 +20,8 @@ from recur.parallel.export import export_checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory (newest checkpoint) or checkpoint directory")
     parser.add_argument("--out_dir", required=True, type=Path, help="where model.pt / model.safetensors / config.json go")
     args = parser.parse_args(argv)
     try:

@@ -43,11 +43,13 @@ def build_deepspeed_config(path: str | Path, *, global_batch_size: int, micro_ba
     for key, (value, flag) in ours.items():
         given = config.get(key, "auto")
         if given != "auto" and given != value:
-            raise ValueError(f"{path}: {key} = {given!r} contradicts {flag} = {value!r}; set it to \"auto\" or {value!r}")
+            raise ValueError(f"{path}: {key} = {given!r} contradicts {flag} = {value!r}; "
+                             f"set it to \"auto\" or {value!r}")
         config[key] = value
     bf16_given = config.setdefault("bf16", {}).get("enabled", "auto")
     if bf16_given != "auto" and bool(bf16_given) != bf16:
-        raise ValueError(f"{path}: bf16.enabled = {bf16_given!r} contradicts --dtype/--device (bf16 {'on' if bf16 else 'off'})")
+        raise ValueError(f"{path}: bf16.enabled = {bf16_given!r} contradicts --dtype/--device "
+                         f"(bf16 {'on' if bf16 else 'off'})")
     config["bf16"]["enabled"] = bf16
     stage = config.get("zero_optimization", {}).get("stage")
     if stage not in (1, 2, 3):

@@ -30,7 +30,8 @@ BLOCK_LISTS = ("layers", "prelude", "coda", "core")
 
 def block_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
     """The model's ModuleLists of decoder blocks, by attribute name."""
-    found = {name: getattr(model, name) for name in BLOCK_LISTS if isinstance(getattr(model, name, None), nn.ModuleList)}
+    found = {name: getattr(model, name) for name in BLOCK_LISTS
+             if isinstance(getattr(model, name, None), nn.ModuleList)}
     if not found:
         raise ValueError(f"{type(model).__name__} has none of the block lists {BLOCK_LISTS}; cannot shard it per block")
     return found
