@@ -4,8 +4,12 @@ generated algorithmic data, CPU, a few minutes); `python train.py --help` lists 
 
 import sys
 
-from recur.cli import parse_config
-from recur.train_loop import train
+import recur.preemption
+
+recur.preemption.install()  # before the slow imports: a preemption during start-up must not kill us
+
+from recur.cli import parse_config  # noqa: E402
+from recur.train_loop import train  # noqa: E402
 
 
 def main() -> int:

@@ -25,12 +25,18 @@ class DataConfig:
     num_workers: int = 0
     shuffle_window: int = 8
     seed: int = 0
+    # ReLSM split curriculum: the first alg_tokens tokens come from the algorithmic data (generated from
+    # --data.tasks), the rest from language data (--data.text_path, or generated stories). 0 = off.
+    alg_tokens: int = 0
+    text_path: str | None = None
+    text_docs: int = 20_000
 
 
 @dataclass
 class CheckpointConfig:
     interval: int = 100  # steps between checkpoints (0 = only at the end and on preemption)
     keep: int = 3  # newest complete checkpoints kept
+    save_final: bool = True  # checkpoint after the last step (benchmarks turn it off)
     resume: str = "none"  # none | auto (newest complete checkpoint in the run, if any) | a checkpoint path
 
 
@@ -59,6 +65,8 @@ class TrainConfig:
     model_size: str = "tiny"  # preset whose shape fills `model` (explicit --model.* values win)
     variant: str | None = None  # shorthand for --model.variant
     steps: int = 1200
+    stop_at: int | None = None  # checkpoint and exit after this step, as on preemption (schedules keep --steps)
+    init_from: str | None = None  # weights of a converted/exported model (utils/convert_hf.py) to start from
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -83,6 +91,17 @@ def validate_config(cfg: TrainConfig) -> None:
     cfg.recurrence.validate()
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
+    if cfg.stop_at is not None and not 0 < cfg.stop_at < cfg.steps:
+        raise ValueError(f"--stop_at {cfg.stop_at} must lie in (0, --steps {cfg.steps})")
+    if cfg.init_from is not None and not Path(cfg.init_from).is_dir():
+        raise FileNotFoundError(f"--init_from: model directory {cfg.init_from} does not exist")
+    if cfg.data.alg_tokens < 0:
+        raise ValueError(f"--data.alg_tokens must be >= 0, got {cfg.data.alg_tokens}")
+    if cfg.data.alg_tokens and cfg.data.path is not None:
+        raise ValueError("--data.alg_tokens generates its algorithmic phase from --data.tasks; "
+                         "it cannot be combined with --data.path (use --data.text_path for the language phase)")
+    if cfg.data.text_path is not None and not Path(cfg.data.text_path).is_dir():
+        raise FileNotFoundError(f"--data.text_path: data directory {cfg.data.text_path} does not exist")
     if cfg.data.path is not None and not Path(cfg.data.path).is_dir():
         raise FileNotFoundError(f"--data.path: data directory {cfg.data.path} does not exist")
     if cfg.data.val_path is not None and not Path(cfg.data.val_path).is_dir():

@@ -57,6 +57,11 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
 
+    def log_eval(self, step: int, metrics: dict) -> None:
+        """Evaluation metrics go to wandb only: eval.jsonl is their local record."""
+        if self.enabled and self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
     def progress(self, record: dict, first_step: int) -> None:
         step = record["step"]
         if not self.enabled or (step % self.log_interval and step != self.total_steps - 1):

@@ -1,4 +1,4 @@
-"""PNG plots of a run, refreshed during training: loss.png (and accuracy.png once evaluation runs)."""
+"""loss.png of a run, refreshed during training (evaluation draws accuracy.png: recur/eval/plots.py)."""
 
 from __future__ import annotations
 
@@ -40,19 +40,3 @@ def plot_loss(records: list[dict], path: Path) -> None:
     ax_r.legend(fontsize=7)
     _save(fig, path)
 
-
-def plot_accuracy(evals: list[dict], path: Path) -> None:
-    """Exact-match accuracy against the step, one line per (task, depth) measured during training."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for record in evals:
-        for key, acc in record["accuracy"].items():
-            series.setdefault(key, []).append((record["step"], acc))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, points in sorted(series.items()):
-        ax.plot(*zip(*points), marker="o", ms=3, label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("exact-match accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -16,19 +14,22 @@ import torch
 
 from recur.checkpoint import Checkpointer, seed_everything, write_json_atomic
 from recur.config import TrainConfig
+from recur.data.curriculum import SplitCurriculumConfig, build_phased_loader
 from recur.data.loader import StatefulParquetDataset, make_dataloader
 from recur.data.packing import pack_dataset
 from recur.data.tokenizer import load_tokenizer
 from recur.data.validate import read_manifest
-from recur.eval.algorithmic import accuracy_grid
+from recur.eval.during_training import evaluate_during_training
 from recur.flops import count_params, flops_per_token
 from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
 from recur.models import create_model
+from recur.models.attention import select_backend
 from recur.models.looped import LoopedLM, NoiseKey
 from recur.optim import build_optimizer, lr_at, set_lr
 from recur.parallel.backend import all_reduce_sum, build_backend, resolve_backend
 from recur.parallel.env import DistEnv, init_distributed, shutdown_distributed
-from recur.plots import plot_accuracy, plot_loss
+from recur.plots import plot_loss
+from recur.preemption import PreemptionFlag
 from recur.recurrence import RecurrenceSampler
 
 
@@ -36,25 +37,14 @@ class NonFiniteLossError(ValueError):
     """--dist.nan_policy stop: a non-finite loss ended the run (no checkpoint of the diverged state)."""
 
 
-class PreemptionFlag:
-    """SIGTERM / SIGUSR1 (slurm's warning signal) ask the loop to checkpoint and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = signum
-
-
-def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> tuple[Path, Path | None]:
-    """The packed train/val datasets: given paths, or the built-in algorithmic mix generated once per run."""
+def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> Path:
+    """The packed training data: --data.path, or the built-in algorithmic mix generated once per run (with a
+    held-out set next to it, which evaluation finds by itself)."""
     if cfg.data.path is not None:
         path = Path(cfg.data.path)
         if not path.is_dir():
             raise FileNotFoundError(f"--data.path: data directory {path} does not exist")
-        return path, Path(cfg.data.val_path) if cfg.data.val_path else None
+        return path
     train_dir, val_dir = run_dir / "data" / "train", run_dir / "data" / "val"
     if env.is_main:
         for out, num_docs, seed in ((train_dir, cfg.data.num_docs, cfg.data.seed),
@@ -65,7 +55,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> tuple[Path, P
                              overwrite=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    return train_dir, val_dir
+    return train_dir
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -82,19 +72,48 @@ def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
 
 
-def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, evals: list[dict], env: DistEnv) -> dict:
+def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv):
+    """(loader, train dataset directory, rows per rank, rows per micro-batch, micro-batches per step)."""
+    if cfg.data.alg_tokens:
+        row_len = cfg.data.seq_len + 1
+        split = SplitCurriculumConfig(alg_tokens=cfg.data.alg_tokens,
+                                      total_tokens=cfg.steps * cfg.data.global_batch_size * row_len,
+                                      alg_tasks=cfg.data.tasks, text_docs=cfg.data.text_docs,
+                                      text_path=cfg.data.text_path)
+        loader = build_phased_loader(cfg, run_dir, env, split)
+        rank_rows = cfg.data.global_batch_size // env.world_size
+        micro = cfg.data.micro_batch_size or rank_rows
+        return loader, run_dir / "data" / "alg", rank_rows, micro, loader.micro_batches_per_step
+    train_path = prepare_data(cfg, run_dir, env)
+    dataset = StatefulParquetDataset(train_path, cfg.data.global_batch_size, env.rank, env.world_size,
+                                     seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
+                                     micro_batch_size=cfg.data.micro_batch_size)
+    loader = make_dataloader(dataset, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
+    return loader, train_path, dataset.rank_batch_size, dataset.micro_batch_size, dataset.micro_batches_per_step
+
+
+def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int):
+    """The model of --model.*, or of the converted model given by --init_from (its shape wins)."""
+    model_cfg = cfg.model.resolved()
+    if cfg.init_from:
+        from recur.hf_model import RUNTIME_FIELDS, read_model_config
+
+        model_cfg = read_model_config(cfg.init_from, **{f: getattr(cfg.model, f) for f in RUNTIME_FIELDS}).resolved()
+    if env.device.type == "cuda" and model_cfg.attn_backend == "auto":
+        # Time the kernels once on this run's shape; `auto` then means the fastest correct one.
+        name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,
+                                       model_cfg.n_kv_heads, model_cfg.head_dim, doc_masking=True)
+        if env.is_main:
+            times = ", ".join(f"{k} {v['seconds'] * 1e3:.2f}ms" for k, v in timings.items() if v["seconds"])
+            print(f"[attention] auto -> {name} ({times})", file=sys.stderr)
+    return model_cfg, create_model(model_cfg).to(env.device)
+
+
+def _evaluate(model, tokenizer, cfg: TrainConfig, step: int, run_dir: Path, env: DistEnv,
+              logger: MetricsLogger) -> dict:
     """Every rank evaluates (a sharded model needs all ranks in each forward); the main rank records."""
-    tasks = cfg.eval.tasks or cfg.data.tasks
-    depths = cfg.eval.depths if cfg.model.variant != "baseline" else [1]
-    accuracy = accuracy_grid(model, tokenizer, tasks, depths, cfg.eval.num_samples, seed=cfg.seed,
-                             max_new_tokens=cfg.eval.max_new_tokens)
-    record = {"step": step, "accuracy": accuracy}
-    if not env.is_main:
-        return record
-    evals.append(record)
-    with open(run_dir / "eval.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    plot_accuracy(evals, run_dir / "accuracy.png")
+    record = evaluate_during_training(model, tokenizer, cfg, step, run_dir, write=env.is_main)
+    logger.log_eval(step, record["metrics"])
     return record
 
 
@@ -143,7 +162,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP/ZeRO-3 shard local inits)
 
     # ---- data ----
-    train_path, val_path = prepare_data(cfg, run_dir, env)
+    loader, train_path, rank_rows, micro_rows, accum = build_data(cfg, run_dir, env)
     manifest = read_manifest(train_path)
     data_vocab = manifest["tokenizer"]["vocab_size"]
     if data_vocab > cfg.model.vocab_size:
@@ -152,18 +171,12 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     if manifest["seq_len"] > cfg.model.max_seq_len:
         raise ValueError(f"--model.max_seq_len {cfg.model.max_seq_len} is shorter than the data's seq_len "
                          f"{manifest['seq_len']} ({train_path})")
-    dataset = StatefulParquetDataset(train_path, cfg.data.global_batch_size, env.rank, env.world_size,
-                                     seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
-                                     micro_batch_size=cfg.data.micro_batch_size)
-    loader = make_dataloader(dataset, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
     seq_len = manifest["seq_len"]
-    accum = dataset.micro_batches_per_step
 
     # ---- model, optimizer, parallel backend, schedules ----
-    model_cfg = cfg.model.resolved()
-    model = create_model(model_cfg).to(env.device)
+    model_cfg, model = build_model(cfg, env, seq_len, micro_rows)
     params = count_params(model)
-    backend = build_backend(cfg, model, env, accum, dataset.micro_batch_size, lambda m: build_optimizer(m, cfg.optim))
+    backend = build_backend(cfg, model, env, accum, micro_rows, lambda m: build_optimizer(m, cfg.optim))
     optimizer = backend.optimizer
     seed_everything(cfg.seed + env.rank)  # per-rank streams from here on (e.g. dropout)
     sampler = RecurrenceSampler(cfg.recurrence, cfg.steps)
@@ -184,6 +197,12 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         if env.is_main:
             print(f"[resume] {resume_from} at step {start_step} (saved on {state.get('world_size')} ranks, "
                   f"now {env.world_size})", file=sys.stderr)
+    elif cfg.init_from:
+        from recur.hf_model import load_pretrained_into
+
+        load_pretrained_into(backend.raw, cfg.init_from)
+        if env.is_main:
+            print(f"[init] weights from {cfg.init_from}", file=sys.stderr)
     if env.is_main:
         if config_yaml is not None:
             (run_dir / "config.yaml").write_text(config_yaml)
@@ -194,7 +213,6 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
                            cfg.run_name, asdict(cfg), enabled=env.is_main, resume=resume_from is not None)
     logger.truncate_after(start_step)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    evals: list[dict] = []
 
     def trainer_state(step: int) -> dict:
         return {"step": step, "tokens": tokens_seen, "loader": loader.state_dict(), "seed": cfg.seed,
@@ -219,7 +237,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         step_tokens = 0
         for micro, (inputs, targets, mask, docs) in enumerate(micro_batches):
             if looped:  # initial-state noise keyed by (seed, step, global row): world-size invariant
-                first_row = env.rank * dataset.rank_batch_size + micro * dataset.micro_batch_size
+                first_row = env.rank * rank_rows + micro * micro_rows
                 backend.raw.noise_key = NoiseKey(cfg.seed * 1_000_003 + step, first_row)
             with _autocast(cfg, env.device):
                 out = backend.model(inputs, targets=targets, loss_mask=mask,
@@ -268,21 +286,22 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         if env.is_main and (done % cfg.log.plot_interval == 0 or done == cfg.steps):
             plot_loss(read_metrics(logger.path), run_dir / "loss.png")
         if cfg.eval.interval and done % cfg.eval.interval == 0 and done != cfg.steps:
-            _evaluate(backend.raw, tokenizer, cfg, done, run_dir, evals, env)
-        if preempted:
+            _evaluate(backend.raw, tokenizer, cfg, done, run_dir, env, logger)
+        if preempted or done == cfg.stop_at:
             checkpointer.save(done, backend.checkpoint_state(), trainer_state(done))
             if env.is_main:
-                print(f"[preempt] signal on {int(preempted)} rank(s): checkpointed step {done}, exiting",
-                      file=sys.stderr)
+                reason = f"signal on {int(preempted)} rank(s)" if preempted else f"--stop_at {done}"
+                print(f"[preempt] {reason}: checkpointed step {done}, exiting", file=sys.stderr)
             logger.close()
             return {"preempted": True, "step": done}
         if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done != cfg.steps:
             checkpointer.save(done, backend.checkpoint_state(), trainer_state(done))
 
     # ---- finish ----
-    checkpointer.save(cfg.steps, backend.checkpoint_state(), trainer_state(cfg.steps))
+    if cfg.checkpoint.save_final:
+        checkpointer.save(cfg.steps, backend.checkpoint_state(), trainer_state(cfg.steps))
     summary = {"steps": cfg.steps, "tokens": tokens_seen, "params": params}
-    accuracy = _evaluate(backend.raw, tokenizer, cfg, cfg.steps, run_dir, evals, env)["accuracy"]
+    accuracy = _evaluate(backend.raw, tokenizer, cfg, cfg.steps, run_dir, env, logger)["accuracy"]
     if env.is_main:
         history = read_metrics(logger.path)
         tail = history[-max(1, len(history) // 20):]

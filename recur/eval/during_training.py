@@ -42,11 +42,12 @@ def read_eval_records(run_dir: Path) -> list[dict]:
 
 
 def evaluate_during_training(model: DecoderLM, tokenizer: Tokenizer, cfg: TrainConfig, step: int,
-                             run_dir: Path) -> dict:
+                             run_dir: Path, write: bool = True) -> dict:
     """{"step", "accuracy": {"<task>@r<d>": acc}, "val_loss": {"r<d>": loss} | None, "metrics": flat dict}.
 
     Depths: --eval.depths ([1] for baseline, which ignores depth); tasks: --eval.tasks or the training
-    tasks; --eval.num_samples problems per (task, depth) and the first --eval.num_samples held-out rows."""
+    tasks; --eval.num_samples problems per (task, depth) and the first --eval.num_samples held-out rows.
+    With a sharded model every rank must run the forwards; only the one with write=True records them."""
     run_dir = Path(run_dir)
     depths = effective_depths(model, cfg.eval.depths)
     tasks = cfg.eval.tasks or cfg.data.tasks
@@ -59,9 +60,10 @@ def evaluate_during_training(model: DecoderLM, tokenizer: Tokenizer, cfg: TrainC
                                max_rows=cfg.eval.num_samples, progress=False)
         val_loss = {f"r{r['depth']}": r["loss"] for r in section["results"]}
     record = {"step": step, "accuracy": accuracy, "val_loss": val_loss}
-    with open(run_dir / EVAL_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    plot_training_eval(read_eval_records(run_dir), run_dir / "accuracy.png")
+    if write:
+        with open(run_dir / EVAL_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        plot_training_eval(read_eval_records(run_dir), run_dir / "accuracy.png")
     metrics = {f"eval/acc/{k}": v for k, v in accuracy.items()}
     metrics.update({f"eval/val_loss/{k}": v for k, v in (val_loss or {}).items()})
     return {**record, "metrics": metrics}

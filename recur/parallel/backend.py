@@ -134,6 +134,10 @@ def build_backend(cfg: TrainConfig, model: nn.Module, env: DistEnv, accumulation
         from recur.parallel.fsdp import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
+    if cfg.compile:  # per block, after checkpoint wrapping and before sharding: r changes never recompile
+        from recur.parallel.compile import compile_model
+
+        compile_model(model)
     if cfg.dist.cpu_offload and name != "fsdp":
         raise ValueError(f"--dist.cpu_offload needs --dist.backend fsdp (got {name}); for deepspeed set "
                          "zero_optimization.offload_optimizer in its config")
