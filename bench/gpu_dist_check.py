@@ -62,6 +62,7 @@ def train(run: str, gpus: int, backend: str, data: Path, steps: int, batch_per_g
                "--data.path", str(data), "--data.global_batch_size", str(batch_per_gpu * gpus),
                "--out_dir", str(OUT), "--run_name", run, "--dist.backend", backend,
                "--dist.deepspeed_config", "configs/deepspeed/zero2.json", "--checkpoint.interval", "0",
+               "--checkpoint.save_final", "false",
                "--eval.num_samples", "1", "--eval.depths", "[1]", "--eval.tasks", "[parity]",
                "--log.interval", "10", "--optim.schedule.warmup_steps", "10"]
     print(f"[run] {run}: {' '.join(command[3:])}", flush=True)

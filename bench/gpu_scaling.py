@@ -107,6 +107,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--no-reshard", action="store_true", help="skip the resharding resume")
     parser.add_argument("--results", default=None, help="append a section to this markdown file")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -122,8 +123,17 @@ def main() -> int:
         for backend, gpus in plan:
             results.append(run(f"{size}-{backend}-{gpus}", size, gpus, backend, data, rows * gpus, rows, args.steps,
                                extra, args.smoke))
-    # Resharding resume: stop (checkpoint) at step 4 on `most` GPUs, resume on half with the same global batch
-    # (two micro-batches per GPU); the straight reference is the same-size FSDP run on `most` GPUs.
+    table = summarize(results)
+    print(table)
+    reshard = None if args.no_reshard else reshard_resume(args, models, results, most)
+    if args.results:
+        append_results(args, table, reshard, most)
+    return 0 if all(r["rc"] == 0 for r in results) else 1
+
+
+def reshard_resume(args, models: dict, results: list[dict], most: int) -> dict:
+    """Stop (checkpoint) at step 4 on `most` GPUs, resume on half with the same global batch (two
+    micro-batches per GPU); the straight reference is the same-size FSDP run on `most` GPUs."""
     size = "tiny" if args.smoke else args.models[0]
     seq_len, rows, extra = models[size]
     data = make_data(seq_len, rows * most * (args.steps + 2))
@@ -132,23 +142,24 @@ def main() -> int:
     name = f"{size}-reshard-{most}to{half}"
     first = run(name, size, most, "fsdp", data, rows * most, rows, args.steps, extra, args.smoke, stop_at=4)
     second = run(name, size, half, "fsdp", data, rows * most, rows, args.steps, extra, args.smoke, resume=True)
-    reshard = {"first_losses": first["losses"], "straight_losses": straight["losses"], "resumed_losses": second["losses"],
-               "checksums_equal": straight["checksums"] == second["checksums"],
-               "max_loss_diff": max((abs(a - b) for a, b in zip(straight["losses"], second["losses"])), default=None), "first_rc": first["rc"],
-               "second_rc": second["rc"]}
+    diffs = [abs(a - b) for a, b in zip(straight["losses"], second["losses"])]
+    reshard = {"first_losses": first["losses"], "straight_losses": straight["losses"],
+               "resumed_losses": second["losses"], "checksums_equal": straight["checksums"] == second["checksums"],
+               "max_loss_diff": max(diffs, default=None), "first_rc": first["rc"], "second_rc": second["rc"]}
     print(json.dumps(reshard), flush=True)
-    table = summarize(results)
-    print(table)
-    if args.results:
-        gpu = os.popen("nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1").read().strip()
-        import torch
+    return reshard
 
-        with open(args.results, "a") as f:
-            f.write(f"\n## Multi-GPU scaling ({datetime.date.today()}, {gpu}, torch {torch.__version__})\n\n"
-                    f"Command: `python bench/gpu_scaling.py --gpus {' '.join(map(str, args.gpus))} "
-                    f"--steps {args.steps} --results bench/RESULTS.md`\n\n{table}\n\n"
-                    f"Resharding resume ({most} -> {max(1, most // 2)} GPUs): `{json.dumps(reshard)}`\n")
-    return 0 if all(r["rc"] == 0 for r in results) else 1
+
+def append_results(args, table: str, reshard: dict | None, most: int) -> None:
+    gpu = os.popen("nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1").read().strip()
+    import torch
+
+    with open(args.results, "a") as f:
+        f.write(f"\n## Multi-GPU scaling ({datetime.date.today()}, {gpu}, torch {torch.__version__})\n\n"
+                f"Command: `python bench/gpu_scaling.py --gpus {' '.join(map(str, args.gpus))} --models "
+                f"{' '.join(args.models)} --steps {args.steps}`\n\n{table}\n")
+        if reshard is not None:
+            f.write(f"\nResharding resume ({most} -> {max(1, most // 2)} GPUs): `{json.dumps(reshard)}`\n")
 
 
 def summarize(results: list[dict]) -> str:
