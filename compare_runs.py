@@ -11,7 +11,7 @@ compare_perplexity.png. See recur/eval/compare.py for how each number and criter
 import argparse
 import sys
 
-from recur.eval.cli_common import run_cli
+from recur.cli_common import run_cli
 from recur.eval.compare import compare_runs
 
 

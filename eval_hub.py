@@ -12,7 +12,7 @@ The schema of the JSON is documented in docs/eval.md (and recur/eval/schema.py).
 import argparse
 import sys
 
-from recur.eval.cli_common import run_cli
+from recur.cli_common import run_cli
 from recur.eval.generate import EXIT_CRITERIA
 from recur.eval.hub import HUB_SUITES, HubConfig, run_hub
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recur.data.tasks import TASKS
 from recur.eval.adaptive import exit_curve, plot_exit_curve
-from recur.eval.cli_common import run_cli
+from recur.cli_common import run_cli
 from recur.eval.generate import EXIT_CRITERIA, ExitRule, generate
 from recur.eval.hub import resolve_tokenizer
 from recur.eval.load import load_model

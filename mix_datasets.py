@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recur.cli_common import run_cli
 from recur.data.mixing import load_mix_config, mix_datasets, parse_source
 
 
@@ -32,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def run() -> int:
         sources = [parse_source(spec) for spec in args.source]
         if args.config:
             sources += load_mix_config(args.config)
@@ -46,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             row_group_size=args.row_group_size,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("mix_datasets.py", run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recur.cli_common import run_cli
 from recur.data.packing import PACKING_MODES, pack_dataset
 from recur.data.tasks import TASKS
 
@@ -40,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = vars(args)
     out_dir = options.pop("out_dir")
-    try:
+
+    def run() -> int:
         pack_dataset(out_dir, **options)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("preprocess_data_packing.py", run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from recur.cli_common import run_cli
 from recur.data.loader import StatefulDataLoader, StatefulParquetDataset, make_dataloader
 
 __all__ = ["StatefulDataLoader", "StatefulParquetDataset", "make_dataloader", "main"]
@@ -94,14 +95,14 @@ def _report(dataset: StatefulParquetDataset, show: int, tokens: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    try:
+
+    def run() -> int:
         if args.show < 0 or args.tokens < 0:
             raise ValueError("--show and --tokens must be >= 0")
         _report(_open(args), args.show, args.tokens)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli("stateful_parquet_dataset.py", run)
 
 
 if __name__ == "__main__":

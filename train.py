@@ -9,21 +9,17 @@ import recur.preemption
 recur.preemption.install()  # before the slow imports: a preemption during start-up must not kill us
 
 from recur.cli import parse_config  # noqa: E402
+from recur.cli_common import run_cli  # noqa: E402
 from recur.train_loop import train  # noqa: E402
 
 
 def main() -> int:
-    try:
+    def run() -> int:
         cfg, yaml_text = parse_config()
-    except (ValueError, FileNotFoundError) as error:  # one clear line, not a traceback
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        result = train(cfg, config_yaml=yaml_text)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0 if result else 1
+        train(cfg, config_yaml=yaml_text)  # returns normally when done or after a preemption checkpoint
+        return 0
+
+    return run_cli("train.py", run)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     for extra, message in cases:
         assert preprocess_cli.main([*extra, "--seq_len", "16", "--out_dir", str(tmp_path / "out")]) == 2
         stderr = capsys.readouterr().err
-        assert message in stderr and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+        assert message in stderr and stderr.startswith("preprocess_data_packing.py: error: ") and stderr.count("\n") == 1, stderr
     # The script itself turns the error into exit status 2.
     result = subprocess.run([sys.executable, str(ROOT / "preprocess_data_packing.py"), str(empty), "--seq_len", "8",
                              "--out_dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)

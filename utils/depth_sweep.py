@@ -16,7 +16,7 @@ from pathlib import Path
 # Run as a plain script, sys.path[0] is utils/; the repo root holds the (uninstalled) package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recur.eval.cli_common import run_cli  # noqa: E402
+from recur.cli_common import run_cli  # noqa: E402
 from recur.eval.hub import HubConfig  # noqa: E402
 from recur.eval.sweep import DEFAULT_DEPTHS, run_sweep  # noqa: E402
 

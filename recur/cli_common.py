@@ -1,4 +1,4 @@
-"""What every evaluation CLI shares: one-line errors with exit code 2."""
+"""What every command-line entry point shares: bad input becomes one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
