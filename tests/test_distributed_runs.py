@@ -43,12 +43,12 @@ def fsdp_run(data, out, reference):
     return metrics(out, "fsdp2")
 
 
-def assert_same_run(got: list[dict], want: list[dict], first_step: int = 0) -> None:
+def assert_same_run(got: list[dict], want: list[dict], first_step: int = 0, tolerance: float = TOLERANCE) -> None:
     assert [r["step"] for r in got] == list(range(first_step, len(want)))
     for g, w in zip(got, want[first_step:]):
         assert g["data_checksum"] == w["data_checksum"], f"step {g['step']}: different data"
         assert g["tokens"] == w["tokens"]
-        assert abs(g["loss"] - w["loss"]) < TOLERANCE, f"step {g['step']}: loss {g['loss']} vs {w['loss']}"
+        assert abs(g["loss"] - w["loss"]) < tolerance, f"step {g['step']}: loss {g['loss']} vs {w['loss']}"
 
 
 def test_fsdp_two_processes_match_single(fsdp_run, reference):
@@ -176,3 +176,15 @@ def test_export_consolidates_sharded_and_deepspeed_checkpoints(out, reference, f
                                    rtol=0, atol=2e-4)
     with pytest.raises(ValueError, match="already an exported file"):
         export_checkpoint(exported["single"]["pt"], tmp_path / "again")
+
+
+@pytest.mark.slow
+def test_muon_under_two_process_fsdp_matches_single(data, out):
+    """Muon orthogonalises the full matrix even when FSDP shards it: 2 ranks must match 1 process. Newton-Schulz
+    amplifies the last-bit differences of a reduce-scatter's summation order (2e-4 after 8 steps here), hence
+    the looser tolerance than the other backends'."""
+    run_training(data, out, "muon-single", 1, "--optim.name", "muon", "--dist.backend", "fsdp")
+    run_training(data, out, "muon-fsdp2", 2, "--optim.name", "muon", "--dist.backend", "fsdp")
+    got, want = metrics(out, "muon-fsdp2"), metrics(out, "muon-single")
+    assert_same_run(got, want, tolerance=2e-3)
+    assert want[-1]["loss"] < want[0]["loss"] - 0.5  # it trained
