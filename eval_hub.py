@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval_hub.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir (newest checkpoint), checkpoint dir, or model.pt")
     p.add_argument("--suite", default="all", help=f"one of {', '.join(HUB_SUITES)}")
-    p.add_argument("--tasks", nargs="+", help="algorithmic tasks (default: all of recur/data/tasks.py)")
+    p.add_argument("--tasks", nargs="+", help="algorithmic tasks (default: the run's training tasks, else all)")
     p.add_argument("--num_steps", nargs="+", type=int, help="recurrence depths (default: the model's default)")
     p.add_argument("--out_dir", help="default: <run>/eval")
     p.add_argument("--data", help="held-out packed parquet for perplexity (default: <run>/data/val)")

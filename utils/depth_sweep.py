@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--depths", nargs="+", type=int, default=DEFAULT_DEPTHS)
     p.add_argument("--latest_only", action="store_true", help="only the newest checkpoint of each run")
-    p.add_argument("--tasks", nargs="+", help="algorithmic tasks (default: all)")
+    p.add_argument("--tasks", nargs="+",
+                   help="algorithmic tasks (default: the run's training tasks when it generated its data, else all)")
     p.add_argument("--num_samples", type=int, default=32)
     p.add_argument("--ood", action="store_true", help="also the OOD difficulty grid")
     p.add_argument("--data", help="held-out packed parquet (default: each run's data/val)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ HUB_SUITES = ("algorithmic", "longctx", "perplexity", "all")
 class HubConfig:
     checkpoint: str
     suite: str = "all"
-    tasks: list[str] | None = None  # None = every task
+    tasks: list[str] | None = None  # None = the run's training tasks (generated data), else every task
     num_steps: list[int] | None = None  # None = the model's default_num_steps
     out_dir: str | None = None  # None = <run>/eval
     data: str | None = None  # held-out packed parquet; None = <run>/data/val
@@ -122,10 +122,16 @@ def evaluate_model(model: DecoderLM, meta: CheckpointMeta, tokenizer: Tokenizer,
     return results
 
 
+def with_run_tasks(cfg: HubConfig, meta) -> HubConfig:
+    """Without --tasks, score the tasks the run trained on (when it generated its data), else every task."""
+    return replace(cfg, tasks=meta.train_tasks) if cfg.tasks is None and meta.train_tasks else cfg
+
+
 def run_hub(cfg: HubConfig) -> tuple[dict, Path]:
     """Evaluate one checkpoint; returns (results, path of results_<suite>.json)."""
     cfg.validate()
     model, _, meta = load_model(cfg.checkpoint, cfg.device or default_device())
+    cfg = with_run_tasks(cfg, meta)
     tokenizer, spec = resolve_tokenizer(model, meta, cfg.tokenizer)
     depths = cfg.num_steps or [model.cfg.default_num_steps if isinstance(model, LoopedLM) else 1]
     out_dir = default_out_dir(meta, cfg.out_dir)

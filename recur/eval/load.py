@@ -40,6 +40,7 @@ class CheckpointMeta:
     step: int | None  # training step, when known
     tokens: int | None  # training tokens seen, when known
     tokenizer: str | None  # tokenizer spec of the run (config.yaml data.tokenizer), when known
+    train_tasks: list[str] | None = None  # tasks the run generated its data from (config.yaml data.tasks)
 
 
 def model_config_from_dict(data: dict, where: str) -> ModelConfig:
@@ -53,14 +54,14 @@ def model_config_from_dict(data: dict, where: str) -> ModelConfig:
     return ModelConfig(**data).resolved()
 
 
-def _run_tokenizer(run_dir: Path | None) -> str | None:
-    """The run's tokenizer spec from its config.yaml (data.tokenizer), if the run wrote one."""
+def _run_data(run_dir: Path | None) -> tuple[str | None, list[str] | None]:
+    """(tokenizer spec, tasks of generated training data) from the run's config.yaml, when it wrote one."""
     if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return None
+        return None, None
     import yaml
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    return (config.get("data") or {}).get("tokenizer")
+    data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
+    return data.get("tokenizer"), data.get("tasks") if data.get("path") is None else None
 
 
 def _check_fits(model: DecoderLM, state_dict: dict, path: Path) -> None:
@@ -85,7 +86,7 @@ def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig,
     model = create_model(cfg)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     meta = CheckpointMeta(str(path), checkpoint_format(path), str(run_dir) if run_dir else None, state.get("step"),
-                          state.get("tokens"), _run_tokenizer(run_dir))
+                          state.get("tokens"), *_run_data(run_dir))
     if meta.kind == "deepspeed":  # ZeRO shards: consolidated by the exporter's reader
         from recur.parallel.export import consolidated_state_dict
 
@@ -150,7 +151,7 @@ def _load_export(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConf
     model.load_state_dict({**state_dict, **_tied_aliases(model, state_dict)})
     run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
     kind = "safetensors" if path.suffix == ".safetensors" else "torch"
-    meta = CheckpointMeta(str(path), kind, str(run_dir) if run_dir else None, None, None, _run_tokenizer(run_dir))
+    meta = CheckpointMeta(str(path), kind, str(run_dir) if run_dir else None, None, None, *_run_data(run_dir))
     return model.to(device), cfg, meta
 
 

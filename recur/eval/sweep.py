@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from recur.eval.hub import HubConfig, evaluate_model, resolve_tokenizer, write_results
+from recur.eval.hub import HubConfig, evaluate_model, resolve_tokenizer, with_run_tasks, write_results
 from recur.eval.load import list_checkpoints, load_model, resolve_checkpoint
 from recur.eval.meta import check_depths, default_device
 from recur.eval.plots import plot_sweep
@@ -45,7 +45,7 @@ def run_sweep(paths: list[str], out_dir: str | Path, depths: list[int] | None = 
     for checkpoint in tqdm(checkpoints, desc="sweep", unit="checkpoint"):
         model, _, meta = load_model(checkpoint, cfg.device or default_device())
         tokenizer, spec = resolve_tokenizer(model, meta, cfg.tokenizer)
-        results = evaluate_model(model, meta, tokenizer, spec, cfg, "sweep", depths)
+        results = evaluate_model(model, meta, tokenizer, spec, with_run_tasks(cfg, meta), "sweep", depths)
         path = out_dir / sweep_filename(results)
         write_results(results, path)
         written.append(path)
