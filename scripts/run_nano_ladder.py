@@ -4,7 +4,8 @@
     python scripts/run_nano_ladder.py [--size nano] [--steps 60] [--out_dir runs/ladder]
 
 Each variant trains through `train.py --config configs/ladder/<variant>.yaml --model_size <size>` in its
-own subprocess (same data, seed, steps and batch); then compare_runs.py writes the comparison, and a
+own subprocess (same data, seed, steps and batch) and is scored by `eval_hub.py --suite all` at the ladder
+depths; then compare_runs.py writes the comparison (ReLSM criteria vs baseline), and a
 summary table from each run's summary.json (loss, throughput, params, accuracy) is printed and saved as
 <out_dir>/ladder.md.
 """
@@ -35,6 +36,17 @@ def train_variant(variant: str, args: argparse.Namespace) -> Path:
     print(f"[ladder] {variant}: {' '.join(cmd[1:])}", file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return run_dir
+
+
+def evaluate_variant(run_dir: Path, args: argparse.Namespace) -> None:
+    """eval_hub's full suite (ID + OOD accuracy, needle, perplexity) at the ladder depths, for compare_runs.py."""
+    if (run_dir / "eval" / "results_all.json").exists() and not args.force:
+        return
+    cmd = [sys.executable, str(ROOT / "eval_hub.py"), "--checkpoint", str(run_dir), "--suite", "all",
+           "--num_steps", *map(str, args.depths), "--num_samples", str(args.eval_samples), "--max_rows", "256",
+           "--needle_samples", "2"]
+    print(f"[ladder] eval {run_dir.name}: {' '.join(cmd[1:])}", file=sys.stderr)
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def summary_table(run_dirs: list[Path]) -> str:
@@ -68,8 +80,10 @@ def main() -> int:
         return 2
     try:
         run_dirs = [train_variant(v, args) for v in args.variants]
+        for run_dir in run_dirs:
+            evaluate_variant(run_dir, args)
     except subprocess.CalledProcessError as error:
-        print(f"run_nano_ladder.py: error: training failed: {error}", file=sys.stderr)
+        print(f"run_nano_ladder.py: error: training or evaluation failed: {error}", file=sys.stderr)
         return 1
     table = summary_table(run_dirs)
     out = Path(args.out_dir) / "ladder.md"
