@@ -15,7 +15,7 @@ import torch
 from recur.checkpoint import Checkpointer, seed_everything, write_json_atomic
 from recur.config import TrainConfig
 from recur.data.curriculum import SplitCurriculumConfig, build_phased_loader
-from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.loader import open_rank_loader
 from recur.data.packing import pack_dataset
 from recur.data.tokenizer import load_tokenizer
 from recur.data.validate import read_manifest
@@ -85,10 +85,7 @@ def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv):
         micro = cfg.data.micro_batch_size or rank_rows
         return loader, run_dir / "data" / "alg", rank_rows, micro, loader.micro_batches_per_step
     train_path = prepare_data(cfg, run_dir, env)
-    dataset = StatefulParquetDataset(train_path, cfg.data.global_batch_size, env.rank, env.world_size,
-                                     seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
-                                     micro_batch_size=cfg.data.micro_batch_size)
-    loader = make_dataloader(dataset, cfg.data.num_workers, pin_memory=env.device.type == "cuda")
+    dataset, loader = open_rank_loader(train_path, cfg.data, env.rank, env.world_size, env.device.type == "cuda")
     return loader, train_path, dataset.rank_batch_size, dataset.micro_batch_size, dataset.micro_batches_per_step
 
 

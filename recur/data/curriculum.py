@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.loader import open_rank_loader
 from recur.data.packing import pack_dataset
 from recur.data.tasks import get_task
 from recur.data.textgen import write_stories
@@ -116,10 +116,9 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig) -
         torch.distributed.barrier()
     loaders, datasets = [], []
     for path in (alg_dir, lang_dir):
-        dataset = StatefulParquetDataset(path, data.global_batch_size, env.rank, env.world_size, seed=data.seed,
-                                         shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size)
+        dataset, loader = open_rank_loader(path, data, env.rank, env.world_size, env.device.type == "cuda")
         datasets.append(dataset)
-        loaders.append(make_dataloader(dataset, data.num_workers, pin_memory=env.device.type == "cuda"))
+        loaders.append(loader)
     if datasets[0].row_len != datasets[1].row_len:
         raise ValueError(f"{alg_dir} and {lang_dir} have different row lengths "
                          f"({datasets[0].row_len} vs {datasets[1].row_len}); pack both with the same seq_len")

@@ -281,3 +281,12 @@ def make_dataloader(
 ) -> StatefulDataLoader:
     """Wrap ``dataset`` in a DataLoader with ``num_workers`` workers; the wrapper owns the resumable state."""
     return StatefulDataLoader(dataset, num_workers, pin_memory)
+
+
+def open_rank_loader(path: str | Path, data, rank: int, world_size: int,
+                     pin_memory: bool = False) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
+    """This rank's dataset and loader over a packed directory, configured by a trainer `DataConfig`
+    (global/micro batch size, seed, shuffle window, workers)."""
+    dataset = StatefulParquetDataset(path, data.global_batch_size, rank, world_size, seed=data.seed,
+                                     shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size)
+    return dataset, make_dataloader(dataset, data.num_workers, pin_memory)
