@@ -15,7 +15,7 @@ Run on the GPU machine from the repository root (the wheel comes from the git-ig
 built on a CPU machine with ``MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE pip wheel --no-deps
 --no-build-isolation -w wheels mamba-ssm==2.3.2.post1``):
 
-    pip install --no-deps wheels/mamba_ssm-2.3.2.post1-py3-none-any.whl && python bench/gpu_ssm_check.py
+    python -m pip install --no-deps wheels/mamba_ssm-2.3.2.post1-py3-none-any.whl && python bench/gpu_ssm_check.py
 
 (with the device tool: ``carry=["wheels"]``). Options: ``--d-model --batch --seqlen --d-state --headdim
 --chunk-size --iters --warmup``; defaults are d_model 1024, batch 8 x 2048 tokens, d_state 128, chunk 256.
@@ -149,7 +149,7 @@ def main() -> int:
         return 2
     if try_import_mamba2() is None:
         print("gpu_ssm_check: mamba_ssm is not importable; first run "
-              "`pip install --no-deps wheels/mamba_ssm-2.3.2.post1-py3-none-any.whl` (needs triton, einops).",
+              "`python -m pip install --no-deps wheels/mamba_ssm-2.3.2.post1-py3-none-any.whl` (needs triton, einops).",
               file=sys.stderr)
         return 2
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -19,6 +19,7 @@ import importlib.util
 import math
 import sys
 import types
+import warnings
 from typing import Callable, Literal, NamedTuple
 
 import torch
@@ -63,9 +64,12 @@ def try_import_mamba2() -> Mamba2Kernels | None:
     try:
         from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except ImportError:
+    except ImportError as error:
         if stand_in:  # leave no trace of the stand-in when mamba-ssm is unusable anyway (e.g. no triton)
             del sys.modules["selective_scan_cuda"]
+        # Installed but unusable is worth saying once: otherwise "auto" silently falls back to the slow scan.
+        warnings.warn(f"mamba_ssm is installed but its Mamba-2 kernels do not import ({error}); "
+                      "using the pure-PyTorch SSD scan", stacklevel=2)
         return None
     return Mamba2Kernels(chunk_scan_combined=mamba_chunk_scan_combined, rmsnorm_fn=rmsnorm_fn)
 
@@ -278,7 +282,8 @@ class Mamba2Mixer(nn.Module):
         if backend == "mamba_ssm" and try_import_mamba2() is None:
             raise ValueError(
                 "Mamba2Mixer: backend='mamba_ssm' needs the mamba_ssm package (with triton); it is not importable "
-                "here. Install it (e.g. `pip install --no-deps wheels/mamba_ssm-*.whl`) or use backend='torch'/'auto'."
+                "here. Install it (e.g. `python -m pip install --no-deps wheels/mamba_ssm-*.whl`) "
+                "or use backend='torch'/'auto'."
             )
 
         self.d_model, self.d_state, self.headdim, self.d_conv = d_model, d_state, headdim, d_conv
