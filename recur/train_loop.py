@@ -58,9 +58,14 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> Path:
     return train_dir
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
+def _compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """bf16 (under autocast) for --dtype bf16, or auto on CUDA; fp32 otherwise."""
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if use_bf16:
+    return torch.bfloat16 if use_bf16 else torch.float32
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if _compute_dtype(cfg, device) == torch.bfloat16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -99,7 +104,8 @@ def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int):
     if env.device.type == "cuda" and model_cfg.attn_backend == "auto":
         # Time the kernels once on this run's shape; `auto` then means the fastest correct one.
         name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,
-                                       model_cfg.n_kv_heads, model_cfg.head_dim, doc_masking=True)
+                                       model_cfg.n_kv_heads, model_cfg.head_dim, doc_masking=True,
+                                       dtype=_compute_dtype(cfg, env.device))
         if env.is_main:
             times = ", ".join(f"{k} {v['seconds'] * 1e3:.2f}ms" for k, v in timings.items() if v["seconds"])
             print(f"[attention] auto -> {name} ({times})", file=sys.stderr)

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Run the whole ablation ladder at one size on a reduced budget, then compare the runs.
 
-    python scripts/run_nano_ladder.py [--size nano] [--steps 60] [--out_dir runs/ladder]
+    python scripts/run_nano_ladder.py [--size nano] [--steps 60] [--out_dir runs/ladder] [train.py flags...]
+
+Flags this script does not know go to every train.py call unchanged, e.g. ``--model.vocab_size 320`` to
+size the embedding for the byte tokenizer of the generated data (the presets carry GPT-2's 50,304, which on
+a CPU costs most of a nano step) or ``--device cuda``.
 
 Each variant trains through `train.py --config configs/ladder/<variant>.yaml --model_size <size>` in its
 own subprocess (same data, seed, steps and batch) and is scored by `eval_hub.py --suite all` at the ladder
@@ -32,7 +36,8 @@ def train_variant(variant: str, args: argparse.Namespace) -> Path:
            "--model_size", args.size, "--steps", str(args.steps), "--out_dir", args.out_dir,
            "--run_name", run_dir.name, "--data.seq_len", str(args.seq_len), "--data.num_docs", str(args.num_docs),
            "--data.global_batch_size", str(args.batch_size), "--eval.num_samples", str(args.eval_samples),
-           "--eval.depths", json.dumps(args.depths), "--checkpoint.interval", "0", "--log.interval", "10"]
+           "--eval.depths", json.dumps(args.depths), "--checkpoint.interval", "0", "--log.interval", "10",
+           *args.train_args]
     print(f"[ladder] {variant}: {' '.join(cmd[1:])}", file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return run_dir
@@ -74,7 +79,7 @@ def main() -> int:
     p.add_argument("--depths", type=int, nargs="+", default=[1, 4])
     p.add_argument("--out_dir", default="runs/ladder")
     p.add_argument("--force", action="store_true", help="retrain runs that already have a summary.json")
-    args = p.parse_args()
+    args, args.train_args = p.parse_known_args()
     if args.steps < 1:
         print("run_nano_ladder.py: error: --steps must be >= 1", file=sys.stderr)
         return 2
@@ -88,7 +93,8 @@ def main() -> int:
     table = summary_table(run_dirs)
     out = Path(args.out_dir) / "ladder.md"
     tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(f"# Ladder at {args.size}, {args.steps} steps\n\n{table}")
+    extra = f" (train.py {' '.join(args.train_args)})" if args.train_args else ""
+    tmp.write_text(f"# Ladder at {args.size}, {args.steps} steps{extra}\n\n{table}")
     os.replace(tmp, out)
     print(table)
     compare = [sys.executable, str(ROOT / "compare_runs.py"), *map(str, run_dirs),

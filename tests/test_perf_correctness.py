@@ -104,6 +104,21 @@ def test_auto_resolves_and_unknown_backend_is_rejected() -> None:
         resolve_backend("flash-attn", torch.device("cpu"), False)
 
 
+def test_auto_choice_applies_only_to_the_dtype_it_was_measured_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training selects a kernel under bf16 autocast; an fp32 evaluation must not inherit a bf16-only kernel
+    (cuDNN attention has no fp32 path: "No available kernel" on the GPU)."""
+    from recur.models import attention
+
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(attention._auto_choice, ("cpu", True, torch.bfloat16), "cudnn")
+    assert resolve_backend("auto", cpu, True, torch.bfloat16) == "cudnn"
+    assert resolve_backend("auto", cpu, True, torch.float32) == "sdpa"
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 6, 2, 8, generator=gen) for _ in range(3))
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    torch.testing.assert_close(attend(q, k, v, doc_ids), attend(q, k, v, doc_ids, backend="math"))
+
+
 @pytest.mark.slow  # inductor compiles the flex kernel for the CPU (~30 s)
 def test_flex_document_mask_equals_sdpa_on_cpu() -> None:
     gen = torch.Generator().manual_seed(6)

@@ -5,15 +5,16 @@ Backends:
 - `cudnn` / `flash` / `efficient` / `math`: SDPA pinned to one kernel with `torch.nn.attention.sdpa_kernel`.
 - `flex`: `flex_attention` with a block mask built from doc_ids (causal, within a document), so packed
   documents skip the masked blocks instead of computing them under a dense [T, T] mask.
-- `auto`: the backend `select_backend()` measured fastest (and correct) on this device type; before a
-  selection it is `sdpa`, or `flex` on CUDA when documents are masked (a dense mask at 16k tokens is
-  O(T²) memory).
+- `auto`: the backend `select_backend()` measured fastest (and correct) on this device type and dtype;
+  otherwise (no selection, or another dtype: a pinned kernel such as cuDNN has no fp32 path) it is `sdpa`,
+  or `flex` on CUDA when documents are masked (a dense mask at 16k tokens is O(T²) memory).
 flash-attn / flash-attn-4 are not backends: their CUDA builds are not installable on the lent machines.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -26,8 +27,8 @@ SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_A
                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 BACKENDS = ("auto", "sdpa", "flex", *SDPA_KERNELS)
 
-# Chosen by select_backend(), per device type and whether documents are masked.
-_auto_choice: dict[tuple[str, bool], str] = {}
+# Chosen by select_backend(), per (device type, whether documents are masked, dtype).
+_auto_choice: dict[tuple[str, bool, torch.dtype], str] = {}
 
 
 def _mask(q_len: int, k_len: int, doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -100,21 +101,22 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(q_len, k_len, doc_ids, q.device), enable_gqa=gqa)
 
 
-def resolve_backend(backend: str, device: torch.device, doc_masking: bool) -> str:
-    """The concrete backend `backend` means on this device (only `auto` changes)."""
+def resolve_backend(backend: str, device: torch.device, doc_masking: bool,
+                    dtype: torch.dtype = torch.bfloat16) -> str:
+    """The concrete backend `backend` means for inputs of `dtype` on this device (only `auto` changes)."""
     if backend not in BACKENDS:
         raise ValueError(f"--model.attn_backend: unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
     default = "flex" if device.type == "cuda" and doc_masking else "sdpa"
-    return _auto_choice.get((device.type, doc_masking), default)
+    return _auto_choice.get((device.type, doc_masking, dtype), default)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
            backend: str = "auto") -> torch.Tensor:
     """Causal grouped-query attention. q: [B, T, H, D]; k, v: [B, S, KV, D] with S >= T (a KV cache holds
     the first S - T positions); doc_ids: [B, S] or None. Returns [B, T, H, D]."""
-    backend = resolve_backend(backend, q.device, doc_ids is not None)
+    backend = resolve_backend(backend, q.device, doc_ids is not None, q.dtype)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.shape[1] != k.shape[1]
     if backend == "flex":
@@ -160,24 +162,27 @@ def benchmark_backends(device: torch.device, batch: int, seq_len: int, n_heads: 
     results: dict[str, dict] = {}
     for name in candidates or tuple(b for b in BACKENDS if b not in ("auto", "math")):
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-        try:
-            out = attend(*leaves, doc_ids=doc_ids, backend=name)
-            err = ((out.float() - ref).norm() / ref.norm()).item()
-            seconds = _time_fwd_bwd(lambda: attend(*leaves, doc_ids=doc_ids, backend=name), iters)
-            results[name] = {"seconds": seconds, "max_err": err, "error": None}
-        except (RuntimeError, NotImplementedError, ValueError) as exc:  # kernel not available for this case
-            results[name] = {"seconds": None, "max_err": None, "error": str(exc).splitlines()[0][:160]}
+        # A refused kernel raises (recorded below) after PyTorch warns why; the warnings would only repeat it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                out = attend(*leaves, doc_ids=doc_ids, backend=name)
+                err = ((out.float() - ref).norm() / ref.norm()).item()
+                seconds = _time_fwd_bwd(lambda: attend(*leaves, doc_ids=doc_ids, backend=name), iters)
+                results[name] = {"seconds": seconds, "max_err": err, "error": None}
+            except (RuntimeError, NotImplementedError, ValueError) as exc:  # kernel not available for this case
+                results[name] = {"seconds": None, "max_err": None, "error": str(exc).splitlines()[0][:160]}
     return results
 
 
 def select_backend(device: torch.device, batch: int, seq_len: int, n_heads: int, n_kv_heads: int, head_dim: int,
                    doc_masking: bool, dtype: torch.dtype = torch.bfloat16, tolerance: float = 2e-2) -> tuple[str, dict]:
     """Measure the backends on this shape, make the fastest one within `tolerance` (relative error vs the
-    fp32 math kernel) what `auto` means on this device type, and return (name, measurements)."""
+    fp32 math kernel) what `auto` means on this device type for `dtype`, and return (name, measurements)."""
     results = benchmark_backends(device, batch, seq_len, n_heads, n_kv_heads, head_dim, doc_masking, dtype)
     correct = {n: r for n, r in results.items() if r["seconds"] is not None and r["max_err"] <= tolerance}
     if not correct:
         raise RuntimeError(f"no attention backend ran correctly on {device}: {results}")
     best = min(correct, key=lambda n: correct[n]["seconds"])
-    _auto_choice[(device.type, doc_masking)] = best
+    _auto_choice[(device.type, doc_masking, dtype)] = best
     return best, results
