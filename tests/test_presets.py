@@ -37,3 +37,15 @@ def test_every_preset_is_named_or_tiny():
 def test_unknown_size_is_a_clear_error():
     with pytest.raises(ValueError, match="--model_size"):
         preset_config("2B")
+
+
+def test_param_counter_prints_the_exact_preset_table(capsys):
+    from utils.param_counter import main
+
+    assert main(["--presets", "exact"]) == 0
+    table = capsys.readouterr().out
+    nano = next(line for line in table.splitlines() if line.startswith("| nano |"))
+    cells = nano.strip("| ").split(" | ")  # size, shape, name counts, then one cell per variant
+    for index, variant in ((3, "baseline"), (9, "ssm_mem")):
+        counts = preset_counts("nano", variant)
+        assert cells[index] == f"{counts['total']:,} / {counts['non_embedding']:,}", (variant, cells[index])

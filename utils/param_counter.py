@@ -9,6 +9,8 @@ Takes the trainer's own flags (any train.py flag or --config file), plus:
   --expectation         draws (default): replay the trainer's seeded (n, k) per step, so the total equals
                         the sum of "flops" in metrics.jsonl; analytic: E[n], E[k] of the sampling law
   --json PATH           also write the numbers as JSON
+  --presets [exact]     instead: the table of total / non-embedding parameters of every size preset ×
+                        variant (millions; exact integers with `--presets exact`), as in docs/ladder.md
 FLOPs = 6·D·N₁ + 2·D·N₂ + attention (see recur/flops.py); the model is built on the meta device, so
 1B-scale models cost no memory.
 """
@@ -30,6 +32,7 @@ from recur.data.validate import read_manifest  # noqa: E402
 from recur.flops import EXPECTATIONS, count_params, curriculum_flops  # noqa: E402
 from recur.hf_model import read_model_config  # noqa: E402
 from recur.models import create_model  # noqa: E402
+from recur.models.presets import preset_table  # noqa: E402
 from recur.recurrence import RecurrenceSampler  # noqa: E402
 
 
@@ -64,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--init_from", default=None)
     own.add_argument("--expectation", choices=EXPECTATIONS, default="draws")
     own.add_argument("--json", type=Path, default=None)
+    own.add_argument("--presets", nargs="?", const="millions", choices=("millions", "exact"), default=None)
     args, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     if "-h" in rest or "--help" in rest:
         print(__doc__)
+        return 0
+    if args.presets:
+        print(preset_table(exact=args.presets == "exact"), end="")
         return 0
     try:
         cfg, _ = parse_config(rest)

@@ -3,7 +3,7 @@
 Every preset but `tiny` uses the GPT-2 vocabulary padded to 50304, tied embeddings and SwiGLU with
 hidden width 8/3·d_model rounded up to 64 unless stated. A name refers to one of two counts, given in
 `NAMED_COUNT`: "total" (all parameters, tied embedding counted once) or "non_embedding" (total minus the
-embedding matrix). `python -m recur.models.presets` prints both counts for every preset × variant.
+embedding matrix). `python utils/param_counter.py --presets` prints both counts for every preset × variant.
 
 - 300M and 350M share the shape 1024×24 (as in ReLSM, where they differ only in dropout): 350M is named
   by its total count (355M), 300M by its non-embedding count (303M), and 300M keeps ReLSM's ladder
@@ -17,7 +17,6 @@ embedding matrix). `python -m recur.models.presets` prints both counts for every
 
 from __future__ import annotations
 
-import sys
 from dataclasses import fields, replace
 
 from recur.models.config import VARIANTS, ModelConfig
@@ -75,8 +74,9 @@ def preset_counts(size: str, variant: str) -> dict[str, int]:
     return count_params(model)
 
 
-def preset_table(variants: tuple[str, ...] = VARIANTS) -> str:
-    """Markdown table: per preset, the named count and total / non-embedding millions per variant."""
+def preset_table(variants: tuple[str, ...] = VARIANTS, exact: bool = False) -> str:
+    """Markdown table: per preset, the named count and total / non-embedding parameters per variant
+    (millions, or exact integers with `exact`)."""
     header = "| size | shape | name counts | " + " | ".join(variants) + " |"
     lines = [header, "|" + "---|" * (3 + len(variants))]
     for size, shape in PRESETS.items():
@@ -85,12 +85,12 @@ def preset_table(variants: tuple[str, ...] = VARIANTS) -> str:
         cells = []
         for variant in variants:
             counts = preset_counts(size, variant)
-            cells.append(f"{counts['total'] / 1e6:.1f} / {counts['non_embedding'] / 1e6:.1f}")
+            total, non_embedding = counts["total"], counts["non_embedding"]
+            cells.append(f"{total:,} / {non_embedding:,}" if exact
+                         else f"{total / 1e6:.1f} / {non_embedding / 1e6:.1f}")
         kv = f", kv {shape['n_kv_heads']}" if "n_kv_heads" in shape else ""
         lines.append(f"| {size} | {shape['d_model']}×{shape['n_layers']}, {shape['n_heads']} heads{kv}, "
                      f"ctx {shape['max_seq_len']} | {named} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nCells: total / non-embedding parameters, millions.\n"
+    unit = "exact" if exact else "millions"
+    return "\n".join(lines) + f"\n\nCells: total / non-embedding parameters, {unit}.\n"
 
-
-if __name__ == "__main__":
-    sys.stdout.write(preset_table())
