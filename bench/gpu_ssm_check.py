@@ -9,6 +9,7 @@ What it does (CUDA only; installs nothing):
      autotunes for minutes; that happens in the warm-up, outside the timed loop.)
   4. fp32, smaller size: the same diffs, a tighter check of the math (done last so a slow autotune
      cannot cost the bf16 results).
+  In 2 and 4 also packed rows (``doc_ids``): our layer on mamba-ssm's scan (``seq_idx``) vs on ours.
 Exit code: 0 all diffs within tolerance, 1 a diff over tolerance, 2 no CUDA or mamba-ssm not importable.
 
 Run on the GPU machine from the repository root (the wheel comes from the git-ignored ``wheels/``,
@@ -74,10 +75,10 @@ def build_layers(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, nn.M
     return {name: layer.to(dtype) for name, layer in layers.items()}
 
 
-def fwd_bwd(layer: nn.Module, u: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def fwd_bwd(layer: nn.Module, u: Tensor, grad_out: Tensor, **kwargs) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     layer.zero_grad(set_to_none=True)
     u = u.detach().requires_grad_(True)
-    out = layer(u)
+    out = layer(u, **kwargs)
     out.backward(grad_out)
     return out.detach(), u.grad, {n: p.grad for n, p in layer.named_parameters()}
 
@@ -99,16 +100,27 @@ def compare(args: argparse.Namespace, dtype: torch.dtype, batch: int, seqlen: in
     for name in names:
         log(f"{dtype} {batch}x{seqlen}: forward+backward of {name}")
         results[name] = fwd_bwd(layers[name], u, grad_out)
-    ref_out, ref_du, ref_dp = results[names[0]]
-    tol, ok = _TOL[dtype], True
-    for name in names[1:]:
-        out, du, dp = results[name]
-        rows = [("output", *rel_diff(out, ref_out)), ("grad input", *rel_diff(du, ref_du))]
-        rows += [(f"grad {p}", *rel_diff(dp[p], ref_dp[p])) for p in ref_dp]
-        for what, abs_err, rel in rows:
-            verdict = "OK" if rel <= tol else "MISMATCH"
-            ok &= rel <= tol
-            print(f"  {name:>16} vs ref  {what:<22} max abs {abs_err:.3e}  rel {rel:.3e}  {verdict} (tol {tol:g})")
+    ok = all([report(name, results[name], results[names[0]], _TOL[dtype]) for name in names[1:]])
+    # Packed rows (mamba-ssm's Mamba2 has no seq_idx path without causal_conv1d): our two scans against
+    # each other, documents of random lengths (~8 per row) restarting the state and the conv window.
+    starts = torch.rand(batch, seqlen, device="cuda", generator=g) < 8 / seqlen
+    starts[:, 0] = True
+    doc_ids = starts.cumsum(1) - 1
+    log(f"{dtype} {batch}x{seqlen}: packed documents, ours[mamba_ssm] vs ours[torch]")
+    packed = {name: fwd_bwd(layers[name], u, grad_out, doc_ids=doc_ids) for name in names[1:]}
+    return ok & report("packed docs", packed["ours[mamba_ssm]"], packed["ours[torch]"], _TOL[dtype])
+
+
+def report(name: str, result: tuple, ref: tuple, tol: float) -> bool:
+    """Print output / input-grad / parameter-grad diffs of `result` vs `ref`; True when all are within tol."""
+    (out, du, dp), (ref_out, ref_du, ref_dp) = result, ref
+    rows = [("output", *rel_diff(out, ref_out)), ("grad input", *rel_diff(du, ref_du))]
+    rows += [(f"grad {p}", *rel_diff(dp[p], ref_dp[p])) for p in ref_dp]
+    ok = True
+    for what, abs_err, rel in rows:
+        verdict = "OK" if rel <= tol else "MISMATCH"
+        ok &= rel <= tol
+        print(f"  {name:>16} vs ref  {what:<22} max abs {abs_err:.3e}  rel {rel:.3e}  {verdict} (tol {tol:g})")
     return ok
 
 

@@ -10,6 +10,10 @@ Tensor layout conventions used throughout (matching mamba-ssm):
     A: [nheads] (negative)              B, C: [batch, T, ngroups, d_state]
     ssm state: [batch, nheads, headdim, d_state]
 Head ``h`` reads B/C of group ``h // (nheads // ngroups)``.
+
+Packed rows: ``seq_idx`` / ``doc_ids`` ([batch, T], non-decreasing per row, as mamba-ssm's ``seq_idx``)
+restart the recurrence where the document changes (the state carried into a document's first token is
+dropped) and keep the causal conv from reading the previous document's last tokens.
 """
 
 from __future__ import annotations
@@ -102,6 +106,14 @@ def _segsum(a: Tensor) -> Tensor:
     return out.masked_fill(~lower, -math.inf)
 
 
+def document_starts(seq_idx: Tensor) -> Tensor:
+    """[batch, T] bool: True where a position begins a new document (never at position 0, so an
+    initial state still flows into the first document)."""
+    starts = torch.zeros_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return starts
+
+
 def ssd_chunked(
     x: Tensor,
     dt: Tensor,
@@ -111,6 +123,7 @@ def ssd_chunked(
     chunk_size: int,
     initial_state: Tensor | None = None,
     D: Tensor | None = None,
+    seq_idx: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Chunked SSD scan: exact quadratic attention-like form inside each chunk, recurrence across chunks.
 
@@ -118,7 +131,8 @@ def ssd_chunked(
     ``initial_state`` (zeros when None). Shapes are in the module docstring. Computation runs in fp32;
     ``y`` is returned in ``x.dtype`` and the final state ``[batch, nheads, headdim, d_state]`` in fp32.
     T need not be a multiple of ``chunk_size``: the tail is padded with dt = 0, which is an identity
-    step (decay 1, zero input), so neither the outputs nor the final state change.
+    step (decay 1, zero input), so neither the outputs nor the final state change. With ``seq_idx`` the
+    log-decay at each document start is -inf: every product of decays that crosses it is exactly 0.
     """
     if chunk_size <= 0:
         raise ValueError(f"ssd_chunked: chunk_size must be positive, got {chunk_size}")
@@ -142,7 +156,11 @@ def ssd_chunked(
     B = B.reshape(batch, nchunks, L, ngroups, d_state)
     C = C.reshape(batch, nchunks, L, ngroups, d_state)
     # Log-decays, laid out [b, g, r, c, l] so cumulative sums run along the last axis.
-    a = (dt * A).view(batch, nchunks, L, ngroups, rep).permute(0, 3, 4, 1, 2)
+    a = dt * A
+    if seq_idx is not None:
+        starts = F.pad(document_starts(seq_idx), (0, pad))
+        a = a.masked_fill(starts.unsqueeze(-1), -math.inf)
+    a = a.view(batch, nchunks, L, ngroups, rep).permute(0, 3, 4, 1, 2)
     a_cum = a.cumsum(dim=-1)
 
     # 1) Within a chunk: y_l = sum_{s<=l} (C_l . B_s) exp(a_{s+1} + ... + a_l) dt_s x_s.
@@ -150,8 +168,9 @@ def ssd_chunked(
     scores = torch.einsum("bclgn,bcsgn->bgcls", C, B).unsqueeze(2) * decay_intra
     y = torch.einsum("bgrcls,bcsgrp->bclgrp", scores, xdt)
 
-    # 2) State contributed by each chunk on its own, decayed to the chunk's end.
-    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, g, r, c, l]
+    # 2) State contributed by each chunk on its own, decayed to the chunk's end: the last row of the
+    # segment sums (not a difference of cumulative sums, which is -inf - -inf after a document start).
+    decay_to_end = decay_intra[..., -1, :]  # [b, g, r, c, l]
     chunk_states = torch.einsum("bcsgn,bgrcs,bcsgrp->bcgrpn", B, decay_to_end, xdt)
 
     # 3) Recurrence across chunks (as a decay-weighted sum, one segsum over chunk totals).
@@ -200,6 +219,7 @@ def ssd_sequential(
     C: Tensor,
     initial_state: Tensor | None = None,
     D: Tensor | None = None,
+    seq_idx: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token SSD recurrence (the definition ``ssd_chunked`` must reproduce); same shapes and returns."""
     batch, seqlen, nheads, headdim = x.shape
@@ -209,8 +229,11 @@ def ssd_sequential(
         if initial_state is None
         else initial_state.float()
     )
+    starts = document_starts(seq_idx) if seq_idx is not None else None
     ys = []
     for t in range(seqlen):
+        if starts is not None:  # a new document starts from the zero state
+            state = state.masked_fill(starts[:, t, None, None, None], 0.0)
         y_t, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state, D)
         ys.append(y_t)
     y = torch.stack(ys, dim=1) if ys else x.new_zeros(x.shape)
@@ -341,27 +364,44 @@ class Mamba2Mixer(nn.Module):
 
     # ---- full sequence ---------------------------------------------------------------------------
 
-    def forward(self, u: Tensor, return_state: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+    def _causal_conv(self, conv_in: Tensor, doc_ids: Tensor | None) -> Tensor:
+        """Depthwise causal conv of conv_in [B, C, T]; with doc_ids, taps that reach into an earlier
+        document are dropped (written as a sum of shifted inputs, one per tap)."""
+        seqlen = conv_in.shape[-1]
+        if doc_ids is None:
+            return self.conv1d(conv_in)[..., :seqlen]
+        weight = self.conv1d.weight.squeeze(1)  # [C, K]; tap K-1 multiplies the current position
+        out = conv_in * weight[:, -1:]
+        for shift in range(1, self.d_conv):
+            same_doc = torch.zeros_like(doc_ids, dtype=torch.bool)
+            same_doc[:, shift:] = doc_ids[:, shift:] == doc_ids[:, :-shift]
+            shifted = F.pad(conv_in, (shift, 0))[..., :seqlen] * same_doc.unsqueeze(1)
+            out = out + shifted * weight[:, -1 - shift, None]
+        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
+
+    def forward(self, u: Tensor, return_state: bool = False, doc_ids: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """u: [B, T, d_model] -> [B, T, d_model]; with ``return_state`` also the (conv_state, ssm_state)
-        after the last token, ready to continue generation with :meth:`step`."""
+        after the last token, ready to continue generation with :meth:`step`. ``doc_ids`` [B, T]
+        (non-decreasing per row): packed documents do not see each other."""
         if u.dim() != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"Mamba2Mixer: expected input [batch, T, {self.d_model}], got {tuple(u.shape)}")
         seqlen = u.shape[1]
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv_in = xbc.transpose(1, 2)
-        xbc = F.silu(self.conv1d(conv_in)[..., :seqlen].transpose(1, 2))
+        xbc = F.silu(self._causal_conv(conv_in, doc_ids).transpose(1, 2))
         x, B, C = self._split_xbc(xbc)
         A = -torch.exp(self.A_log.float())
 
         kernels = self._kernels_for(u)
         if kernels is None:
             y, final_state = ssd_chunked(x, F.softplus(dt.float() + self.dt_bias.float()), A, B, C,
-                                         self.chunk_size, D=self.D)
+                                         self.chunk_size, D=self.D, seq_idx=doc_ids)
             y = self.norm(y.flatten(-2), z)
         else:
             scanned = kernels.chunk_scan_combined(
                 x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                return_final_states=return_state,
+                seq_idx=None if doc_ids is None else doc_ids.to(torch.int32), return_final_states=return_state,
             )
             y, final_state = scanned if return_state else (scanned, None)
             y = kernels.rmsnorm_fn(y.flatten(-2), self.norm.weight, None, z=z, eps=self.norm.eps,

@@ -11,9 +11,9 @@ are *written* by one ThoughtCore pass (self-attention among slots, cross-attenti
 The thoughts then read the memory-enriched token stream.
 
 Caches: a Mamba block keeps (conv_state, ssm_state) in the KVCache under its layer key and steps one
-token at a time after the prompt; memory keys/values are cached like the thoughts'. The Mamba mixer has
-no document reset: in packed rows the SSM state flows across document boundaries (attention parts,
-memory and thoughts, respect doc_ids).
+token at a time after the prompt; memory keys/values are cached like the thoughts'. Packed rows: the
+Mamba mixer restarts its state and conv window at each document start (doc_ids), as the attention parts,
+memory and thoughts do.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ class SSMBlock(nn.Module):
 
     def mix(self, u: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if ctx.cache is None:
-            return self.mixer(u)
+            return self.mixer(u, doc_ids=ctx.doc_ids)
         key = ("ssm", ctx.cache.cursor)
         state = ctx.cache.store.get(key)
         if state is None:  # the prompt: one parallel scan that also returns the final state
-            y, state = self.mixer(u, return_state=True)
+            y, state = self.mixer(u, return_state=True, doc_ids=ctx.doc_ids)
         else:  # continuation: the recurrence, token by token, from the stored state
             outputs = []
             for t in range(u.shape[1]):
