@@ -25,9 +25,10 @@ def device_peak_tflops(device: torch.device, override: float | None) -> float | 
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, total_steps: int, log_interval: int, wandb_mode: str, wandb_project: str,
-                 run_name: str, config: dict, enabled: bool = True, resume: bool = False):
+                 run_name: str, config: dict, enabled: bool = True, resume: bool = False, show_depth: bool = True):
         self.path = run_dir / "metrics.jsonl"
         self.total_steps, self.log_interval, self.enabled = total_steps, log_interval, enabled
+        self.show_depth = show_depth  # off for models that ignore the sampled depth (the baseline)
         self.start = time.time()
         self.wandb = None
         if not enabled:
@@ -70,9 +71,9 @@ class MetricsLogger:
         elapsed = time.time() - self.start
         eta = elapsed / max(done, 1) * (self.total_steps - step - 1)
         mfu = f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else ""
+        depth = f"r {record['r']:>3} (r̄ {record['mean_recurrence']}, k {record['k']}) | " if self.show_depth else ""
         print(f"step {step + 1:>6}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-              f"r {record['r']:>3} (r̄ {record['mean_recurrence']}, k {record['k']}) | "
-              f"{record['tokens_per_s']:,.0f} tok/s{mfu} | gnorm {record['grad_norm']:.2f} | "
+              f"{depth}{record['tokens_per_s']:,.0f} tok/s{mfu} | gnorm {record['grad_norm']:.2f} | "
               f"eta {_fmt_time(eta)}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -119,3 +119,16 @@ def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message)
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
     assert (run_dir / "config.yaml").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("show_depth", [True, False])
+def test_progress_line_shows_the_depth_only_for_models_that_use_it(tmp_path, capsys, show_depth):
+    from recur.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, total_steps=1, log_interval=1, wandb_mode="disabled", wandb_project="p",
+                           run_name="r", config={}, show_depth=show_depth)
+    logger.progress({"step": 0, "loss": 1.0, "lr": 1e-3, "r": 3, "mean_recurrence": 4, "k": 2,
+                     "tokens_per_s": 10.0, "grad_norm": 1.0}, first_step=0)
+    line = capsys.readouterr().err
+    assert line.startswith("step      1/1 | loss 1.0000") and "tok/s" in line
+    assert ("r̄ 4, k 2" in line) == show_depth
