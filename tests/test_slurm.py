@@ -57,6 +57,8 @@ def slurm_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(SLURM_CONF=conf, PYTHON=sys.executable, RECUR_ROOT=str(ROOT))
     yield env
+    # Jobs left by a failed test would outlive the daemons and break the next run's cluster.
+    subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True, timeout=30)
     if not was_running:
         subprocess.run([str(SLURM_LOCAL), "stop"], capture_output=True, timeout=60)
 
@@ -123,9 +125,12 @@ def test_preempted_job_requeues_resumes_and_matches_uninterrupted_run(slurm_env,
     _wait_for("the job to log 3 steps", lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
               list(logs.values()), deadline)
     _slurm(slurm_env, "scancel", "--signal=USR1", "--batch", job)
-    # A requeued job is held for ~2 minutes before it is eligible again; release it at once.
+    # A requeued job is held for ~2 minutes before it is eligible again; release it sooner, but not within
+    # the second its old instance ended: slurmctld then still sees the old launch credential as revoked
+    # and fails the job ("Killing non-startable batch job: Job credential revoked").
     _wait_for("the job to be requeued", lambda: _job(slurm_env, job).get("Restarts") == "1",
               list(logs.values()), deadline)
+    time.sleep(3)
     _slurm(slurm_env, "scontrol", "update", f"JobId={job}", "StartTime=now")
 
     def finished() -> bool:
