@@ -365,19 +365,27 @@ class Mamba2Mixer(nn.Module):
     # ---- full sequence ---------------------------------------------------------------------------
 
     def _causal_conv(self, conv_in: Tensor, doc_ids: Tensor | None) -> Tensor:
-        """Depthwise causal conv of conv_in [B, C, T]; with doc_ids, taps that reach into an earlier
-        document are dropped (written as a sum of shifted inputs, one per tap)."""
+        """Depthwise causal conv of conv_in [B, C, T] -> [B, T, C]. With doc_ids, taps that reach into an
+        earlier document are taken back out; only a document's first d_conv - 1 positions have such taps,
+        so the correction gathers just those instead of masking (and saving) whole shifted copies."""
         seqlen = conv_in.shape[-1]
+        out = self.conv1d(conv_in)[..., :seqlen].transpose(1, 2)
         if doc_ids is None:
-            return self.conv1d(conv_in)[..., :seqlen]
+            return out
+        positions = torch.arange(seqlen, device=doc_ids.device).expand_as(doc_ids)
+        doc_start = torch.where(document_starts(doc_ids), positions, 0).cummax(dim=1).values
+        offset = positions - doc_start  # position inside its document
+        rows, cols = torch.nonzero((offset < self.d_conv - 1) & (doc_start > 0), as_tuple=True)
+        if rows.numel() == 0:
+            return out
         weight = self.conv1d.weight.squeeze(1)  # [C, K]; tap K-1 multiplies the current position
-        out = conv_in * weight[:, -1:]
+        leak = out.new_zeros(rows.shape[0], out.shape[-1])
         for shift in range(1, self.d_conv):
-            same_doc = torch.zeros_like(doc_ids, dtype=torch.bool)
-            same_doc[:, shift:] = doc_ids[:, shift:] == doc_ids[:, :-shift]
-            shifted = F.pad(conv_in, (shift, 0))[..., :seqlen] * same_doc.unsqueeze(1)
-            out = out + shifted * weight[:, -1 - shift, None]
-        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
+            # This tap reads the previous document (before the row start it read the conv's zero padding).
+            crosses = ((offset[rows, cols] < shift) & (cols >= shift)).unsqueeze(1)
+            source = conv_in[rows, :, (cols - shift).clamp(min=0)]
+            leak = leak + source * crosses * weight[:, -1 - shift]
+        return out.index_put((rows, cols), -leak.to(out.dtype), accumulate=True)
 
     def forward(self, u: Tensor, return_state: bool = False, doc_ids: Tensor | None = None
                 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -389,7 +397,7 @@ class Mamba2Mixer(nn.Module):
         seqlen = u.shape[1]
         z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         conv_in = xbc.transpose(1, 2)
-        xbc = F.silu(self._causal_conv(conv_in, doc_ids).transpose(1, 2))
+        xbc = F.silu(self._causal_conv(conv_in, doc_ids))
         x, B, C = self._split_xbc(xbc)
         A = -torch.exp(self.A_log.float())
 
