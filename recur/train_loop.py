@@ -214,7 +214,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
               f"({resolve_backend(cfg.dist.backend, env.world_size)})", file=sys.stderr)
     logger = MetricsLogger(run_dir, cfg.steps, cfg.log.interval, cfg.log.wandb_mode, cfg.log.wandb_project,
                            cfg.run_name, asdict(cfg), enabled=env.is_main, resume=resume_from is not None,
-                           show_depth=model_cfg.variant != "baseline")
+                           show_depth=backend.raw.uses_depth)
     logger.truncate_after(start_step)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
 

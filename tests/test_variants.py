@@ -163,3 +163,18 @@ def test_trains_and_resumes_bit_identically(variant):
     _train(resumed, opt2, batches, half, steps)
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{variant}: {name} differs after resume"
+
+
+@pytest.mark.parametrize("variant", ["baseline", "recurrent", *THOUGHT_VARIANTS])
+def test_evaluation_sweeps_depth_exactly_for_models_that_use_it(variant):
+    """Thought variants iterate num_steps times: evaluation must run them at each requested depth (it used
+    to treat every non-looped model like the baseline and score them at one thought iteration only)."""
+    from recur.eval.meta import effective_depths
+
+    torch.manual_seed(0)
+    model = create_model(tiny_config(variant)).eval()
+    x = torch.randint(0, 40, (1, 12))
+    with torch.no_grad():
+        one, four = (model(x, num_steps=n).logits for n in (1, 4))
+    assert model.uses_depth == (not torch.equal(one, four))
+    assert effective_depths(model, [1, 4]) == ([1, 4] if model.uses_depth else [1])

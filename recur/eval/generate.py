@@ -52,8 +52,8 @@ class Generation:
 
 
 def depth_of(model: DecoderLM, num_steps: NumSteps) -> int:
-    """Recurrence steps a forward with `num_steps` runs (1 for models without recurrence)."""
-    if not isinstance(model, LoopedLM):
+    """Recurrence steps (or thought iterations) a forward with `num_steps` runs (1 for the baseline)."""
+    if not model.uses_depth:
         return 1
     return sum(split_steps(num_steps, model.cfg.default_num_steps))
 

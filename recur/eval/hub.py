@@ -20,7 +20,6 @@ from recur.eval.perplexity import heldout_loss
 from recur.eval.plots import plot_results
 from recur.eval.schema import SCHEMA_VERSION, validate_results
 from recur.models.lm import DecoderLM
-from recur.models.looped import LoopedLM
 
 HUB_SUITES = ("algorithmic", "longctx", "perplexity", "all")
 
@@ -133,7 +132,7 @@ def run_hub(cfg: HubConfig) -> tuple[dict, Path]:
     model, _, meta = load_model(cfg.checkpoint, cfg.device or default_device())
     cfg = with_run_tasks(cfg, meta)
     tokenizer, spec = resolve_tokenizer(model, meta, cfg.tokenizer)
-    depths = cfg.num_steps or [model.cfg.default_num_steps if isinstance(model, LoopedLM) else 1]
+    depths = cfg.num_steps or [model.cfg.default_num_steps if model.uses_depth else 1]
     out_dir = default_out_dir(meta, cfg.out_dir)
     torch.manual_seed(cfg.seed)
     results = evaluate_model(model, meta, tokenizer, spec, cfg, cfg.suite, depths)

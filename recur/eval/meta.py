@@ -32,12 +32,12 @@ def git_commit() -> tuple[str, bool | None]:
 
 
 def depth_note(model: DecoderLM) -> str | None:
-    return None if isinstance(model, LoopedLM) else BASELINE_DEPTH_NOTE
+    return None if model.uses_depth else BASELINE_DEPTH_NOTE
 
 
 def effective_depths(model: DecoderLM, depths: list[int]) -> list[int]:
-    """The depths worth evaluating: all of them for a looped model, [1] for one without recurrence."""
-    return list(depths) if isinstance(model, LoopedLM) else [1]
+    """The depths worth evaluating: all of them, or [1] for a model that ignores the depth (baseline)."""
+    return list(depths) if model.uses_depth else [1]
 
 
 def metadata(model: DecoderLM, checkpoint: CheckpointMeta, tokenizer: str, seed: int, depths: list[int],

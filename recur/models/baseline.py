@@ -11,6 +11,8 @@ from recur.models.lm import DecoderLM, ModelOutput, NumSteps
 
 
 class BaselineLM(DecoderLM):
+    uses_depth = False
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))

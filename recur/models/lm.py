@@ -28,6 +28,10 @@ class ModelOutput:
 
 
 class DecoderLM(nn.Module):
+    # Whether `num_steps` changes the computation (recurrence steps or thought iterations); False only for
+    # the baseline, which evaluation then runs once instead of at every depth.
+    uses_depth = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
