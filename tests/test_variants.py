@@ -27,10 +27,15 @@ def tiny_config(variant: str, **extra) -> ModelConfig:
                        extra=knobs)
 
 
+def tiny_eval_model(variant: str, **extra):
+    """A seeded tiny model of `variant` in eval mode (no dropout), the same weights on every call."""
+    torch.manual_seed(0)
+    return create_model(tiny_config(variant, **extra)).eval()
+
+
 @pytest.mark.parametrize("variant", THOUGHT_VARIANTS)
 def test_position_t_ignores_later_tokens(variant):
-    torch.manual_seed(0)
-    model = create_model(tiny_config(variant)).eval()
+    model = tiny_eval_model(variant)
     x = torch.randint(0, 40, (2, 21))
     with torch.no_grad():
         base = model(x, num_steps=3).logits
@@ -44,8 +49,7 @@ def test_position_t_ignores_later_tokens(variant):
 
 @pytest.mark.parametrize("variant", THOUGHT_VARIANTS)
 def test_doc_ids_isolate_documents(variant):
-    torch.manual_seed(0)
-    model = create_model(tiny_config(variant)).eval()
+    model = tiny_eval_model(variant)
     x = torch.randint(0, 40, (1, 16))
     docs = torch.tensor([[0] * 6 + [1] * 10])
     with torch.no_grad():
@@ -58,8 +62,7 @@ def test_doc_ids_isolate_documents(variant):
 
 @pytest.mark.parametrize("variant", THOUGHT_VARIANTS)
 def test_cached_generation_matches_full_forward(variant):
-    torch.manual_seed(0)
-    model = create_model(tiny_config(variant)).eval()
+    model = tiny_eval_model(variant)
     x = torch.randint(0, 40, (3, 18))
     with torch.no_grad():
         full = model(x, num_steps=3).logits
@@ -79,8 +82,7 @@ def test_act_threshold_zero_takes_one_step():
 
 
 def test_act_mixture_weights_sum_to_one_and_halts_per_unit():
-    torch.manual_seed(0)
-    model = create_model(tiny_config("act", halt_bias=0.0)).eval()
+    model = tiny_eval_model("act", halt_bias=0.0)
     stream = model.thought_stream
     with torch.no_grad():
         stream.halt.weight.normal_(std=2.0)  # spread p_halt so units halt at different steps
@@ -171,8 +173,7 @@ def test_evaluation_sweeps_depth_exactly_for_models_that_use_it(variant):
     to treat every non-looped model like the baseline and score them at one thought iteration only)."""
     from recur.eval.meta import effective_depths
 
-    torch.manual_seed(0)
-    model = create_model(tiny_config(variant)).eval()
+    model = tiny_eval_model(variant)
     x = torch.randint(0, 40, (1, 12))
     with torch.no_grad():
         one, four = (model(x, num_steps=n).logits for n in (1, 4))
