@@ -14,9 +14,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import multiprocessing
 import time
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -153,7 +153,10 @@ def tokenize_documents(
                 out += result
                 progress.update(len(result))
         else:
-            with Pool(num_proc, initializer=_init_worker, initargs=(tokenizer_spec, mask_non_assistant)) as pool:
+            # Spawned, not forked: a fork copies locks held by the caller's other threads (torch, the Rust
+            # tokenizer pool, loader prefetch) and the child can wait on them forever.
+            spawn = multiprocessing.get_context("spawn")
+            with spawn.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer_spec, mask_non_assistant)) as pool:
                 for result in pool.imap(_render_chunk, chunks):
                     out += result
                     progress.update(len(result))
