@@ -66,20 +66,21 @@ def difference_curve(x: Sequence[float], y: Sequence[float], curve: Curve, direc
         raise ValueError(f"kneedle: direction must be 'increasing' or 'decreasing', got {direction!r}")
     xa, ya = _as_curve(x, y)
     ya = smooth(ya, smooth_window)
-    xn = _normalise(xa)
     if np.ptp(ya) == 0:
-        return xn, np.zeros_like(xn), False
-    yn = _normalise(ya)
+        return _normalise(xa), np.zeros_like(xa), False
     # Convex-decreasing flips vertically, concave-decreasing horizontally, convex-increasing both;
     # each lands on a concave increasing curve where the knee is the point farthest above y = x.
+    # The flips are negations and reversals of the raw data (exact in floating point) done before
+    # normalising, so a flipped input gives bit for bit the same difference curve and the same ties.
     flip_vertical = curve == "convex"
     reverse = (curve == "convex") == (direction == "increasing")
     if flip_vertical:
-        yn = 1.0 - yn
+        ya = -ya
     if reverse:
-        yn = yn[::-1]
-        xn = 1.0 - xn[::-1]
-    return xn, yn - xn, reverse
+        ya = ya[::-1]
+        xa = -xa[::-1]
+    xn = _normalise(xa)
+    return xn, _normalise(ya) - xn, reverse
 
 
 def _local_maxima(d: np.ndarray) -> list[int]:
