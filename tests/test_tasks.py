@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recur.data.tasks import TASKS, get_task, iter_samples, make_task_documents
+from recur.data.task_audit import SHORTCUT_LIMIT, shortcut_accuracy
+from recur.data.tasks import CHAIN_COUNT, TASKS, Task, get_task, iter_samples, make_task_documents
 
 
 def _chain_value(statements: list[str], query: str) -> str:
@@ -58,7 +59,7 @@ KNOB_LENGTH = {
     "copy": lambda s: len(s.answer),
     "reverse": lambda s: len(s.answer),
     "dyck": lambda s: len(s.answer),
-    "chain": lambda s: len(s.prompt.split()) - 3,
+    "chain": lambda s: (len(s.prompt.split()) - 2) // CHAIN_COUNT - 1,
     "compare": lambda s: len(s.prompt.split()[2]),
     "successor": lambda s: len(s.prompt.split()[1]),
 }
@@ -75,7 +76,7 @@ def test_all_ten_tasks_registered():
 @given(name=st.sampled_from(sorted(TASKS)), seed=st.integers(0, 2**32), level=st.integers(0, 3))
 def test_answers_are_correct_and_knob_sets_length(name, seed, level):
     task = TASKS[name]
-    difficulty = task.ood_difficulties[level]
+    difficulty = task.ood_difficulties[level % len(task.ood_difficulties)]
     sample = task.generate(random.Random(seed), difficulty)
     expected = SOLVERS[name](sample.prompt)
     assert task.check(expected, sample.answer), (sample, expected)
@@ -121,5 +122,44 @@ def test_unknown_task_and_bad_difficulty():
         make_task_documents(["nope"], 1, seed=0)
     with pytest.raises(ValueError, match=r"task 'parity': difficulty \(bits\) must be an int >= 1"):
         TASKS["parity"].generate(random.Random(0), 0)
-    with pytest.raises(ValueError, match="task 'chain'.*<= 25"):
-        TASKS["chain"].generate(random.Random(0), 26)
+    with pytest.raises(ValueError, match="task 'chain'.*<= 16"):
+        TASKS["chain"].generate(random.Random(0), 17)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_no_task_falls_to_a_shortcut(name):
+    """Answer-blind rules (majority answer, copy a number from the prompt) stay below the limit at every
+    difficulty the task is trained or evaluated at, so accuracy above it is evidence of computation."""
+    task = TASKS[name]
+    for difficulty in [None, *task.ood_difficulties]:
+        scores = shortcut_accuracy(name, difficulty, num_samples=600)
+        assert max(scores.values()) < SHORTCUT_LIMIT, (name, difficulty, scores)
+
+
+def test_audit_catches_the_single_chain_shortcut():
+    """The old chain task (one chain: its only digit is the answer) must fail the audit."""
+    def single_chain(rng, hops):
+        names = rng.sample("abcdefghijklmnopqrstuvwxyz", hops + 1)
+        statements = [f"{names[0]}={rng.randrange(10)}"] + [f"{names[i]}={names[i - 1]}" for i in range(1, hops + 1)]
+        value = statements[0][-1]
+        rng.shuffle(statements)
+        return f"chain {' '.join(statements)} ?{names[-1]}", value
+
+    TASKS["single_chain"] = Task("single_chain", "hops", 4, [4], single_chain)
+    try:
+        assert shortcut_accuracy("single_chain", num_samples=200)["first_number"] == 1.0
+    finally:
+        del TASKS["single_chain"]
+
+
+def test_chain_chains_are_distinct_and_training_mixes_hop_counts():
+    rng = random.Random(3)
+    hops = [TASKS["chain"].generate(rng).difficulty for _ in range(400)]
+    assert set(hops) == set(range(1, TASKS["chain"].train_difficulty + 1))
+    for seed in range(50):
+        sample = TASKS["chain"].generate(random.Random(seed), 16)
+        statements = sample.prompt.split()[1:-1]
+        roots = [s[-1] for s in statements if s[-1].isdigit()]
+        assert len(roots) == CHAIN_COUNT == len(set(roots)) and sample.answer in roots
+        names = [s.split("=")[0] for s in statements]
+        assert len(names) == len(set(names)) == CHAIN_COUNT * 17

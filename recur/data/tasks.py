@@ -35,9 +35,15 @@ class Task:
     make: Callable[[random.Random, int], tuple[str, str]] = field(repr=False)
     min_difficulty: int = 1
     max_difficulty: int | None = None
+    # When set, training samples (difficulty None) draw their level uniformly from
+    # [train_min_difficulty, train_difficulty]: a model that sees every length in between has to learn the
+    # step of the algorithm rather than one fixed-size circuit, which is what lets extra recurrence extend it.
+    train_min_difficulty: int | None = None
 
     def generate(self, rng: random.Random, difficulty: int | None = None) -> Sample:
         level = self.train_difficulty if difficulty is None else difficulty
+        if difficulty is None and self.train_min_difficulty is not None:
+            level = rng.randint(self.train_min_difficulty, self.train_difficulty)
         if not isinstance(level, int) or level < self.min_difficulty or (
             self.max_difficulty is not None and level > self.max_difficulty
         ):
@@ -122,15 +128,24 @@ def _dyck(rng: random.Random, depth: int) -> tuple[str, str]:
     return f"dyck {''.join(prefix)}", "".join(reversed(stack))
 
 
+CHAIN_NAMES = string.ascii_lowercase + string.ascii_uppercase  # one byte per variable name
+CHAIN_COUNT = 3  # chains per prompt: one is queried, the others are distractors with distinct values
+
+
 def _chain(rng: random.Random, hops: int) -> tuple[str, str]:
-    # Variable-binding chain v0=7 v1=v0 ... asked for the last variable; statements are shuffled so
-    # the model has to follow `hops` pointers instead of reading the value off a fixed position.
-    names = rng.sample(LETTERS, hops + 1)
-    statements = [f"{names[0]}={rng.randrange(10)}"]
-    statements += [f"{names[i]}={names[i - 1]}" for i in range(1, hops + 1)]
-    value = statements[0][-1]
+    # CHAIN_COUNT binding chains  x0=7 x1=x0 ... x_hops=x_{hops-1}, each rooted at a distinct digit, all
+    # statements shuffled together; the question names the last variable of one chain. Every chain has the
+    # same length, so neither a digit's position nor a chain's size tells which root is asked for: the
+    # model has to follow `hops` pointers back from the query.
+    names = rng.sample(CHAIN_NAMES, CHAIN_COUNT * (hops + 1))
+    roots = rng.sample(string.digits, CHAIN_COUNT)
+    statements = []
+    for c, root in enumerate(roots):
+        chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
+    asked = rng.randrange(CHAIN_COUNT)
     rng.shuffle(statements)
-    return f"chain {' '.join(statements)} ?{names[-1]}", value
+    return f"chain {' '.join(statements)} ?{names[asked * (hops + 1) + hops]}", roots[asked]
 
 
 def _compare(rng: random.Random, digits: int) -> tuple[str, str]:
@@ -168,7 +183,8 @@ TASKS: dict[str, Task] = {
         Task("copy", "length", 16, [16, 32, 64, 128], _copy),
         Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
         Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
-        Task("chain", "hops", 4, [4, 8, 16, 25], _chain, max_difficulty=len(LETTERS) - 1),
+        Task("chain", "hops", 8, [8, 12, 16], _chain, max_difficulty=len(CHAIN_NAMES) // CHAIN_COUNT - 1,
+             train_min_difficulty=1),
         Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
         Task("successor", "digits", 4, [4, 8, 16, 32], _successor),
     ]
