@@ -5,7 +5,8 @@
     python compare_runs.py runs/a runs/b runs/c --out_dir runs/compare [--baseline runs/a]
 
 Writes compare.md, compare.json, compare_accuracy.png, compare_ood.png, compare_needle.png and
-compare_perplexity.png. See recur/eval/compare.py for how each number and criterion is computed.
+compare_perplexity.png. Accuracies come with n and a 95% Wilson interval; "(n.s.)" marks a difference from
+the baseline whose intervals overlap. See recur/eval/compare.py for how each number and criterion is computed.
 """
 
 import argparse

@@ -15,10 +15,12 @@ from recur.eval.schema import GRID_VERSION, SCHEMA_VERSION, validate_results
 REPO = Path(__file__).resolve().parents[1]
 
 
-def results(variant: str, acc_by_depth: dict[int, tuple[float, float]], ppl_by_depth: dict[int, float]) -> dict:
-    """A schema-valid results_all.json: parity at 8 (ID) and 16 (OOD) bits per depth."""
-    rows = [{"depth": d, "difficulty": level, "in_distribution": level == 8, "accuracy": acc, "correct": int(acc * 10),
-             "num_samples": 10, "mean_steps": float(d), "max_new_tokens": 9}
+def results(variant: str, acc_by_depth: dict[int, tuple[float, float]], ppl_by_depth: dict[int, float],
+            n: int = 10) -> dict:
+    """A schema-valid results_all.json: parity at 8 (ID) and 16 (OOD) bits per depth, n problems per cell.
+    The cells have no ci_low / ci_high, like files written before them: compare derives intervals from counts."""
+    rows = [{"depth": d, "difficulty": level, "in_distribution": level == 8, "accuracy": acc, "correct": round(acc * n),
+             "num_samples": n, "mean_steps": float(d), "max_new_tokens": 9}
             for d, (id_acc, ood_acc) in acc_by_depth.items() for level, acc in ((8, id_acc), (16, ood_acc))]
     data = {
         "schema_version": SCHEMA_VERSION, "suite": "all",
@@ -40,10 +42,10 @@ def results(variant: str, acc_by_depth: dict[int, tuple[float, float]], ppl_by_d
     return data
 
 
-def make_run(root: Path, name: str, variant: str, wall: float, accs: dict, ppls: dict) -> Path:
+def make_run(root: Path, name: str, variant: str, wall: float, accs: dict, ppls: dict, n: int = 10) -> Path:
     run = root / name
     (run / "eval").mkdir(parents=True)
-    (run / "eval" / "results_all.json").write_text(json.dumps(results(variant, accs, ppls)))
+    (run / "eval" / "results_all.json").write_text(json.dumps(results(variant, accs, ppls, n)))
     (run / "summary.json").write_text(json.dumps({"wall_time_s": wall, "mean_tokens_per_s": 1000.0,
                                                   "final_loss": 1.0}))
     return run
@@ -91,3 +93,60 @@ def test_bad_run_directories(tmp_path):
     proc = subprocess.run([sys.executable, "compare_runs.py", str(tmp_path / "nope")], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
+
+
+def md_row(out: Path, table_header: str, name: str) -> str:
+    """The line of run `name` in the compare.md table whose header starts with `table_header`."""
+    lines = (out / "compare.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(table_header))
+    return next(line for line in lines[start:] if line.startswith(f"| {name} |"))
+
+
+def test_small_difference_on_few_samples_is_not_significant(tmp_path):
+    base = make_run(tmp_path, "base", "baseline", 100.0, {1: (0.5, 0.1)}, {1: 10.0})
+    loop = make_run(tmp_path, "loop", "recurrent", 100.0, {1: (0.6, 0.2)}, {1: 10.0})
+    report = compare_runs([base, loop], tmp_path / "out")
+    row = report["runs"][1]
+    assert row["algorithmic_id_counts"] == {"correct": 6, "num_samples": 10, "ci_low": pytest.approx(0.3127, abs=1e-4),
+                                            "ci_high": pytest.approx(0.8318, abs=1e-4)}
+    assert row["significant"] == {"algorithmic_id": False, "ood": False, "per_task": {"parity": False}}
+    c = row["criteria"]
+    # Pass/fail is unchanged (+0.10 >= 0.05, 0.2 > 0.1); the passes are flagged as resting on noise.
+    assert c["algorithmic_gain"]["pass"] and c["algorithmic_gain"]["significant"] is False
+    assert c["better_ood"]["pass"] and c["better_ood"]["significant"] is False and c["wins"] is True
+    assert md_row(tmp_path / "out", "| run | algorithmic gain", "loop") == (
+        "| loop | +0.100 pass (n.s.) | +0.100 pass (n.s.) | 1.00 pass | 1.00 pass | pass (n.s.) |")
+    assert md_row(tmp_path / "out", "| run | variant", "loop").startswith(
+        "| loop | recurrent | 0.600 (1) [0.31, 0.83] n=10 (n.s.) | 0.200 (1) [0.06, 0.51] n=10 (n.s.) |")
+    assert md_row(tmp_path / "out", "| run | parity", "loop") == "| loop | 0.600 [0.31, 0.83] n=10 (n.s.) |"
+    assert "(n.s.)" not in md_row(tmp_path / "out", "| run | variant", "base")  # the reference itself
+
+
+def test_big_difference_on_many_samples_is_significant(tmp_path):
+    base = make_run(tmp_path, "base", "baseline", 100.0, {1: (0.5, 0.1)}, {1: 10.0}, n=1000)
+    loop = make_run(tmp_path, "loop", "recurrent", 100.0, {1: (0.7, 0.3)}, {1: 10.0}, n=1000)
+    report = compare_runs([base, loop], tmp_path / "out")
+    row = report["runs"][1]
+    assert row["significant"] == {"algorithmic_id": True, "ood": True, "per_task": {"parity": True}}
+    assert row["criteria"]["algorithmic_gain"]["significant"] and row["criteria"]["better_ood"]["significant"]
+    for header in ("| run | variant", "| run | parity", "| run | algorithmic gain"):
+        assert "(n.s.)" not in md_row(tmp_path / "out", header, "loop")
+    assert "0.700 (1) [0.67, 0.73] n=1000" in md_row(tmp_path / "out", "| run | variant", "loop")
+
+
+def test_means_pool_the_counts_of_their_cells(tmp_path):
+    base = make_run(tmp_path, "base", "baseline", 100.0, {1: (0.5, 0.1)}, {1: 10.0})
+    path = base / "eval" / "results_all.json"
+    data = json.loads(path.read_text())
+    # A second task with 90 OOD problems: the pooled OOD count is 1/10 + 9/90 = 10/100.
+    data["algorithmic"]["tasks"]["copy"] = {"knob": "length", "train_difficulty": 16, "results": [
+        {"depth": 1, "difficulty": 16, "in_distribution": True, "accuracy": 0.5, "correct": 5, "num_samples": 10,
+         "mean_steps": 1.0, "max_new_tokens": 9},
+        {"depth": 1, "difficulty": 64, "in_distribution": False, "accuracy": 0.1, "correct": 9, "num_samples": 90,
+         "mean_steps": 1.0, "max_new_tokens": 9}]}
+    validate_results(data)
+    path.write_text(json.dumps(data))
+    row = compare_runs([base], tmp_path / "out")["runs"][0]
+    assert (row["ood_counts"]["correct"], row["ood_counts"]["num_samples"]) == (10, 100)
+    assert (row["algorithmic_id_counts"]["correct"], row["algorithmic_id_counts"]["num_samples"]) == (10, 20)
+    assert row["per_task_counts"]["copy"]["num_samples"] == 10

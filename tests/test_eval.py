@@ -23,6 +23,7 @@ from recur.eval.hub import HubConfig, run_hub
 from recur.eval.load import load_model
 from recur.eval.perplexity import heldout_batches
 from recur.eval.schema import RESULTS, schema_errors, validate_results
+from recur.eval.stats import wilson_interval
 from recur.eval.sweep import run_sweep
 from recur.models import create_model
 from recur.models.config import ModelConfig
@@ -106,6 +107,7 @@ def test_trained_model_reaches_known_accuracy_and_hub_reports_it(run_dir, tmp_pa
         correct += tok.decode(reply).strip() == sample.answer
     assert cells[TRAIN_DEPTH]["correct"] == correct
     assert cells[TRAIN_DEPTH]["accuracy"] == correct / 20 >= 0.9  # chance is ~0.1
+    assert (cells[TRAIN_DEPTH]["ci_low"], cells[TRAIN_DEPTH]["ci_high"]) == wilson_interval(correct, 20)
     assert (tmp_path / "algorithmic.png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -142,6 +144,8 @@ def test_all_suites_follow_schema_and_skip_long_contexts(run_dir, tmp_path):
     skipped = {s["context_length"] for s in results["longctx"]["skipped"]}
     assert skipped == {1024, 2048, 4096}  # the model's context is 128 tokens
     assert {r["context_length"] for r in results["longctx"]["results"]} == {128}
+    assert all((r["ci_low"], r["ci_high"]) == wilson_interval(r["correct"], r["num_samples"])
+               for r in results["longctx"]["results"])
     meta = results["metadata"]
     assert meta["commit"] and meta["grid_version"] and meta["decoding"]["strategy"] == "greedy"
     ood = [r for r in results["algorithmic"]["tasks"][TASK]["results"] if not r["in_distribution"]]

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from recur.data.tasks import TASKS, get_task, iter_samples, sample_to_messages
 from recur.data.tokenizer import Tokenizer
 from recur.eval.generate import ExitRule, generate
+from recur.eval.stats import interval_fields
 from recur.models.lm import DecoderLM
 
 EVAL_SEED_OFFSET = 7_919_000  # keeps evaluation streams apart from the training data's seeds
@@ -18,7 +19,8 @@ ANSWER_SLACK = 8  # extra tokens a reply may use beyond the reference answer bef
 def evaluate_task(model: DecoderLM, tokenizer: Tokenizer, task: str, depth: int, num_samples: int, seed: int = 0,
                   difficulty: int | None = None, max_new_tokens: int | None = None,
                   exit_rule: ExitRule | None = None) -> dict:
-    """{"accuracy", "correct", "num_samples", "mean_steps", "max_new_tokens"} of one (task, depth, difficulty).
+    """{"accuracy", "correct", "num_samples", "ci_low", "ci_high", "mean_steps", "max_new_tokens"} of one
+    (task, depth, difficulty); ci_low/ci_high: the 95% Wilson interval of the accuracy (recur/eval/stats.py).
 
     max_new_tokens None: the longest reference answer + ANSWER_SLACK (room to answer, never unbounded)."""
     checker = get_task(task)
@@ -31,7 +33,7 @@ def evaluate_task(model: DecoderLM, tokenizer: Tokenizer, task: str, depth: int,
     out = generate(model, prompts, max_new_tokens, tokenizer.stop_ids, num_steps=depth, exit_rule=exit_rule)
     correct = sum(checker.check(tokenizer.decode(reply), s.answer) for reply, s in zip(out.tokens, samples))
     return {"accuracy": correct / max(1, len(samples)), "correct": correct, "num_samples": len(samples),
-            "mean_steps": out.mean_steps(), "max_new_tokens": max_new_tokens}
+            **interval_fields(correct, len(samples)), "mean_steps": out.mean_steps(), "max_new_tokens": max_new_tokens}
 
 
 def fits_context(model: DecoderLM, tokenizer: Tokenizer, task: str, difficulty: int, seed: int) -> str | None:

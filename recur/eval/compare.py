@@ -11,6 +11,12 @@ Success criteria (ReLSM README), each pass / fail / null (data missing, with the
     train_time         wall time <= 2 × baseline's
     no_ppl_collapse    perplexity <= ppl_tolerance × baseline's (default 1.5)
 A variant wins when all four pass.
+
+Every accuracy compared with the baseline's (per task, ID and OOD means) carries its sample count and
+95% Wilson interval; a mean over cells pools their counts (sum correct / sum n). A difference whose
+intervals overlap the baseline's is marked not significant ("significant": false in compare.json,
+"(n.s.)" in compare.md). algorithmic_gain and better_ood keep their pass/fail, but record "significant"
+so that a pass resting on noise reads "pass (n.s.)".
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from recur.eval.plots import save_figure  # noqa: E402
 from recur.eval.schema import validate_results  # noqa: E402
+from recur.eval.stats import intervals_overlap, pooled_counts  # noqa: E402
 
 RESULT_FILES = ("results_all.json", "results_algorithmic.json", "results_longctx.json", "results_perplexity.json")
 ALG_GAIN, TIME_RATIO = 0.05, 2.0
@@ -73,8 +80,10 @@ def run_row(run: dict) -> dict:
     alg = run.get("algorithmic")
     id_depth, id_acc = _best_depth(alg, "in_distribution")
     ood_depth, ood_acc = _best_depth(alg, "ood")
-    per_task = {task: max((r["accuracy"] for r in info["results"] if r["in_distribution"] and r["depth"] == id_depth),
-                          default=None) for task, info in (alg or {}).get("tasks", {}).items()}
+    tasks = (alg or {}).get("tasks", {})
+    cells = [r for info in tasks.values() for r in info["results"]]
+    best_cell = {task: max((r for r in info["results"] if r["in_distribution"] and r["depth"] == id_depth),
+                           key=lambda r: r["accuracy"], default=None) for task, info in tasks.items()}
     needle = run.get("longctx")
     needle_depth = max(((s["depth"], s["accuracy"]) for s in (needle or {}).get("summary", [])),
                        key=lambda d: d[1], default=(None, None))[0]
@@ -84,8 +93,13 @@ def run_row(run: dict) -> dict:
     best_ppl = min(ppl_rows, key=lambda r: r["perplexity"], default=None)
     summary = run["summary"]
     return {"name": run["name"], "variant": run["variant"], "path": run["path"],
-            "algorithmic_id": id_acc, "algorithmic_id_depth": id_depth, "per_task": per_task,
-            "ood": ood_acc, "ood_depth": ood_depth, "needle": needle_acc, "needle_depth": needle_depth,
+            "algorithmic_id": id_acc, "algorithmic_id_depth": id_depth,
+            "algorithmic_id_counts": pooled_counts(r for r in cells if r["in_distribution"] and r["depth"] == id_depth),
+            "per_task": {task: None if c is None else c["accuracy"] for task, c in best_cell.items()},
+            "per_task_counts": {task: None if c is None else pooled_counts([c]) for task, c in best_cell.items()},
+            "ood": ood_acc, "ood_depth": ood_depth,
+            "ood_counts": pooled_counts(r for r in cells if not r["in_distribution"] and r["depth"] == ood_depth),
+            "needle": needle_acc, "needle_depth": needle_depth,
             "perplexity": best_ppl["perplexity"] if best_ppl else None,
             "perplexity_depth": best_ppl["depth"] if best_ppl else None,
             "train_time_s": summary.get("wall_time_s"), "tokens_per_s": summary.get("mean_tokens_per_s"),
@@ -100,11 +114,29 @@ def _criterion(value, base, test, threshold: str) -> dict:
     return {"pass": bool(passed), "value": measured, "threshold": threshold, "reason": None}
 
 
+def _significant(counts: dict | None, base: dict | None) -> bool | None:
+    """Whether two pooled accuracies' 95% intervals are disjoint; None when either side has no counts."""
+    if counts is None or base is None:
+        return None
+    return not intervals_overlap((counts["ci_low"], counts["ci_high"]), (base["ci_low"], base["ci_high"]))
+
+
+def significance(row: dict, base: dict) -> dict:
+    """{"algorithmic_id", "ood", "per_task": {task}}: which of the row's accuracies differ from the baseline's."""
+    return {"algorithmic_id": _significant(row["algorithmic_id_counts"], base["algorithmic_id_counts"]),
+            "ood": _significant(row["ood_counts"], base["ood_counts"]),
+            "per_task": {task: _significant(counts, base["per_task_counts"].get(task))
+                         for task, counts in row["per_task_counts"].items()}}
+
+
 def success_criteria(row: dict, base: dict, ppl_tolerance: float) -> dict:
+    significant = significance(row, base)  # recorded, not applied: a pass on overlapping intervals stays a pass
     criteria = {
-        "algorithmic_gain": _criterion(row["algorithmic_id"], base["algorithmic_id"],
-                                       lambda v, b: (v - b, v - b >= ALG_GAIN), f">= +{ALG_GAIN} absolute"),
-        "better_ood": _criterion(row["ood"], base["ood"], lambda v, b: (v - b, v > b), "> 0 (vs baseline)"),
+        "algorithmic_gain": {**_criterion(row["algorithmic_id"], base["algorithmic_id"],
+                                          lambda v, b: (v - b, v - b >= ALG_GAIN), f">= +{ALG_GAIN} absolute"),
+                             "significant": significant["algorithmic_id"]},
+        "better_ood": {**_criterion(row["ood"], base["ood"], lambda v, b: (v - b, v > b), "> 0 (vs baseline)"),
+                       "significant": significant["ood"]},
         "train_time": _criterion(row["train_time_s"], base["train_time_s"],
                                  lambda v, b: (v / b, v / b <= TIME_RATIO), f"<= {TIME_RATIO}x baseline"),
         "no_ppl_collapse": _criterion(row["perplexity"], base["perplexity"],
@@ -134,6 +166,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
         if base is None:
             row["criteria"] = {"wins": None, "reason": "no baseline run among the runs (give --baseline)"}
         elif row is not base:
+            row["significant"] = significance(row, base)
             row["criteria"] = success_criteria(row, base, ppl_tolerance)
     report = {"baseline": base["name"] if base else None, "ppl_tolerance": ppl_tolerance, "runs": rows}
     out = Path(out_dir)
@@ -154,24 +187,45 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _acc(value: float | None, depth: int | None, counts: dict | None, significant: bool | None) -> str:
+    """'0.600 (r) [0.31, 0.83] n=10', plus ' (n.s.)' where the baseline's interval overlaps."""
+    if value is None:
+        return "n/a"
+    text = f"{value:.3f}" + (f" ({depth})" if depth is not None else "")
+    if counts is not None:
+        text += f" [{counts['ci_low']:.2f}, {counts['ci_high']:.2f}] n={counts['num_samples']}"
+    return text + (" (n.s.)" if significant is False else "")
+
+
+def _verdict(passed: bool | None, significant: bool | None = None) -> str:
+    return {True: "pass", False: "FAIL", None: "n/a"}[passed] + (" (n.s.)" if passed and significant is False else "")
+
+
 def markdown_table(report: dict) -> str:
-    lines = ["| run | variant | ID acc (r) | OOD acc (r) | needle (len: acc) | ppl (r) | train time s | tok/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | variant | ID acc (r) [95% CI] n | OOD acc (r) [95% CI] n | needle (len: acc) | ppl (r) "
+             "| train time s | tok/s |", "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
+        sig = r.get("significant") or {}
         needle = ", ".join(f"{k}: {v:.2f}" for k, v in r["needle"].items()) or "n/a"
-        lines.append(f"| {r['name']} | {r['variant']} | {_fmt(r['algorithmic_id'])} ({r['algorithmic_id_depth']}) | "
-                     f"{_fmt(r['ood'])} ({r['ood_depth']}) | {needle} | {_fmt(r['perplexity'], '.3f')} "
-                     f"({r['perplexity_depth']}) | {_fmt(r['train_time_s'], '.1f')} | {_fmt(r['tokens_per_s'], ',.0f')} |")
+        id_acc = _acc(r["algorithmic_id"], r["algorithmic_id_depth"], r["algorithmic_id_counts"],
+                      sig.get("algorithmic_id"))
+        ood_acc = _acc(r["ood"], r["ood_depth"], r["ood_counts"], sig.get("ood"))
+        lines.append(f"| {r['name']} | {r['variant']} | {id_acc} | {ood_acc} | {needle} "
+                     f"| {_fmt(r['perplexity'], '.3f')} ({r['perplexity_depth']}) | {_fmt(r['train_time_s'], '.1f')} "
+                     f"| {_fmt(r['tokens_per_s'], ',.0f')} |")
     tasks = sorted({t for r in report["runs"] for t in r["per_task"]})
     if tasks:
-        lines += ["", "Accuracy per task (in-distribution, at each run's best depth):", "",
+        lines += ["", "Accuracy per task (in-distribution, at each run's best depth) [95% CI] n:", "",
                   "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-        lines += [f"| {r['name']} | " + " | ".join(_fmt(r["per_task"].get(t)) for t in tasks) + " |"
-                  for r in report["runs"]]
+        for r in report["runs"]:
+            sig = (r.get("significant") or {}).get("per_task", {})
+            lines.append(f"| {r['name']} | " + " | ".join(
+                _acc(r["per_task"].get(t), None, r["per_task_counts"].get(t), sig.get(t)) for t in tasks) + " |")
+    lines += ["", "[low, high]: 95% Wilson interval (means pool their cells: sum correct / sum n); (n.s.): it "
+              "overlaps the baseline's, so the difference from the baseline is not significant."]
     lines += ["", f"Success criteria vs baseline `{report['baseline']}` (ReLSM): ≥ +0.05 ID accuracy, better OOD, "
               f"≤ 2× train time, perplexity ≤ {report['ppl_tolerance']}× baseline.", "",
               "| run | algorithmic gain | better OOD | train time ratio | ppl ratio | wins |", "|---|---|---|---|---|---|"]
-    verdict = {True: "pass", False: "FAIL", None: "n/a"}
     for r in report["runs"]:
         c = r.get("criteria")
         if c is None:
@@ -179,9 +233,12 @@ def markdown_table(report: dict) -> str:
         if "algorithmic_gain" not in c:
             lines.append(f"| {r['name']} | {c['reason']} | | | | n/a |")
             continue
+        keys = ("algorithmic_gain", "better_ood", "train_time", "no_ppl_collapse")
         cells = [f"{_fmt(c[k]['value'], '+.3f' if k in ('algorithmic_gain', 'better_ood') else '.2f')} "
-                 f"{verdict[c[k]['pass']]}" for k in ("algorithmic_gain", "better_ood", "train_time", "no_ppl_collapse")]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {verdict[c['wins']]} |")
+                 f"{_verdict(c[k]['pass'], c[k].get('significant'))}" for k in keys]
+        # A win that needs an n.s. pass is flagged too: it may not survive more samples.
+        shaky = any(c[k]["pass"] and c[k].get("significant") is False for k in keys)
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {_verdict(c['wins'], not shaky)} |")
     return "\n".join(lines) + "\n"
 
 

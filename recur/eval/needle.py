@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from recur.data.tokenizer import Tokenizer
 from recur.eval.generate import ExitRule, generate
+from recur.eval.stats import interval_fields
 from recur.models.lm import DecoderLM
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -69,7 +70,7 @@ def needle_suite(model: DecoderLM, tokenizer: Tokenizer, depths: list[int], leng
         correct = sum(tokenizer.decode(reply).strip() == code for reply, code in zip(out.tokens, codes))
         results.append({"context_length": length, "prompt_tokens": max(len(p) for p in prompts),
                         "needle_position": position, "depth": depth, "accuracy": correct / num_samples,
-                        "correct": correct, "num_samples": num_samples})
+                        "correct": correct, "num_samples": num_samples, **interval_fields(correct, num_samples)})
     summary = []
     for length in run:
         for depth in depths:

@@ -20,6 +20,9 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
     return {"type": "object", "properties": {**required, **(optional or {})}, "required": list(required)}
 
 
+# 95% Wilson interval of a cell's accuracy; optional so results written before it existed stay valid.
+_CI = {"ci_low": {"type": _NUM}, "ci_high": {"type": _NUM}}
+
 _SKIP = _obj({"reason": {"type": "string"}},
              {"task": {"type": "string"}, "difficulty": {"type": "integer"}, "context_length": {"type": "integer"}})
 
@@ -32,7 +35,7 @@ ALGORITHMIC = _obj({
             "in_distribution": {"type": "boolean"}, "accuracy": {"type": _NUM},
             "correct": {"type": "integer"}, "num_samples": {"type": "integer"},
             "mean_steps": {"type": _NUM}, "max_new_tokens": {"type": "integer"},
-        })},
+        }, _CI)},
     })},
     "summary": {"type": "array", "items": _obj({
         "depth": {"type": "integer"}, "in_distribution": {"type": _OPT_NUM}, "ood": {"type": _OPT_NUM},
@@ -45,7 +48,7 @@ LONGCTX = _obj({
         "context_length": {"type": "integer"}, "prompt_tokens": {"type": "integer"},
         "needle_position": {"type": _NUM}, "depth": {"type": "integer"},
         "accuracy": {"type": _NUM}, "correct": {"type": "integer"}, "num_samples": {"type": "integer"},
-    })},
+    }, _CI)},
     "summary": {"type": "array", "items": _obj({
         "context_length": {"type": "integer"}, "depth": {"type": "integer"}, "accuracy": {"type": _NUM},
     })},
