@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recur.data.task_audit import SHORTCUT_LIMIT, shortcut_accuracy
-from recur.data.tasks import CHAIN_COUNT, TASKS, Task, get_task, iter_samples, make_task_documents
+from recur.data.tasks import MIN_CHAINS, TASKS, Task, chain_count, get_task, iter_samples, make_task_documents
 
 
 def _chain_value(statements: list[str], query: str) -> str:
@@ -59,7 +59,7 @@ KNOB_LENGTH = {
     "copy": lambda s: len(s.answer),
     "reverse": lambda s: len(s.answer),
     "dyck": lambda s: len(s.answer),
-    "chain": lambda s: (len(s.prompt.split()) - 2) // CHAIN_COUNT - 1,
+    "chain": lambda s: (len(s.prompt.split()) - 2) // chain_count(s.difficulty) - 1,
     "compare": lambda s: len(s.prompt.split()[2]),
     "successor": lambda s: len(s.prompt.split()[1]),
 }
@@ -160,6 +160,9 @@ def test_chain_chains_are_distinct_and_training_mixes_hop_counts():
         sample = TASKS["chain"].generate(random.Random(seed), 16)
         statements = sample.prompt.split()[1:-1]
         roots = [s[-1] for s in statements if s[-1].isdigit()]
-        assert len(roots) == CHAIN_COUNT == len(set(roots)) and sample.answer in roots
+        assert len(roots) == MIN_CHAINS == len(set(roots)) and sample.answer in roots
         names = [s.split("=")[0] for s in statements]
-        assert len(names) == len(set(names)) == CHAIN_COUNT * 17
+        assert len(names) == len(set(names)) == MIN_CHAINS * 17
+    # OOD levels ask for more pointer steps, not for longer prompts than training had.
+    train_longest = max(len(TASKS["chain"].generate(random.Random(0), h).prompt) for h in range(1, 9))
+    assert all(len(TASKS["chain"].generate(random.Random(0), h).prompt) <= train_longest + 8 for h in (12, 16))

@@ -129,21 +129,30 @@ def _dyck(rng: random.Random, depth: int) -> tuple[str, str]:
 
 
 CHAIN_NAMES = string.ascii_lowercase + string.ascii_uppercase  # one byte per variable name
-CHAIN_COUNT = 3  # chains per prompt: one is queried, the others are distractors with distinct values
+CHAIN_STATEMENTS = 51  # statements per prompt (as many equal chains as fit): prompt length ~ constant
+MIN_CHAINS, MAX_CHAINS = 3, 10  # roots are distinct digits, so at most 10 chains
+
+
+def chain_count(hops: int) -> int:
+    """Chains in a `hops`-hop prompt: as many as CHAIN_STATEMENTS allows, within [MIN_CHAINS, MAX_CHAINS].
+    Filling the prompt with more, shorter chains at low hop counts keeps every prompt near one length, so a
+    harder level asks for more pointer steps, not for attention over longer distances than training saw."""
+    return max(MIN_CHAINS, min(MAX_CHAINS, CHAIN_STATEMENTS // (hops + 1)))
 
 
 def _chain(rng: random.Random, hops: int) -> tuple[str, str]:
-    # CHAIN_COUNT binding chains  x0=7 x1=x0 ... x_hops=x_{hops-1}, each rooted at a distinct digit, all
+    # Several binding chains  x0=7 x1=x0 ... x_hops=x_{hops-1}, each rooted at a distinct digit, all
     # statements shuffled together; the question names the last variable of one chain. Every chain has the
     # same length, so neither a digit's position nor a chain's size tells which root is asked for: the
     # model has to follow `hops` pointers back from the query.
-    names = rng.sample(CHAIN_NAMES, CHAIN_COUNT * (hops + 1))
-    roots = rng.sample(string.digits, CHAIN_COUNT)
+    count = chain_count(hops)
+    names = rng.sample(CHAIN_NAMES, count * (hops + 1))
+    roots = rng.sample(string.digits, count)
     statements = []
     for c, root in enumerate(roots):
         chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
-    asked = rng.randrange(CHAIN_COUNT)
+    asked = rng.randrange(count)
     rng.shuffle(statements)
     return f"chain {' '.join(statements)} ?{names[asked * (hops + 1) + hops]}", roots[asked]
 
@@ -183,7 +192,7 @@ TASKS: dict[str, Task] = {
         Task("copy", "length", 16, [16, 32, 64, 128], _copy),
         Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
         Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
-        Task("chain", "hops", 8, [8, 12, 16], _chain, max_difficulty=len(CHAIN_NAMES) // CHAIN_COUNT - 1,
+        Task("chain", "hops", 8, [8, 12, 16], _chain, max_difficulty=CHAIN_STATEMENTS // MIN_CHAINS - 1,
              train_min_difficulty=1),
         Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
         Task("successor", "digits", 4, [4, 8, 16, 32], _successor),
