@@ -129,14 +129,15 @@ def _dyck(rng: random.Random, depth: int) -> tuple[str, str]:
 
 
 CHAIN_NAMES = string.ascii_lowercase + string.ascii_uppercase  # one byte per variable name
-CHAIN_STATEMENTS = 51  # statements per prompt (as many equal chains as fit): prompt length ~ constant
+CHAIN_STATEMENTS = 27  # statements per prompt up to 8 hops (as many equal chains as fit): length ~ constant
 MIN_CHAINS, MAX_CHAINS = 3, 10  # roots are distinct digits, so at most 10 chains
 
 
 def chain_count(hops: int) -> int:
     """Chains in a `hops`-hop prompt: as many as CHAIN_STATEMENTS allows, within [MIN_CHAINS, MAX_CHAINS].
-    Filling the prompt with more, shorter chains at low hop counts keeps every prompt near one length, so a
-    harder level asks for more pointer steps, not for attention over longer distances than training saw."""
+    Filling the prompt with more, shorter chains at low hop counts keeps every prompt up to 8 hops near one
+    length, so a harder level asks for more pointer steps, not for attention over longer distances than
+    training saw. Beyond 8 hops the prompt grows (three chains of hops + 1 statements)."""
     return max(MIN_CHAINS, min(MAX_CHAINS, CHAIN_STATEMENTS // (hops + 1)))
 
 
@@ -192,7 +193,7 @@ TASKS: dict[str, Task] = {
         Task("copy", "length", 16, [16, 32, 64, 128], _copy),
         Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
         Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
-        Task("chain", "hops", 8, [8, 12, 16], _chain, max_difficulty=CHAIN_STATEMENTS // MIN_CHAINS - 1,
+        Task("chain", "hops", 4, [4, 6, 8, 16], _chain, max_difficulty=len(CHAIN_NAMES) // MIN_CHAINS - 1,
              train_min_difficulty=1),
         Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
         Task("successor", "digits", 4, [4, 8, 16, 32], _successor),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 VARIANTS = ("baseline", "recurrent", "shared_loop", "latent", "act", "ssm", "ssm_mem")
 LOOPED_VARIANTS = ("recurrent", "shared_loop")
+LOOPED_BLOCK_NORM = "sandwich"  # see docs/recurrence.md for the ablation that chose it
 
 
 @dataclass
@@ -25,7 +26,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # e.g. Llama-3 {"rope_type": "llama3", "factor": 32, ...}
     norm_eps: float = 1e-5
-    block_norm: str = "pre"  # "pre" (Llama) or "post" (OLMo-2: norm applied to each sublayer's output)
+    # "pre" (Llama), "post" (OLMo-2: norm on each sublayer's output) or "sandwich" (Huginn: norm on each
+    # sublayer's input and on the residual after it); None = the variant's default (LOOPED_BLOCK_NORM for
+    # recurrent/shared_loop, "pre" otherwise). Converted HF models record theirs explicitly.
+    block_norm: str | None = None
     qk_norm: bool = False  # RMSNorm over the full q/k projections (OLMo-2 style)
     tie_embeddings: bool = True
     dropout: float = 0.0
@@ -38,7 +42,9 @@ class ModelConfig:
     injection: str = "concat"  # concat (adapter 2d -> d) | add | none
     adapter_init: str = "normal"  # normal | passthrough (adapter copies the prelude output: retrofitting)
     init_state: str = "random"  # random | zeros | input (state starts as the prelude output)
-    init_state_std: float = 1.0
+    # Small against the unit-RMS prelude output: with std 1 the adapter first sees mostly noise in the state
+    # half and learns to ignore the state, after which every iteration recomputes the same thing.
+    init_state_std: float = 0.02
     state_norm: bool = False  # RMSNorm on the state after every iteration (stabilises very deep loops)
     default_num_steps: int = 4  # recurrence used when forward() is not told num_steps
     # Variant-specific knobs (latent/act/ssm/ssm_mem) live here so one config serialises any model.
@@ -60,6 +66,8 @@ class ModelConfig:
         if cfg.d_ff is None:
             hidden = int(8 * cfg.d_model / 3)
             cfg.d_ff = -(-hidden // cfg.ffn_multiple_of) * cfg.ffn_multiple_of
+        if cfg.block_norm is None:
+            cfg.block_norm = LOOPED_BLOCK_NORM if cfg.variant in LOOPED_VARIANTS else "pre"
         if cfg.variant == "recurrent":
             cfg._resolve_loop_split()
         elif cfg.variant == "shared_loop":
@@ -71,7 +79,7 @@ class ModelConfig:
             cfg.n_layers = cfg.n_layers or 4
         for name in ("injection", "init_state", "block_norm", "adapter_init"):
             allowed = {"injection": ("concat", "add", "none"), "init_state": ("random", "zeros", "input"),
-                       "block_norm": ("pre", "post"), "adapter_init": ("normal", "passthrough")}[name]
+                       "block_norm": ("pre", "post", "sandwich"), "adapter_init": ("normal", "passthrough")}[name]
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"--model.{name}: got '{getattr(cfg, name)}'; expected one of {', '.join(allowed)}")
         if cfg.default_num_steps < 1:

@@ -139,20 +139,31 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Decoder block. `pre` norm: x + f(norm(x)) (Llama); `post` norm: x + norm(f(x)) (OLMo-2)."""
+    """Decoder block, by `block_norm`:
+    `pre`      x + f(norm(x))          (Llama)
+    `post`     x + norm(f(x))          (OLMo-2)
+    `sandwich` norm(x + f(norm(x)))    (Huginn) — the residual stream itself is renormalised after every
+               sublayer, so a block's output has RMS set by the norm weights whatever its input: iterating
+               it any number of times cannot grow the state (pre-norm's residual grows with every pass)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.post_norm = cfg.block_norm == "post"
+        self.kind = cfg.block_norm
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+        if self.kind == "sandwich":
+            self.attn_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.mlp_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        if self.post_norm:
+        if self.kind == "post":
             x = x + self.dropout(self.attn_norm(self.attn(x, ctx)))
             return x + self.dropout(self.mlp_norm(self.mlp(x)))
+        if self.kind == "sandwich":
+            x = self.attn_out_norm(x + self.dropout(self.attn(self.attn_norm(x), ctx)))
+            return self.mlp_out_norm(x + self.dropout(self.mlp(self.mlp_norm(x))))
         x = x + self.dropout(self.attn(self.attn_norm(x), ctx))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))

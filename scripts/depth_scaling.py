@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Depth-scaling experiment in one command: does a looped model use its depth?
+
+    python scripts/depth_scaling.py --out_dir runs/depth_scaling [--size nano] [--steps 2500] [--tasks chain]
+        [--arm NAME='train.py flags' ...] [--parallel 2] [--smoke] [train.py flags for every arm...]
+
+Packs one dataset (train + held-out) from the generated tasks; trains every arm through `train.py` on it
+with the same seed, steps and batch (default arms: `baseline` and `recurrent`, each with its default
+recipe; `--arm` adds or replaces one, e.g. `--arm "prenorm=--variant recurrent --model.block_norm pre"`);
+sweeps each final checkpoint with `utils/depth_sweep.py` at r = 1, 2, 4, ..., 64 on the training and OOD
+difficulties; then writes under --out_dir:
+    sweeps/sweep_<arm>_step_<N>.json   the project's sweep schema, one per arm
+    depth_scaling.json / .md           loss vs depth, accuracy vs (depth × difficulty) with n and 95%
+                                       intervals, chance levels, and the targets evaluated per looped arm
+    loss_vs_depth.png, accuracy_vs_depth.png
+`--smoke` shrinks everything (tiny preset, a few steps, r ≤ 4) to check the pipeline on a CPU in ~2 min.
+Unknown flags go to every train.py call (e.g. `--device cuda --compile true`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from recur.checkpoint import write_json_atomic
+from recur.cli_common import run_cli
+from recur.data.packing import pack_dataset
+from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
+from recur.eval.sweep import DEFAULT_DEPTHS
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ARMS = {"baseline": "--variant baseline", "recurrent": "--variant recurrent"}
+# The recipe of issue 14's experiment: r̄ ramps to 8 over the first half (1-sqrt), 4 iterations with grads;
+# peak lr 3e-4: at 1e-3 and 2e-3 every nano sandwich arm collapsed to a constant prediction after a loss
+# spike near the end of warmup (docs/recurrence.md), at 3e-4 none did.
+RECIPE_FLAGS = ["--recurrence.mean_recurrence", "8", "--recurrence.backprop_depth", "4",
+                "--recurrence.mean_schedule", "1-sqrt", "--recurrence.mean_warmup", "0.5", "--optim.schedule.lr", "3e-4"]
+
+
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="depth_scaling.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--size", default="nano")
+    p.add_argument("--tasks", nargs="+", default=["chain"])
+    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--seq_len", type=int, default=256)
+    p.add_argument("--num_docs", type=int, default=300_000)
+    p.add_argument("--depths", type=int, nargs="+", default=DEFAULT_DEPTHS)
+    p.add_argument("--num_samples", type=int, default=256, help="problems per (task, difficulty, depth)")
+    p.add_argument("--max_rows", type=int, default=2048, help="held-out rows scored per depth")
+    p.add_argument("--arm", action="append", default=[], metavar="NAME=FLAGS",
+                   help="an arm and its train.py flags (repeatable; replaces a default arm of the same name)")
+    p.add_argument("--only", nargs="+", help="train/sweep only these arms (default: all)")
+    p.add_argument("--parallel", type=int, default=1, help="arms trained at once (one GPU fits several nano runs)")
+    p.add_argument("--train_budget_s", type=float,
+                   help="preempt training (SIGTERM: checkpoint, exit 0) after this many seconds; sweeps use it")
+    p.add_argument("--smoke", action="store_true", help="tiny CPU-sized pipeline check")
+    args, train_args = p.parse_known_args()
+    if args.smoke:
+        args.size, args.steps, args.batch_size, args.seq_len = "tiny", 12, 8, 256
+        args.num_docs, args.depths, args.num_samples, args.max_rows = 600, [1, 2, 4], 8, 32
+        train_args = ["--device", "cpu", *train_args]
+    for flag in ("steps", "batch_size", "num_docs", "num_samples", "parallel"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    return args, train_args
+
+
+def arm_flags(args: argparse.Namespace) -> dict[str, list[str]]:
+    arms = dict(DEFAULT_ARMS)
+    for item in args.arm:
+        name, sep, flags = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--arm: expected NAME='train.py flags' with NAME a plain identifier, got '{item}'")
+        arms[name] = flags
+    if args.only:
+        unknown = set(args.only) - set(arms)
+        if unknown:
+            raise ValueError(f"--only: unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(arms)}")
+        arms = {k: v for k, v in arms.items() if k in args.only}
+    return {name: shlex.split(flags) for name, flags in arms.items()}
+
+
+def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """One packed train + held-out pair shared by every arm (same tokens, same order)."""
+    train, val = out / "data" / "train", out / "data" / "val"
+    for path, docs, seed in ((train, args.num_docs, 0), (val, max(512, args.num_docs // 50), 1)):
+        if not (path / "manifest.json").exists():
+            pack_dataset(path, tokenizer="byte", seq_len=args.seq_len, tasks=args.tasks, num_docs=docs, seed=seed,
+                         packing="bfd", mask_non_assistant=True, overwrite=True)
+    return train, val
+
+
+def train_command(name: str, flags: list[str], args: argparse.Namespace, out: Path, data: tuple[Path, Path],
+                  train_args: list[str]) -> list[str]:
+    warmup = max(1, min(100, args.steps // 10))
+    return [sys.executable, str(ROOT / "train.py"), "--model_size", args.size, "--model.vocab_size", "320",
+            "--model.max_seq_len", str(args.seq_len), "--steps", str(args.steps), "--out_dir", str(out),
+            "--run_name", name, "--data.path", str(data[0]), "--data.val_path", str(data[1]),
+            "--data.global_batch_size", str(args.batch_size), "--data.tasks", json.dumps(args.tasks),
+            "--optim.schedule.warmup_steps", str(warmup), "--checkpoint.interval", str(max(1, args.steps // 10)),
+            "--eval.depths", "[1]", "--eval.num_samples", "8", "--log.interval", str(max(1, args.steps // 25)),
+            *RECIPE_FLAGS, *train_args, *flags]
+
+
+def sweep_command(name: str, args: argparse.Namespace, out: Path, val: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "utils" / "depth_sweep.py"), "--checkpoint", str(out / name),
+            "--out_dir", str(out / "sweeps"), "--latest_only", "--ood", "--tasks", *args.tasks,
+            "--depths", *map(str, args.depths), "--num_samples", str(args.num_samples),
+            "--max_rows", str(args.max_rows), "--data", str(val), "--batch_size", "64"]
+
+
+def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s: float | None = None) -> list[str]:
+    """Run the commands, `parallel` at a time, each logging to logs/<name>.log; returns the names that failed
+    (one arm failing does not stop the others). After `budget_s` seconds the ones still running get
+    SIGTERM, which train.py answers with a checkpoint and exit 0."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(commands.items()), {}, []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    deadline = time.monotonic() + budget_s if budget_s else None
+    while pending or running:
+        if deadline is not None and time.monotonic() > deadline:
+            for name, (proc, _) in running.items():
+                print(f"[depth_scaling] {name}: training budget spent, preempting", file=sys.stderr, flush=True)
+                proc.terminate()
+            pending, deadline = [], None
+        while pending and len(running) < parallel:
+            name, cmd = pending.pop(0)
+            print(f"[depth_scaling] {name}: {shlex.join(cmd[1:])}", file=sys.stderr, flush=True)
+            log = open(logs / f"{name}.log", "w")
+            running[name] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        for name, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode:
+                tail = "\n".join((logs / f"{name}.log").read_text().splitlines()[-5:])
+                print(f"[depth_scaling] {name}: FAILED (exit {proc.returncode}), log {logs / name}.log:\n{tail}",
+                      file=sys.stderr, flush=True)
+                failed.append(name)
+            else:
+                print(f"[depth_scaling] {name}: done", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    return failed
+
+
+def main() -> int:
+    args, train_args = parse_args()
+    out = Path(args.out_dir)
+    arms = arm_flags(args)
+    data = prepare_data(args, out)
+    todo = {name: flags for name, flags in arms.items() if not (out / name / "summary.json").exists()}
+    failed = run_all({n: train_command(n, f, args, out, data, train_args) for n, f in todo.items()},
+                     args.parallel, out / "logs", args.train_budget_s)
+    trained = [n for n in arms if n not in failed]
+    failed += run_all({f"sweep_{n}": sweep_command(n, args, out, data[1]) for n in trained}, args.parallel,
+                      out / "logs")
+    loaded = []
+    for name in arms:
+        sweeps = sorted((out / "sweeps").glob(f"sweep_{name}_step_*.json"))
+        if name not in failed and f"sweep_{name}" not in failed and sweeps:
+            loaded.append(Arm(name, out / name, json.loads(sweeps[-1].read_text())))
+    if not loaded:
+        print(f"depth_scaling.py: error: no arm trained and swept; failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    report = depth_report(loaded, baseline="baseline" if "baseline" in arms else None)
+    report["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    report["failed"] = failed
+    write_json_atomic(out / "depth_scaling.json", report)
+    markdown = report_markdown(report)
+    (out / "depth_scaling.md").write_text(markdown)
+    plot_depth_scaling(report, out)
+    print(markdown)
+    print(f"wrote {out}/depth_scaling.json, depth_scaling.md, loss_vs_depth.png, accuracy_vs_depth.png")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli("depth_scaling.py", main))
