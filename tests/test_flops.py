@@ -18,7 +18,7 @@ def test_hand_computation_small_config():
     cfg = ModelConfig(vocab_size=V, d_model=d, n_heads=2, d_ff=ff, n_prelude=1, n_core=2, n_coda=1,
                       tie_embeddings=False, max_seq_len=T).resolved()
     model = create_model(cfg)
-    block = 4 * d * d + 3 * d * ff + 2 * d  # q, k, v, o; SwiGLU gate, up, down; two RMSNorm gains
+    block = 4 * d * d + 3 * d * ff + 4 * d  # q, k, v, o; SwiGLU gate, up, down; four RMSNorm gains (sandwich)
     params = count_params(model)
     assert params == {"tok_embeddings": V * d, "prelude": block, "adapter": 2 * d * d, "core": 2 * block,
                       "coda": block, "norm": d, "lm_head": V * d,

@@ -11,10 +11,13 @@ def tiny_cfg(**kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-def test_recurrent_r1_equals_baseline_with_passthrough_adapter():
+@pytest.mark.parametrize("block_norm", ["pre", "post", "sandwich"])
+def test_recurrent_r1_equals_baseline_with_passthrough_adapter(block_norm):
+    """The property converted HF models rely on, for every block kind."""
     torch.manual_seed(0)
-    looped = create_model(tiny_cfg(adapter_init="passthrough"))
-    base = create_model(tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None, n_layers=4))
+    looped = create_model(tiny_cfg(adapter_init="passthrough", block_norm=block_norm))
+    base = create_model(tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None, n_layers=4,
+                                 block_norm=block_norm))
     blocks = list(looped.prelude) + list(looped.core) + list(looped.coda)
     for dst, src in zip(base.layers, blocks):
         dst.load_state_dict(src.state_dict())
