@@ -226,6 +226,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     preempt = PreemptionFlag()
     batches = iter(loader)
     looped = isinstance(backend.raw, LoopedLM)
+    collapse_warned = False
     step = start_step
     backend.model.train()
     for step in range(start_step, cfg.steps):
@@ -283,7 +284,8 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
                   "skipped": bool(nonfinite), "data_checksum": checksum,
                   "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if env.device.type == "cuda" else None,
                   "time": time.time()}
-        record.update({f"stat/{k}": v for k, v in out.stats.items()})
+        record.update({f"stat/{k}": float(v) for k, v in out.stats.items()})
+        collapse_warned = _warn_collapse(record, env, collapse_warned)
         logger.log(record)
         logger.progress(record, start_step)
         done = step + 1
@@ -317,6 +319,22 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
               + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items()), file=sys.stderr)
     logger.close()
     return summary
+
+
+COLLAPSED_SPREAD = 0.01  # token_spread below this: every position holds (nearly) the same state
+
+
+def _warn_collapse(record: dict, env: DistEnv, warned: bool) -> bool:
+    """Say once, loudly, when a looped model's state has rank-collapsed: training goes on (it is not a
+    numerical error), but the loss will not improve again without a lower learning rate."""
+    spread = record.get("stat/state_spread")
+    if warned or spread is None or spread >= COLLAPSED_SPREAD:
+        return warned
+    if env.is_main:
+        print(f"[collapse] step {record['step']}: the recurrent state is the same at every position (spread "
+              f"{spread:.4f}); the model predicts one distribution everywhere. Lower --optim.schedule.lr (sandwich "
+              "blocks at nano size need <= 3e-4; docs/recurrence.md)", file=sys.stderr, flush=True)
+    return True
 
 
 def _report_nonfinite(run_dir: Path, step: int, env: DistEnv) -> None:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from recur.checkpoint import write_json_atomic
 from recur.cli_common import run_cli
@@ -117,15 +118,34 @@ def sweep_command(name: str, args: argparse.Namespace, out: Path, val: Path) -> 
             "--max_rows", str(args.max_rows), "--data", str(val), "--batch_size", "64"]
 
 
-def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s: float | None = None) -> list[str]:
+def training_status(run_dir: Path) -> str:
+    """'step N | loss L | T tok/s' from the newest metrics line of a run, or 'starting'."""
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    try:
+        last = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):  # not started, or a line being written
+        return "starting"
+    spread = f" | spread {last['stat/state_spread']:.3f}" if "stat/state_spread" in last else ""
+    return f"step {last['step'] + 1} | loss {last['loss']:.4f} | {last['tokens_per_s']:,.0f} tok/s{spread}"
+
+
+def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s: float | None = None,
+            status: Callable[[str], str] | None = None, status_every_s: float = 30.0) -> list[str]:
     """Run the commands, `parallel` at a time, each logging to logs/<name>.log; returns the names that failed
     (one arm failing does not stop the others). After `budget_s` seconds the ones still running get
-    SIGTERM, which train.py answers with a checkpoint and exit 0."""
+    SIGTERM, which train.py answers with a checkpoint and exit 0. Every `status_every_s` a line per running
+    command shows `status(name)`."""
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(commands.items()), {}, []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     deadline = time.monotonic() + budget_s if budget_s else None
+    next_status = time.monotonic() + status_every_s
     while pending or running:
+        if status is not None and running and time.monotonic() > next_status:
+            for name in running:
+                print(f"[depth_scaling] {name}: {status(name)}", file=sys.stderr, flush=True)
+            next_status = time.monotonic() + status_every_s
         if deadline is not None and time.monotonic() > deadline:
             for name, (proc, _) in running.items():
                 print(f"[depth_scaling] {name}: training budget spent, preempting", file=sys.stderr, flush=True)
@@ -159,7 +179,7 @@ def main() -> int:
     data = prepare_data(args, out)
     todo = {name: flags for name, flags in arms.items() if not (out / name / "summary.json").exists()}
     failed = run_all({n: train_command(n, f, args, out, data, train_args) for n, f in todo.items()},
-                     args.parallel, out / "logs", args.train_budget_s)
+                     args.parallel, out / "logs", args.train_budget_s, lambda name: training_status(out / name))
     trained = [n for n in arms if n not in failed]
     failed += run_all({f"sweep_{n}": sweep_command(n, args, out, data[1]) for n in trained}, args.parallel,
                       out / "logs")

@@ -7,6 +7,7 @@ rsqrt(inf) = 0, the final norm outputs zeros, every logit is 0 and no gradient f
 bounded by the norm weights for any r.
 """
 
+import json
 import math
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from recur.eval.load import load_model
 from recur.eval.perplexity import heldout_loss
 from recur.models import ModelConfig, create_model
 from recur.models.layers import AttentionContext, RMSNorm
+from recur.models.looped import token_spread
+from recur.parallel.env import DistEnv
+from recur.train_loop import COLLAPSED_SPREAD, _warn_collapse
 from tests.train_helpers import REPO
 
 
@@ -84,6 +88,26 @@ def test_briefly_trained_default_recipe_is_finite_and_no_worse_at_r64(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     model, cfg, _ = load_model(run)
     assert cfg.variant == "recurrent" and cfg.block_norm == "sandwich"
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["stat/state_spread"] > COLLAPSED_SPREAD and "[collapse]" not in done.stderr
     loss = {r["depth"]: r["loss"] for r in heldout_loss(model, run / "data" / "val", [1, 64], max_rows=64,
                                                           progress=False)["results"]}
     assert math.isfinite(loss[64]) and loss[64] <= loss[1], loss
+
+
+def test_token_spread_tells_a_collapsed_state_from_a_healthy_one():
+    torch.manual_seed(0)
+    healthy = torch.randn(2, 64, 32)
+    collapsed = torch.randn(2, 1, 32).expand(2, 64, 32) * 50 + 1e-4 * torch.randn(2, 64, 32)
+    assert 0.9 < float(token_spread(healthy)) < 1.1
+    assert float(token_spread(collapsed)) < 1e-4 < COLLAPSED_SPREAD
+
+
+def test_collapse_warning_is_printed_once(capsys):
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    warned = _warn_collapse({"step": 5, "stat/state_spread": 0.5}, env, False)
+    assert not warned and "[collapse]" not in capsys.readouterr().err
+    warned = _warn_collapse({"step": 6, "stat/state_spread": 0.001}, env, warned)
+    assert warned and "--optim.schedule.lr" in capsys.readouterr().err
+    assert _warn_collapse({"step": 7, "stat/state_spread": 0.001}, env, warned)
+    assert capsys.readouterr().err == ""

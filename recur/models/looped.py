@@ -49,6 +49,14 @@ class NoiseKey:
         return torch.stack(rows).to(like.dtype)
 
 
+def token_spread(s: torch.Tensor) -> torch.Tensor:
+    """How different the state is across positions: mean over rows and channels of the std over positions,
+    over the state's RMS. ~1 for a healthy state; ~0 when the loop has rank-collapsed (every position holds
+    the same vector, so the model predicts one distribution everywhere — see docs/recurrence.md)."""
+    s = s.detach().float()
+    return s.std(dim=1).mean() / s.pow(2).mean().sqrt().clamp_min(1e-30)
+
+
 class LoopedLM(DecoderLM):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -107,5 +115,8 @@ class LoopedLM(DecoderLM):
                     s = self.iterate(s, e, ctx, step)
         for step in range(no_grad_steps, no_grad_steps + grad_steps):
             s = self.iterate(s, e, ctx, step)
+        stats = {"num_steps": no_grad_steps + grad_steps}
+        if s.shape[1] > 1:  # one position (cached decoding) has no spread
+            stats["state_spread"] = token_spread(s)
         s = self.run_blocks(self.coda, s, ctx, "coda")
-        return s, ModelOutput(stats={"num_steps": no_grad_steps + grad_steps})
+        return s, ModelOutput(stats=stats)
