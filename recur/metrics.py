@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,11 +45,23 @@ class MetricsLogger:
                                     dir=str(run_dir), resume="allow")
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run."""
+        """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run (and a
+        torn last line, as a power loss leaves it, with a note)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", -1) < step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        records, torn = parse_metrics(self.path)
+        if torn:
+            print(f"[metrics] {self.path}: dropped a torn last line ({torn[:60]!r})", file=sys.stderr)
+        kept = "".join(json.dumps(r) + "\n" for r in records if r.get("step", -1) < step)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text(kept)
+        os.replace(tmp, self.path)
+
+    def sync(self) -> None:
+        """fsync metrics.jsonl (called with every checkpoint, so a resumed run's log matches its checkpoint)."""
+        if self.enabled and self.path.exists():
+            with open(self.path, "rb+") as f:
+                os.fsync(f.fileno())
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -89,5 +102,20 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def parse_metrics(path: Path) -> tuple[list[dict], str | None]:
+    """(records, the torn last line or None). Only the last line may be torn (a crash mid-write); a bad line
+    anywhere else is corruption and raises one error naming the file and line."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                return records, line
+            raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
+    return records, None
+
+
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return parse_metrics(path)[0]

@@ -222,6 +222,10 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         return {"step": step, "tokens": tokens_seen, "loader": loader.state_dict(), "seed": cfg.seed,
                 "model_config": asdict(model_cfg), "backend": backend.name}
 
+    def save(step: int) -> None:
+        logger.sync()  # the log on disk reaches at least the checkpoint's step
+        checkpointer.save(step, backend.checkpoint_state(), trainer_state(step))
+
     # ---- loop ----
     preempt = PreemptionFlag()
     batches = iter(loader)
@@ -294,18 +298,18 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         if cfg.eval.interval and done % cfg.eval.interval == 0 and done != cfg.steps:
             _evaluate(backend.raw, tokenizer, cfg, done, run_dir, env, logger)
         if preempted or done == cfg.stop_at:
-            checkpointer.save(done, backend.checkpoint_state(), trainer_state(done))
+            save(done)
             if env.is_main:
                 reason = f"signal on {int(preempted)} rank(s)" if preempted else f"--stop_at {done}"
                 print(f"[preempt] {reason}: checkpointed step {done}, exiting", file=sys.stderr)
             logger.close()
             return {"preempted": True, "step": done}
         if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done != cfg.steps:
-            checkpointer.save(done, backend.checkpoint_state(), trainer_state(done))
+            save(done)
 
     # ---- finish ----
     if cfg.checkpoint.save_final:
-        checkpointer.save(cfg.steps, backend.checkpoint_state(), trainer_state(cfg.steps))
+        save(cfg.steps)
     summary = {"steps": cfg.steps, "tokens": tokens_seen, "params": params}
     accuracy = _evaluate(backend.raw, tokenizer, cfg, cfg.steps, run_dir, env, logger)["accuracy"]
     if env.is_main:
