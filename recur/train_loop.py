@@ -34,7 +34,8 @@ from recur.recurrence import RecurrenceSampler
 
 
 class NonFiniteLossError(ValueError):
-    """--dist.nan_policy stop: a non-finite loss ended the run (no checkpoint of the diverged state)."""
+    """A non-finite loss ended the run (--dist.nan_policy stop, or --dist.max_skipped_steps skipped steps in a
+    row under skip); the diverged state is not checkpointed."""
 
 
 def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> Path:
@@ -231,6 +232,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     batches = iter(loader)
     looped = isinstance(backend.raw, LoopedLM)
     collapse_warned = False
+    skipped_in_a_row = 0  # a diverged model skips every step: stop instead of "finishing" on it
     step = start_step
     backend.model.train()
     for step in range(start_step, cfg.steps):
@@ -266,9 +268,12 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
                                                                        dtype=torch.float64, device=env.device),
             checksum]))
         global_loss = total_loss / target_tokens
+        skipped_in_a_row = skipped_in_a_row + 1 if nonfinite else 0
         if nonfinite:
             if cfg.dist.nan_policy == "stop":
-                _report_nonfinite(run_dir, step, env)
+                _report_nonfinite(run_dir, step, env, "stop")
+            if skipped_in_a_row >= cfg.dist.max_skipped_steps:
+                _report_nonfinite(run_dir, step, env, f"skip, {skipped_in_a_row} in a row = --dist.max_skipped_steps")
             backend.skip_step()
             grad_norm = float("nan")
             if env.is_main:
@@ -341,10 +346,11 @@ def _warn_collapse(record: dict, env: DistEnv, warned: bool) -> bool:
     return True
 
 
-def _report_nonfinite(run_dir: Path, step: int, env: DistEnv) -> None:
-    """--dist.nan_policy stop: write the report and end the run without checkpointing the diverged state."""
+def _report_nonfinite(run_dir: Path, step: int, env: DistEnv, policy: str) -> None:
+    """End the run on a non-finite loss (--dist.nan_policy stop, or too many skipped steps in a row): write the
+    report, raise; the diverged state is not checkpointed."""
     report = run_dir / "nan_report.json"
     if env.is_main:
-        write_json_atomic(report, {"step": step, "policy": "stop", "world_size": env.world_size,
+        write_json_atomic(report, {"step": step, "policy": policy, "world_size": env.world_size,
                                    "hint": "resume from the last checkpoint with a lower lr or --dist.nan_policy skip"})
-    raise NonFiniteLossError(f"non-finite loss at step {step} (--dist.nan_policy stop); report in {report}")
+    raise NonFiniteLossError(f"non-finite loss at step {step} (--dist.nan_policy {policy}); report in {report}")

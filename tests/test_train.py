@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -132,3 +133,16 @@ def test_progress_line_shows_the_depth_only_for_models_that_use_it(tmp_path, cap
     line = capsys.readouterr().err
     assert line.startswith("step      1/1 | loss 1.0000") and "tok/s" in line
     assert ("r̄ 4, k 2" in line) == show_depth
+
+
+def test_skip_policy_stops_a_diverged_run_instead_of_finishing_on_it(tmp_path, data_dir):
+    """lr 1e6: every step is non-finite; `skip` used to skip them all and exit 0 with `final loss nan`."""
+    run_dir = tmp_path / "diverged"
+    result = run_train(tiny_args(run_dir, data_dir, steps=12, **{"--optim.schedule.lr": "1e6",
+                                                                 "--optim.schedule.warmup_steps": "1",
+                                                                 "--dist.max_skipped_steps": "3"}))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "3 in a row = --dist.max_skipped_steps" in last and last.startswith("train.py: error:")
+    report = json.loads((run_dir / "nan_report.json").read_text())
+    assert report["policy"].startswith("skip") and not (run_dir / "summary.json").exists()

@@ -17,6 +17,7 @@ class DistConfig:
     reshard_core: bool = False  # fsdp: free the core blocks' gathered params after every loop iteration
     deepspeed_config: str = "configs/deepspeed/zero2.json"  # deepspeed: JSON config ("auto" values filled from ours)
     nan_policy: str = "skip"  # skip (zero grads, skip the optimizer step) | stop (report and exit, no checkpoint)
+    max_skipped_steps: int = 5  # skip: this many non-finite steps in a row end the run (report, exit 2)
     master_port: int | None = None  # slurm launch without MASTER_PORT: default derived from the job id
 
     def __post_init__(self) -> None:
@@ -24,5 +25,7 @@ class DistConfig:
             raise ValueError(f"--dist.backend: expected one of {'|'.join(BACKENDS)}, got {self.backend!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"--dist.nan_policy: expected one of {'|'.join(NAN_POLICIES)}, got {self.nan_policy!r}")
+        if self.max_skipped_steps < 1:
+            raise ValueError(f"--dist.max_skipped_steps: expected an integer >= 1, got {self.max_skipped_steps!r}")
         if not self.timeout_minutes > 0:
             raise ValueError(f"--dist.timeout_minutes: expected a positive number, got {self.timeout_minutes!r}")
