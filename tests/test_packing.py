@@ -162,6 +162,10 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     ]
     (tmp_path / "y.csv").write_text("a,b\n")
     cases.append(([str(tmp_path / "y.csv")], "unsupported extension '.csv'"))
+    truncated = tmp_path / "t.parquet"  # pyarrow raises ArrowInvalid (a ValueError) that names no file
+    pq.write_table(pa.table({"text": ["some text"] * 50}), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    cases.append(([str(truncated)], f"input file {truncated} is corrupt/truncated"))
     for extra, message in cases:
         assert preprocess_cli.main([*extra, "--seq_len", "16", "--out_dir", str(tmp_path / "out")]) == 2
         stderr = capsys.readouterr().err

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -80,7 +81,7 @@ def read_documents(path: str | Path) -> list[dict]:
             if column is None:
                 raise ValueError(f"{path}: expected a 'text' or 'messages' column, found {schema.names}")
             records = pq.read_table(path, columns=[column]).to_pylist()
-        except OSError as error:
+        except (pa.ArrowException, OSError) as error:  # ArrowInvalid is a ValueError that names no file
             raise ValueError(f"input file {path} is corrupt/truncated: {error}") from error
         docs = [_check_document(record, f"{path}, row {i}") for i, record in enumerate(records)]
     elif path.suffix == ".txt":
