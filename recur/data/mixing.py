@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from recur.data.shard_writer import MANIFEST_NAME, ShardWriter, build_manifest, finish_dataset, prepare_out_dir
+from recur.data.shard_writer import MANIFEST_NAME, ShardWriter, build_manifest, check_out_dir, finish_dataset, staged_dir
 from recur.data.validate import open_packed_dataset, row_token_counts
 
 
@@ -153,7 +153,7 @@ def mix_datasets(
         raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
     began = time.perf_counter()
     out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
+    check_out_dir(out, overwrite)
     loaded = [_load_source(spec) for spec in sources]
     _check_compatible(loaded)
     counts = plan_rows(
@@ -180,11 +180,22 @@ def mix_datasets(
     first = loaded[0].manifest
     combined = pa.concat_tables([source.table for source in loaded])
     per_shard = total_rows // num_shards
-    writer = ShardWriter(out, first["seq_len"], per_shard, row_group_size)
-    for shard in range(num_shards):
-        writer.add(combined.take(pa.array(order[shard * per_shard : (shard + 1) * per_shard])))
-    shards = writer.close()
+    with staged_dir(out) as work:
+        writer = ShardWriter(work, first["seq_len"], per_shard, row_group_size)
+        for shard in range(num_shards):
+            writer.add(combined.take(pa.array(order[shard * per_shard : (shard + 1) * per_shard])))
+        shards = writer.close()
+        manifest = _mix_manifest(loaded, counts, realised, shards, seed, first, total_rows)
+        finish_dataset(work, manifest)
 
+    elapsed = time.perf_counter() - began
+    print(f"mixed {total_rows} rows, {manifest['num_tokens']} tokens into {num_shards} shards in {out} ({elapsed:.1f}s)")
+    return manifest
+
+
+def _mix_manifest(loaded: list, counts, realised: list[int], shards: list[dict], seed: int, first: dict,
+                  total_rows: int) -> dict:
+    """The mix's manifest: per source its weight, target and realised token ratio, rows and repeat factor."""
     total_tokens = sum(realised)
     shares = np.array([s.spec.weight for s in loaded]) / sum(s.spec.weight for s in loaded)
     entries = []
@@ -219,7 +230,4 @@ def mix_datasets(
         created_by="recur.data.mixing (mix_datasets.py)",
         mixing={"seed": seed, "realised_token_ratios": {e["path"]: e["token_ratio"] for e in entries}},
     )
-    finish_dataset(out, manifest)
-    elapsed = time.perf_counter() - began
-    print(f"mixed {total_rows} rows, {total_tokens} tokens into {num_shards} shards in {out} ({elapsed:.1f}s)")
     return manifest

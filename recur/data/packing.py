@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recur.data.shard_writer import RowBlock, ShardWriter, build_manifest, finish_dataset, prepare_out_dir
+from recur.data.shard_writer import RowBlock, ShardWriter, build_manifest, check_out_dir, finish_dataset, staged_dir
 from recur.data.tasks import get_task, make_task_documents
 from recur.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -306,7 +306,7 @@ def pack_dataset(
         sources.append(task_source(tasks, num_docs, seed, difficulty))
     tok = load_tokenizer(tokenizer)
     out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
+    check_out_dir(out, overwrite)
 
     began = time.perf_counter()
     docs: list[TokenizedDoc] = []
@@ -327,23 +327,24 @@ def pack_dataset(
         _fit_lengths(docs, owners, row_len, truncate)
     num_tokens = sum(len(doc.ids) for doc in docs)
     blocks = pack_concat(docs, row_len, tok.pad_id) if packing == "concat" else pack_bfd(docs, row_len, tok.pad_id)
-    writer = ShardWriter(out, seq_len, rows_per_shard, row_group_size)
-    for block in tqdm(blocks, desc=f"pack ({packing})", unit="block", leave=False):
-        writer.add(block.to_table())
-    shards = writer.close()
-    elapsed = time.perf_counter() - began
-    num_rows = sum(shard["num_rows"] for shard in shards)
-    efficiency = num_tokens / max(1, num_rows * row_len)
-    manifest = build_manifest(
-        seq_len=seq_len,
-        tokenizer=tokenizer_entry(tok, tokenizer),
-        shards=shards,
-        num_tokens=num_tokens,
-        packing={"mode": packing, "efficiency": efficiency, "mask_non_assistant": mask_non_assistant},
-        sources=source_entries,
-        created_by="recur.data.packing (preprocess_data_packing.py)",
-    )
-    finish_dataset(out, manifest)
+    with staged_dir(out) as work:
+        writer = ShardWriter(work, seq_len, rows_per_shard, row_group_size)
+        for block in tqdm(blocks, desc=f"pack ({packing})", unit="block", leave=False):
+            writer.add(block.to_table())
+        shards = writer.close()
+        elapsed = time.perf_counter() - began
+        num_rows = sum(shard["num_rows"] for shard in shards)
+        efficiency = num_tokens / max(1, num_rows * row_len)
+        manifest = build_manifest(
+            seq_len=seq_len,
+            tokenizer=tokenizer_entry(tok, tokenizer),
+            shards=shards,
+            num_tokens=num_tokens,
+            packing={"mode": packing, "efficiency": efficiency, "mask_non_assistant": mask_non_assistant},
+            sources=source_entries,
+            created_by="recur.data.packing (preprocess_data_packing.py)",
+        )
+        finish_dataset(work, manifest)
     print(
         f"packed {len(docs)} documents, {num_tokens} tokens into {num_rows} rows of {row_len} "
         f"({len(shards)} shards) in {out}: efficiency {efficiency:.4f}, {num_tokens / elapsed:,.0f} tokens/s"

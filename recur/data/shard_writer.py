@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -110,25 +113,46 @@ class ShardWriter:
         self.shards.append({"file": path.name, "num_rows": num_rows, "sha256": file_sha256(path)})
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create `out_dir`; refuse to clobber an existing dataset unless `overwrite`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST_NAME
-    if manifest.exists():
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before anything is read or written, an `out_dir` that would lose data: an existing dataset
+    without `overwrite`, or a non-empty directory that is not a packed dataset."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"--out_dir {out_dir} exists and is not a directory")
+    if (out_dir / MANIFEST_NAME).exists():
         if not overwrite:
-            raise ValueError(f"{out_dir} already holds a packed dataset ({manifest}); pass --overwrite to replace it")
-        # Drop the manifest first so a half-rewritten directory is never mistaken for a complete dataset.
-        manifest.unlink()
+            raise ValueError(f"{out_dir} already holds a packed dataset ({out_dir / MANIFEST_NAME}); "
+                             "pass --overwrite to replace it")
+    elif any(out_dir.iterdir()):
+        raise ValueError(f"--out_dir {out_dir} is not empty and holds no packed dataset; refusing to replace it")
+
+
+@contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """Build a dataset in a sibling temporary directory; only when the block succeeds does it replace
+    `out_dir` (two renames). On any failure the temporary directory is removed and `out_dir` — an older
+    dataset, or nothing — is left exactly as it was."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(work, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def finish_dataset(out_dir: Path, manifest: dict) -> Path:
-    """Write manifest.json atomically, then delete shards of an overwritten older dataset."""
+    """Write manifest.json atomically: the last file of a dataset, so its presence means complete."""
     path = out_dir / MANIFEST_NAME
     write_atomic_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
-    keep = {shard["file"] for shard in manifest["shards"]}
-    for stale in out_dir.glob("shard-*.parquet"):
-        if stale.name not in keep:
-            stale.unlink()
     return path
 
 

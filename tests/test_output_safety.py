@@ -1,0 +1,67 @@
+"""A failed command never destroys data: outputs are built beside the destination and swapped in only when
+complete (issue 15, cases 1 and 8)."""
+
+import hashlib
+import json
+
+import pytest
+
+import mix_datasets as mix_cli
+import preprocess_data_packing as preprocess_cli
+from recur.data.packing import pack_dataset
+
+
+def _digest(directory) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    out = tmp_path / "A"
+    pack_dataset(out, tokenizer="byte", seq_len=64, tasks=["successor"], num_docs=200, seed=0, packing="bfd")
+    return out
+
+
+def test_failed_overwrite_of_a_mix_keeps_the_old_mix(tmp_path, dataset, capsys):
+    mix = tmp_path / "M"
+    assert mix_cli.main(["--source", f"{dataset}:1", "--out_dir", str(mix)]) == 0
+    before = _digest(mix)
+    (tmp_path / "B").mkdir()  # not a dataset: the new mix fails after the old one would have been cleared
+    assert mix_cli.main(["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1", "--overwrite",
+                         "--out_dir", str(mix)]) == 2
+    assert _digest(mix) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "M"]  # no temporary directory left
+
+
+def test_failed_overwrite_of_a_packed_dataset_keeps_it(tmp_path, dataset, capsys):
+    before = _digest(dataset)
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"text": "x" * 500}) + "\n")  # longer than a row: bfd fails late
+    assert preprocess_cli.main([str(long), "--seq_len", "64", "--packing", "bfd", "--overwrite",
+                                "--out_dir", str(dataset)]) == 2
+    assert "bfd never splits documents" in capsys.readouterr().err
+    assert _digest(dataset) == before
+
+
+def test_failed_mix_into_a_new_directory_leaves_nothing(tmp_path, dataset):
+    (tmp_path / "B").mkdir()
+    assert mix_cli.main(["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1",
+                         "--out_dir", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_successful_overwrite_replaces_the_dataset(tmp_path, dataset):
+    before = _digest(dataset)
+    pack_dataset(dataset, tokenizer="byte", seq_len=64, tasks=["parity"], num_docs=100, seed=1, packing="bfd",
+                 overwrite=True)
+    after = _digest(dataset)
+    assert after != before and "manifest.json" in after
+    assert json.loads((dataset / "manifest.json").read_text())["sources"][0]["tasks"] == ["parity"]
+
+
+def test_a_non_empty_directory_that_is_no_dataset_is_refused(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and holds no packed dataset"):
+        pack_dataset(tmp_path / "notes", tokenizer="byte", seq_len=16, tasks=["copy"], num_docs=4, overwrite=True)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
