@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from recur.checkpoint import Checkpointer, seed_everything, write_json_atomic
+from recur.cli_common import one_line
 from recur.config import TrainConfig
 from recur.data.curriculum import SplitCurriculumConfig, build_phased_loader
 from recur.data.loader import open_rank_loader
@@ -125,9 +127,14 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None 
     """Run (or resume) training; under torchrun/srun every process calls this."""
     env = env or init_distributed(cfg.device, cfg.dist.timeout_minutes, cfg.dist.master_port,
                                   always=cfg.dist.backend not in ("auto", "none"))
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    fresh = not run_dir.exists()
     try:
         return _train(cfg, env, config_yaml)
     except BaseException as error:
+        if fresh and env.is_main and not (run_dir / "metrics.jsonl").exists():
+            # Failed before its first step: leave no half-made run directory (config.yaml, generated data).
+            shutil.rmtree(run_dir, ignore_errors=True)
         if not env.distributed:
             raise
         _abort_job(error, env)
@@ -139,7 +146,7 @@ def _abort_job(error: BaseException, env: DistEnv) -> None:
     """A failing rank must not leave the others waiting in a collective until the timeout: report, then
     exit at once (no Python cleanup that could block on communication); torchrun/srun end the others."""
     if isinstance(error, (ValueError, FileNotFoundError)):
-        print(f"train.py: error (rank {env.rank}): {error}", file=sys.stderr, flush=True)
+        print(f"train.py: error (rank {env.rank}): {one_line(error)}", file=sys.stderr, flush=True)
         os._exit(2)
     print(f"[rank {env.rank}] failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
     os._exit(1)

@@ -1,14 +1,18 @@
-"""A failed command never destroys data: outputs are built beside the destination and swapped in only when
-complete (issue 15, cases 1 and 8)."""
+"""A failed command never destroys data and leaves nothing half made: outputs are built beside the
+destination and swapped in only when complete; a run that fails before its first step leaves no directory;
+errors from data-loader workers are one line like any other (issue 15, cases 1, 6 and 8)."""
 
 import hashlib
 import json
 
 import pytest
+import torch
 
 import mix_datasets as mix_cli
 import preprocess_data_packing as preprocess_cli
+from recur.cli_common import run_cli
 from recur.data.packing import pack_dataset
+from tests.train_helpers import run_train
 
 
 def _digest(directory) -> dict[str, str]:
@@ -65,3 +69,30 @@ def test_a_non_empty_directory_that_is_no_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not empty and holds no packed dataset"):
         pack_dataset(tmp_path / "notes", tokenizer="byte", seq_len=16, tasks=["copy"], num_docs=4, overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_train_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path):
+    (tmp_path / "not_data").mkdir()
+    result = run_train(["--out_dir", str(tmp_path / "runs"), "--run_name", "r", "--data.path",
+                        str(tmp_path / "not_data"), "--steps", "5", "--optim.schedule.warmup_steps", "1"])
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+class _BadShard(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        raise ValueError(f"shard-00003.parquet row group {index}: page checksum mismatch")
+
+
+def test_a_data_loader_worker_error_is_one_line(capsys):
+    def main() -> int:
+        for _ in torch.utils.data.DataLoader(_BadShard(), num_workers=1):
+            pass
+        return 0
+
+    assert run_cli("train.py", main) == 2
+    err = capsys.readouterr().err
+    assert err == "train.py: error: shard-00003.parquet row group 0: page checksum mismatch\n", err
