@@ -96,3 +96,23 @@ def test_a_data_loader_worker_error_is_one_line(capsys):
     assert run_cli("train.py", main) == 2
     err = capsys.readouterr().err
     assert err == "train.py: error: shard-00003.parquet row group 0: page checksum mismatch\n", err
+
+
+def _flip_a_bit_in_a_data_page(shard) -> None:
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x04  # input_ids pages fill most of the file
+    shard.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_shard_is_caught_naming_the_shard(tmp_path, dataset):
+    """Shards carry page CRCs and every reader verifies them (issue 15, case 3)."""
+    from recur.data.packed_reader import PackedShards
+
+    (shard,) = sorted(dataset.glob("shard-*.parquet"))
+    _flip_a_bit_in_a_data_page(shard)
+    reader = PackedShards(dataset)
+    with pytest.raises(ValueError, match=r"shard .*shard-00000.parquet is corrupt/truncated: row group 0: .*checksum"):
+        for group in range(len(reader.group_sizes)):
+            reader.read_group(group)
+    assert mix_cli.main(["--source", f"{dataset}:1", "--out_dir", str(tmp_path / "M")]) == 2
+    assert not (tmp_path / "M").exists()

@@ -66,11 +66,18 @@ class LoadedSource:
     row_tokens: np.ndarray
 
 
+def _read_shard(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"shard {path} is corrupt/truncated: {error}") from error
+
+
 def _load_source(spec: MixSource) -> LoadedSource:
     manifest = open_packed_dataset(spec.path)
     if manifest["num_rows"] == 0 or manifest["num_tokens"] == 0:
         raise ValueError(f"source {spec.path} is empty (no rows/tokens)")
-    tables = [pq.read_table(Path(spec.path) / shard["file"]) for shard in manifest["shards"]]
+    tables = [_read_shard(Path(spec.path) / shard["file"]) for shard in manifest["shards"]]
     table = pa.concat_tables(tables).select(["input_ids", "loss_mask", "doc_starts"]).combine_chunks()
     return LoadedSource(spec, manifest, table, row_token_counts(table, manifest["tokenizer"]["pad_id"]))
 

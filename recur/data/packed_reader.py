@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recur.data.shard_writer import MANIFEST_NAME, SCHEMA, RowBlock
-from recur.data.validate import check_row_group, open_packed_dataset
+from recur.data.validate import check_row_group, open_packed_dataset, open_shard
 
 
 def _selected_doc_starts(block: RowBlock, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +114,7 @@ class PackedShards:
             self._handles, self._handles_pid = {}, os.getpid()
         handle = self._handles.get(shard)
         if handle is None:
-            handle = self._handles[shard] = pq.ParquetFile(self.files[shard])
+            handle = self._handles[shard] = open_shard(self.files[shard])
         return handle
 
     def read_group(self, group: int) -> RowBlock:

@@ -108,7 +108,8 @@ class ShardWriter:
         tmp = path.with_name(f".{path.name}.tmp")
         # seq_len in the parquet metadata lets a lone shard be checked against its dataset.
         table = shard.combine_chunks().replace_schema_metadata({"recur.seq_len": str(self.seq_len)})
-        pq.write_table(table, tmp, row_group_size=self.row_group_size)
+        # Page CRCs: readers verify them (recur.data.validate.open_shard), so a flipped bit fails loudly.
+        pq.write_table(table, tmp, row_group_size=self.row_group_size, write_page_checksum=True)
         os.replace(tmp, path)
         self.shards.append({"file": path.name, "num_rows": num_rows, "sha256": file_sha256(path)})
 

@@ -110,6 +110,12 @@ def check_row_group(table: pa.Table, row_len: int, vocab_size: int, where: str, 
         )
 
 
+def open_shard(path: Path) -> pq.ParquetFile:
+    """A shard opened with page checksum verification: a corrupted data page raises on read instead of
+    decoding to wrong tokens (shards written before checksums were added read unverified)."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
+
+
 def check_shard(path: Path, row_len: int, vocab_size: int, expected_rows: int | None, check_rows: bool) -> int:
     """Open one shard, check schema, row count and (optionally) every row group; return its row count."""
     if not path.is_file():
@@ -117,7 +123,7 @@ def check_shard(path: Path, row_len: int, vocab_size: int, expected_rows: int | 
     if path.stat().st_size == 0:
         raise ValueError(f"shard {path} is empty (0 bytes)")
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = open_shard(path)
         schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as error:
         raise ValueError(f"shard {path} is corrupt/truncated: {error}") from error
