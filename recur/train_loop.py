@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -59,6 +60,38 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> Path:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return train_dir
+
+
+# Settings a resumed run must share with the run that wrote its checkpoints: they fix the lr / r̄ / k
+# schedules and the data order, so a change would silently train a different run under the same step numbers.
+RESUME_INVARIANTS = ("steps", "seed", "data.path", "data.tasks", "data.num_docs", "data.seq_len", "data.seed",
+                     "data.global_batch_size", "optim.schedule", "recurrence")
+
+
+def _lookup(config: dict, dotted: str):
+    for key in dotted.split("."):
+        config = (config or {}).get(key)
+    return config
+
+
+def check_resumable(cfg: TrainConfig, run_dir: Path, checkpoint: Path, saved_step: int) -> None:
+    """Refuse, before anything is written, a resume that would mix runs: a checkpoint past --steps (its weights
+    would be saved again under a smaller step number), or a run directory whose recorded config.yaml differs
+    in a setting of RESUME_INVARIANTS."""
+    if saved_step > cfg.steps:
+        raise ValueError(f"--checkpoint.resume: {checkpoint} is at step {saved_step}, past --steps {cfg.steps}; "
+                         "resume with the run's own --steps (use --stop_at to end it early)")
+    previous = run_dir / "config.yaml"
+    if not previous.is_file():
+        return
+    import yaml
+
+    old, new = yaml.safe_load(previous.read_text()) or {}, json.loads(json.dumps(asdict(cfg)))
+    changed = [f"--{key} {_lookup(old, key)!r} -> {_lookup(new, key)!r}" for key in RESUME_INVARIANTS
+               if _lookup(old, key) != _lookup(new, key)]
+    if changed:
+        raise ValueError(f"--checkpoint.resume: {run_dir} was trained with other settings ({'; '.join(changed)}); "
+                         "resume with the recorded ones (config.yaml) or start a new --run_name")
 
 
 def _compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -203,6 +236,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         resume_from = Path(cfg.checkpoint.resume)
     if resume_from is not None:
         state = checkpointer.load(resume_from, backend.checkpoint_state(), asdict(model_cfg))
+        check_resumable(cfg, run_dir, resume_from, state["step"])
         loader.load_state_dict(state["loader"])
         start_step, tokens_seen = state["step"], state["tokens"]
         if env.is_main:

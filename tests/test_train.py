@@ -146,3 +146,21 @@ def test_skip_policy_stops_a_diverged_run_instead_of_finishing_on_it(tmp_path, d
     assert "3 in a row = --dist.max_skipped_steps" in last and last.startswith("train.py: error:")
     report = json.loads((run_dir / "nan_report.json").read_text())
     assert report["policy"].startswith("skip") and not (run_dir / "summary.json").exists()
+
+
+def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_path, data_dir):
+    """A 20-step run stopped at 10, resumed with --steps 5 (would relabel step 10 as step 5) or another lr."""
+    run_dir = tmp_path / "mixed"
+    first = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--stop_at": "10"}))
+    assert first.returncode == 0, first.stderr
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    config = (run_dir / "config.yaml").read_text()
+    shorter = run_train(tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto"}))
+    assert shorter.returncode == 2 and "is at step 10, past --steps 5" in shorter.stderr, shorter.stderr
+    other_lr = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto",
+                                                                   "--optim.schedule.lr": "1e-3"}))
+    assert other_lr.returncode == 2 and "--optim.schedule" in other_lr.stderr, other_lr.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+    assert (run_dir / "config.yaml").read_text() == config
+    same = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto"}))
+    assert same.returncode == 0 and "[resume]" in same.stderr, same.stderr
