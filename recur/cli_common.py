@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Callable
+
+
+def child_env(root: Path) -> dict[str, str]:
+    """Environment for a child command of this repo: `root` first on PYTHONPATH, the caller's entries kept
+    (wheels installed with --target, as on the GPU machine, must stay importable)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
 
 
 def one_line(error: BaseException) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from recur.data.shard_writer import write_atomic_bytes
+
 # Dense bf16 peak (TFLOP/s) by GPU name, for MFU when --log.peak_tflops is not given.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -53,9 +55,7 @@ class MetricsLogger:
         if torn:
             print(f"[metrics] {self.path}: dropped a torn last line ({torn[:60]!r})", file=sys.stderr)
         kept = "".join(json.dumps(r) + "\n" for r in records if r.get("step", -1) < step)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text(kept)
-        os.replace(tmp, self.path)
+        write_atomic_bytes(self.path, kept.encode())
 
     def sync(self) -> None:
         """fsync metrics.jsonl (called with every checkpoint, so a resumed run's log matches its checkpoint)."""

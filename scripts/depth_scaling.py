@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from recur.checkpoint import write_json_atomic
-from recur.cli_common import run_cli
+from recur.cli_common import child_env, run_cli
 from recur.data.packing import pack_dataset
 from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
 from recur.eval.sweep import DEFAULT_DEPTHS
@@ -139,7 +138,7 @@ def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s:
     command shows `status(name)`."""
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(commands.items()), {}, []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env(ROOT)
     deadline = time.monotonic() + budget_s if budget_s else None
     next_status = time.monotonic() + status_every_s
     while pending or running:

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from recur.cli_common import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("baseline", "shared_loop", "latent", "act", "ssm", "ssm_mem")
 
@@ -39,7 +41,7 @@ def train_variant(variant: str, args: argparse.Namespace) -> Path:
            "--eval.depths", json.dumps(args.depths), "--checkpoint.interval", "0", "--log.interval", "10",
            *args.train_args]
     print(f"[ladder] {variant}: {' '.join(cmd[1:])}", file=sys.stderr)
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(cmd, check=True, cwd=ROOT, env=child_env(ROOT))
     return run_dir
 
 
@@ -51,7 +53,7 @@ def evaluate_variant(run_dir: Path, args: argparse.Namespace) -> None:
            "--num_steps", *map(str, args.depths), "--num_samples", str(args.eval_samples), "--max_rows", "256",
            "--needle_samples", "2"]
     print(f"[ladder] eval {run_dir.name}: {' '.join(cmd[1:])}", file=sys.stderr)
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(cmd, check=True, cwd=ROOT, env=child_env(ROOT))
 
 
 def summary_table(run_dirs: list[Path]) -> str:
@@ -99,7 +101,7 @@ def main() -> int:
     print(table)
     compare = [sys.executable, str(ROOT / "compare_runs.py"), *map(str, run_dirs),
                "--out_dir", str(Path(args.out_dir) / "compare")]
-    result = subprocess.run(compare, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(compare, cwd=ROOT, env=child_env(ROOT))
     return result.returncode
 
 

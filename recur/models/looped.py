@@ -116,7 +116,7 @@ class LoopedLM(DecoderLM):
         for step in range(no_grad_steps, no_grad_steps + grad_steps):
             s = self.iterate(s, e, ctx, step)
         stats = {"num_steps": no_grad_steps + grad_steps}
-        if s.shape[1] > 1:  # one position (cached decoding) has no spread
+        if self.training and s.shape[1] > 1:  # a training diagnostic; one position has no spread
             stats["state_spread"] = token_spread(s)
         s = self.run_blocks(self.coda, s, ctx, "coda")
         return s, ModelOutput(stats=stats)
