@@ -78,7 +78,7 @@ def test_bfd_never_splits_and_masks_exactly_the_replies(tmp_path, spec, hf_dir):
     tokenizer = "byte" if spec == "byte" else hf_dir
     docs = make_task_documents(["addition", "copy", "dyck", "chain"], 400, seed=5)
     source = _write_jsonl(tmp_path / "chat.jsonl", docs)
-    manifest = pack_dataset(tmp_path / "out", tokenizer=tokenizer, seq_len=127, inputs=[source], packing="bfd",
+    manifest = pack_dataset(tmp_path / "out", tokenizer=tokenizer, seq_len=383, inputs=[source], packing="bfd",
                             mask_non_assistant=True)
     _, ids, mask, starts = _rows(tmp_path / "out")
     tok = load_tokenizer(tokenizer)

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recur.data.task_audit import SHORTCUT_LIMIT, shortcut_accuracy
-from recur.data.tasks import MIN_CHAINS, TASKS, Task, chain_count, get_task, iter_samples, make_task_documents
+from recur.data.tasks import (CHAIN_FOLLOW_UPS, MIN_CHAINS, TASKS, Task, chain_count, get_task, iter_samples,
+                              make_task_documents, sample_to_messages)
 
 
 def _chain_value(statements: list[str], query: str) -> str:
@@ -155,7 +156,7 @@ def test_audit_catches_the_single_chain_shortcut():
 def test_chain_chains_are_distinct_and_training_mixes_hop_counts():
     rng = random.Random(3)
     hops = [TASKS["chain"].generate(rng).difficulty for _ in range(400)]
-    assert set(hops) == set(range(1, TASKS["chain"].train_difficulty + 1))
+    assert set(hops) == set(range(0, TASKS["chain"].train_difficulty + 1))  # hop 0: plain recall
     for seed in range(50):
         sample = TASKS["chain"].generate(random.Random(seed), 16)
         statements = sample.prompt.split()[1:-1]
@@ -166,3 +167,16 @@ def test_chain_chains_are_distinct_and_training_mixes_hop_counts():
     # OOD levels ask for more pointer steps, not for longer prompts than training had.
     train_longest = max(len(TASKS["chain"].generate(random.Random(0), h).prompt) for h in range(1, 5))
     assert all(len(TASKS["chain"].generate(random.Random(0), h).prompt) <= train_longest + 8 for h in (6, 8))
+
+
+def test_chain_follow_ups_are_correct_turns_after_the_first_answer():
+    """Training documents ask more questions about the same statements; evaluation reads turn one only."""
+    for seed in range(30):
+        sample = TASKS["chain"].generate(random.Random(seed))
+        statements = sample.prompt.split()[1:-1]
+        assert len(sample.follow_ups) == CHAIN_FOLLOW_UPS
+        assert all(answer == _chain_value(statements, query[1:]) for query, answer in sample.follow_ups)
+        messages = sample_to_messages(sample)
+        assert messages[:2] == [{"role": "user", "content": sample.prompt},
+                                {"role": "assistant", "content": sample.answer}]
+        assert [m["role"] for m in messages] == ["user", "assistant"] * (1 + CHAIN_FOLLOW_UPS)

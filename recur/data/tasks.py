@@ -22,6 +22,9 @@ class Sample:
     prompt: str
     answer: str
     difficulty: int
+    # More (question, answer) turns about the same prompt, appended to training documents only: one
+    # answer per ~100-token prompt is too sparse a signal to learn a lookup from (see `_chain`).
+    follow_ups: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Task:
     knob: str
     train_difficulty: int
     ood_difficulties: list[int]
-    make: Callable[[random.Random, int], tuple[str, str]] = field(repr=False)
+    make: Callable[[random.Random, int], tuple] = field(repr=False)  # (prompt, answer[, follow-up turns])
     min_difficulty: int = 1
     max_difficulty: int | None = None
     # When set, training samples (difficulty None) draw their level uniformly from
@@ -52,8 +55,8 @@ class Task:
                 f"task '{self.name}': difficulty ({self.knob}) must be an int >= {self.min_difficulty}{upper}, "
                 f"got {level!r}"
             )
-        prompt, answer = self.make(rng, level)
-        return Sample(prompt=prompt, answer=answer, difficulty=level)
+        prompt, answer, *follow_ups = self.make(rng, level)  # a task may add follow-up turns (chain does)
+        return Sample(prompt=prompt, answer=answer, difficulty=level, follow_ups=tuple(*follow_ups))
 
     @staticmethod
     def check(prediction: str, answer: str) -> bool:
@@ -131,6 +134,7 @@ def _dyck(rng: random.Random, depth: int) -> tuple[str, str]:
 CHAIN_NAMES = string.ascii_lowercase + string.ascii_uppercase  # one byte per variable name
 CHAIN_STATEMENTS = 27  # statements per prompt up to 8 hops (as many equal chains as fit): length ~ constant
 MIN_CHAINS, MAX_CHAINS = 3, 10  # roots are distinct digits, so at most 10 chains
+CHAIN_FOLLOW_UPS = 7  # extra queries per training prompt, about any variable of any chain
 
 
 def chain_count(hops: int) -> int:
@@ -141,11 +145,15 @@ def chain_count(hops: int) -> int:
     return max(MIN_CHAINS, min(MAX_CHAINS, CHAIN_STATEMENTS // (hops + 1)))
 
 
-def _chain(rng: random.Random, hops: int) -> tuple[str, str]:
+def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str]]]:
     # Several binding chains  x0=7 x1=x0 ... x_hops=x_{hops-1}, each rooted at a distinct digit, all
     # statements shuffled together; the question names the last variable of one chain. Every chain has the
     # same length, so neither a digit's position nor a chain's size tells which root is asked for: the
     # model has to follow `hops` pointers back from the query.
+    # The follow-ups (training documents only) ask about random variables of random chains, 0..hops hops
+    # from the root, drawn with replacement so earlier answers never rule a root out. With a single
+    # answer per prompt a nano model stayed at chance on every level, hop 0 included, after 3,000 steps
+    # (docs/recurrence.md); multi-query recall is how associative-recall tasks are usually made learnable.
     count = chain_count(hops)
     names = rng.sample(CHAIN_NAMES, count * (hops + 1))
     roots = rng.sample(string.digits, count)
@@ -155,7 +163,11 @@ def _chain(rng: random.Random, hops: int) -> tuple[str, str]:
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     asked = rng.randrange(count)
     rng.shuffle(statements)
-    return f"chain {' '.join(statements)} ?{names[asked * (hops + 1) + hops]}", roots[asked]
+    follow_ups = []
+    for _ in range(CHAIN_FOLLOW_UPS):
+        c = rng.randrange(count)
+        follow_ups.append((f"?{names[c * (hops + 1) + rng.randrange(hops + 1)]}", roots[c]))
+    return f"chain {' '.join(statements)} ?{names[asked * (hops + 1) + hops]}", roots[asked], follow_ups
 
 
 def _compare(rng: random.Random, digits: int) -> tuple[str, str]:
@@ -193,8 +205,8 @@ TASKS: dict[str, Task] = {
         Task("copy", "length", 16, [16, 32, 64, 128], _copy),
         Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
         Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
-        Task("chain", "hops", 4, [4, 6, 8, 16], _chain, max_difficulty=len(CHAIN_NAMES) // MIN_CHAINS - 1,
-             train_min_difficulty=1),
+        Task("chain", "hops", 4, [4, 6, 8, 16], _chain, min_difficulty=0,
+             max_difficulty=len(CHAIN_NAMES) // MIN_CHAINS - 1, train_min_difficulty=0),
         Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
         Task("successor", "digits", 4, [4, 8, 16, 32], _successor),
     ]
@@ -216,7 +228,9 @@ def iter_samples(task: str | Task, seed: int, difficulty: int | None = None) -> 
 
 
 def sample_to_messages(sample: Sample) -> list[dict[str, str]]:
-    return [{"role": "user", "content": sample.prompt}, {"role": "assistant", "content": sample.answer}]
+    """The sample as a chat; its follow-up turns come after the first answer (evaluation uses turn one)."""
+    turns = [(sample.prompt, sample.answer), *sample.follow_ups]
+    return [{"role": role, "content": text} for turn in turns for role, text in zip(("user", "assistant"), turn)]
 
 
 def make_task_documents(
