@@ -31,6 +31,7 @@ from typing import Callable
 from recur.checkpoint import write_json_atomic
 from recur.cli_common import child_env, run_cli
 from recur.data.packing import pack_dataset
+from recur.data.shard_writer import write_atomic_bytes
 from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
 from recur.eval.sweep import DEFAULT_DEPTHS
 
@@ -196,7 +197,7 @@ def main() -> int:
     report["failed"] = failed
     write_json_atomic(out / "depth_scaling.json", report)
     markdown = report_markdown(report)
-    (out / "depth_scaling.md").write_text(markdown)
+    write_atomic_bytes(out / "depth_scaling.md", markdown.encode())
     plot_depth_scaling(report, out)
     print(markdown)
     print(f"wrote {out}/depth_scaling.json, depth_scaling.md, loss_vs_depth.png, accuracy_vs_depth.png")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from recur.data.task_audit import best_shortcut
 from recur.data.tasks import get_task
-from recur.eval.plots import _grid, save_figure
+from recur.eval.plots import panel_grid, save_figure
 
 # Targets (issue 14): a looped model must stay put far past its training depth, gain from depth, and
 # extend a depth-hungry task beyond its training difficulty.
@@ -167,7 +167,7 @@ def plot_depth_scaling(report: dict, out_dir: Path) -> list[Path]:
     ax.legend(fontsize=7)
     paths = [save_figure(fig, out_dir / "loss_vs_depth.png")]
     panels = [(task, int(level)) for task, chance in report["chance"].items() for level in chance]
-    fig, axes = _grid(max(1, len(panels)))
+    fig, axes = panel_grid(max(1, len(panels)))
     for ax, (task, level) in zip(axes, panels):
         for name, arm in arms.items():
             cells = sorted((c["depth"], c) for c in arm["algorithmic"][task]["results"] if c["difficulty"] == level)

@@ -24,7 +24,8 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def _grid(n: int) -> tuple:
+def panel_grid(n: int) -> tuple:
+    """A figure with `n` visible panels, at most three per row; returns (figure, list of axes)."""
     cols = min(3, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -40,7 +41,7 @@ def _depth_label(depth: int, note: str | None) -> str:
 def plot_algorithmic(section: dict, note: str | None, path: Path) -> Path:
     """Accuracy vs difficulty, one panel per task, one line per depth (training difficulty marked)."""
     tasks = [t for t, v in section["tasks"].items() if v["results"]]
-    fig, axes = _grid(max(1, len(tasks)))
+    fig, axes = panel_grid(max(1, len(tasks)))
     for ax, task in zip(axes, tasks):
         info = section["tasks"][task]
         for depth in sorted({r["depth"] for r in info["results"]}):
