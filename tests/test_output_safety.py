@@ -2,7 +2,6 @@
 destination and swapped in only when complete; a run that fails before its first step leaves no directory;
 errors from data-loader workers are one line like any other (issue 15, cases 1, 6 and 8)."""
 
-import hashlib
 import json
 
 import pytest
@@ -12,11 +11,7 @@ import mix_datasets as mix_cli
 import preprocess_data_packing as preprocess_cli
 from recur.cli_common import run_cli
 from recur.data.packing import pack_dataset
-from tests.train_helpers import run_train
-
-
-def _digest(directory) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+from tests.train_helpers import run_train, tree_digest
 
 
 @pytest.fixture
@@ -29,22 +24,22 @@ def dataset(tmp_path):
 def test_failed_overwrite_of_a_mix_keeps_the_old_mix(tmp_path, dataset, capsys):
     mix = tmp_path / "M"
     assert mix_cli.main(["--source", f"{dataset}:1", "--out_dir", str(mix)]) == 0
-    before = _digest(mix)
+    before = tree_digest(mix)
     (tmp_path / "B").mkdir()  # not a dataset: the new mix fails after the old one would have been cleared
     assert mix_cli.main(["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1", "--overwrite",
                          "--out_dir", str(mix)]) == 2
-    assert _digest(mix) == before
+    assert tree_digest(mix) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "M"]  # no temporary directory left
 
 
 def test_failed_overwrite_of_a_packed_dataset_keeps_it(tmp_path, dataset, capsys):
-    before = _digest(dataset)
+    before = tree_digest(dataset)
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"text": "x" * 500}) + "\n")  # longer than a row: bfd fails late
     assert preprocess_cli.main([str(long), "--seq_len", "64", "--packing", "bfd", "--overwrite",
                                 "--out_dir", str(dataset)]) == 2
     assert "bfd never splits documents" in capsys.readouterr().err
-    assert _digest(dataset) == before
+    assert tree_digest(dataset) == before
 
 
 def test_failed_mix_into_a_new_directory_leaves_nothing(tmp_path, dataset):
@@ -55,10 +50,10 @@ def test_failed_mix_into_a_new_directory_leaves_nothing(tmp_path, dataset):
 
 
 def test_successful_overwrite_replaces_the_dataset(tmp_path, dataset):
-    before = _digest(dataset)
+    before = tree_digest(dataset)
     pack_dataset(dataset, tokenizer="byte", seq_len=64, tasks=["parity"], num_docs=100, seed=1, packing="bfd",
                  overwrite=True)
-    after = _digest(dataset)
+    after = tree_digest(dataset)
     assert after != before and "manifest.json" in after
     assert json.loads((dataset / "manifest.json").read_text())["sources"][0]["tasks"] == ["parity"]
 

@@ -12,8 +12,9 @@ import time
 import pytest
 import torch
 
+from recur.checkpoint import Checkpointer, DCPState
 from recur.data.packing import pack_dataset
-from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd
+from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +165,52 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_pa
     assert (run_dir / "config.yaml").read_text() == config
     same = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto"}))
     assert same.returncode == 0 and "[resume]" in same.stderr, same.stderr
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a refused command prints (exit 2)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), result.stderr
+    return lines[0]
+
+
+def test_a_new_run_under_an_existing_run_name_is_refused_before_anything_is_written(tmp_path, data_dir):
+    """It used to train again beside the old checkpoints and append to the old eval.jsonl (issue 15, case 2)."""
+    run_dir = tmp_path / "taken"
+    first = run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
+    assert first.returncode == 0, first.stderr
+    before = tree_digest(run_dir)
+    again = _error_line(run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"})))
+    assert "--run_name taken" in again and "already holds a run" in again and "--checkpoint.resume auto" in again
+    assert tree_digest(run_dir) == before
+
+
+def test_a_finished_run_is_never_rewritten(tmp_path, data_dir):
+    """A resume of a finished run writes nothing (it used to save its final checkpoint again, evaluate again and
+    rewrite config.yaml); resuming an older checkpoint while newer ones exist is refused (it would save over them)."""
+    run_dir = tmp_path / "finished"
+    first = run_train(tiny_args(run_dir, data_dir, steps=10))
+    assert first.returncode == 0, first.stderr
+    final = run_dir / "checkpoints" / "step_00000010"
+    before, inode = tree_digest(run_dir), final.stat().st_ino
+    again = run_train(tiny_args(run_dir, data_dir, steps=10, **{"--checkpoint.resume": "auto"}))
+    assert again.returncode == 0, again.stderr
+    assert f"[done] {run_dir} is already complete at step 10" in again.stderr
+    older = _error_line(run_train(tiny_args(run_dir, data_dir, steps=10, **{
+        "--checkpoint.resume": str(run_dir / "checkpoints" / "step_00000005")})))
+    assert "holds newer checkpoints (step_00000010)" in older
+    assert tree_digest(run_dir) == before and final.stat().st_ino == inode
+
+
+def test_a_complete_checkpoint_is_never_overwritten(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    state = DCPState(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    saved = checkpointer.save(5, state, {"step": 5})
+    before = tree_digest(saved)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(ValueError, match="step_00000005 already exists and is complete; refusing to overwrite it"):
+        checkpointer.save(5, state, {"step": 5})
+    assert tree_digest(saved) == before

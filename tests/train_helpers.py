@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +13,12 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_digest(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory`, by relative path: equal digests mean nothing was changed."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
 
 
 def tiny_args(run_dir: Path, data_dir: Path, steps: int = 40, **extra: str) -> list[str]:
