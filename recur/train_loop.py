@@ -10,6 +10,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from recur.checkpoint import Checkpointer, read_trainer_state, seed_everything, 
 from recur.cli_common import one_line
 from recur.config import TrainConfig
 from recur.data.curriculum import SplitCurriculumConfig, build_phased_loader
+from recur.data.generated import generate_once, task_recipe
 from recur.data.loader import open_rank_loader
 from recur.data.packing import pack_dataset
 from recur.data.tokenizer import load_tokenizer
@@ -41,31 +43,34 @@ class NonFiniteLossError(ValueError):
     row under skip); the diverged state is not checkpointed."""
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> Path:
-    """The packed training data: --data.path, or the built-in algorithmic mix generated once per run (with a
-    held-out set next to it, which evaluation finds by itself)."""
+def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool) -> Path:
+    """The packed training data: --data.path, or the built-in algorithmic mix generated into the run (with a
+    held-out set next to it, which evaluation finds by itself), rebuilt when its recorded settings differ
+    from the config's (refused when `resuming`: see generate_once)."""
     if cfg.data.path is not None:
         path = Path(cfg.data.path)
         if not path.is_dir():
             raise FileNotFoundError(f"--data.path: data directory {path} does not exist")
         return path
     train_dir, val_dir = run_dir / "data" / "train", run_dir / "data" / "val"
+    recipe = task_recipe(cfg.data)
     if env.is_main:
         for out, num_docs, seed in ((train_dir, cfg.data.num_docs, cfg.data.seed),
                                     (val_dir, max(256, cfg.data.num_docs // 50), cfg.data.seed + 1)):
-            if not (out / "manifest.json").exists():
-                pack_dataset(out, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len, tasks=cfg.data.tasks,
-                             num_docs=num_docs, seed=seed, packing="bfd", mask_non_assistant=True,
-                             overwrite=True)
+            build = partial(pack_dataset, out, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len,
+                            tasks=cfg.data.tasks, num_docs=num_docs, seed=seed, packing="bfd",
+                            mask_non_assistant=True, overwrite=True, recipe=recipe)
+            generate_once(out, recipe, build, resuming)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return train_dir
 
 
 # Settings a resumed run must share with the run that wrote its checkpoints: they fix the lr / r̄ / k
-# schedules and the data order, so a change would silently train a different run under the same step numbers.
-RESUME_INVARIANTS = ("steps", "seed", "data.path", "data.tasks", "data.num_docs", "data.seq_len", "data.seed",
-                     "data.global_batch_size", "optim.schedule", "recurrence")
+# schedules and the data (its generation and order), so a change would silently train a different run under
+# the same step numbers.
+RESUME_INVARIANTS = ("steps", "seed", "data.path", "data.tokenizer", "data.tasks", "data.num_docs", "data.seq_len",
+                     "data.seed", "data.text_docs", "data.global_batch_size", "optim.schedule", "recurrence")
 # What a run leaves in its directory from its start on (train.py removes the directory of a run that fails
 # before its first step); any of them means the --run_name is taken.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
@@ -164,19 +169,19 @@ def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
 
 
-def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv):
-    """(loader, train dataset directory, rows per rank, rows per micro-batch, micro-batches per step)."""
+def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool):
+    """(loader, train dataset directory, rows per rank, rows per micro-batch, micro-batches per step);
+    `resuming`: a checkpoint trained on the run's generated data, which must not change under it."""
     if cfg.data.alg_tokens:
         row_len = cfg.data.seq_len + 1
         split = SplitCurriculumConfig(alg_tokens=cfg.data.alg_tokens,
                                       total_tokens=cfg.steps * cfg.data.global_batch_size * row_len,
-                                      alg_tasks=cfg.data.tasks, text_docs=cfg.data.text_docs,
-                                      text_path=cfg.data.text_path)
-        loader = build_phased_loader(cfg, run_dir, env, split)
+                                      alg_tasks=cfg.data.tasks, text_path=cfg.data.text_path)
+        loader = build_phased_loader(cfg, run_dir, env, split, resuming)
         rank_rows = cfg.data.global_batch_size // env.world_size
         micro = cfg.data.micro_batch_size or rank_rows
         return loader, run_dir / "data" / "alg", rank_rows, micro, loader.micro_batches_per_step
-    train_path = prepare_data(cfg, run_dir, env)
+    train_path = prepare_data(cfg, run_dir, env, resuming)
     dataset, loader = open_rank_loader(train_path, cfg.data, env.rank, env.world_size, env.device.type == "cuda")
     return loader, train_path, dataset.rank_batch_size, dataset.micro_batch_size, dataset.micro_batches_per_step
 
@@ -263,7 +268,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP/ZeRO-3 shard local inits)
 
     # ---- data ----
-    loader, train_path, rank_rows, micro_rows, accum = build_data(cfg, run_dir, env)
+    loader, train_path, rank_rows, micro_rows, accum = build_data(cfg, run_dir, env, resume_from is not None)
     manifest = read_manifest(train_path)
     data_vocab = manifest["tokenizer"]["vocab_size"]
     if data_vocab > cfg.model.vocab_size:

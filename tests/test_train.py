@@ -14,6 +14,7 @@ import torch
 
 from recur.checkpoint import Checkpointer, DCPState
 from recur.data.packing import pack_dataset
+from recur.data.validate import read_manifest
 from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd, tree_digest
 
 
@@ -214,3 +215,49 @@ def test_a_complete_checkpoint_is_never_overwritten(tmp_path):
     with pytest.raises(ValueError, match="step_00000005 already exists and is complete; refusing to overwrite it"):
         checkpointer.save(5, state, {"step": 5})
     assert tree_digest(saved) == before
+
+
+def _generated(run_dir, seq_len: int, **extra: str) -> list[str]:
+    """A 3-step tiny run on successor problems that train.py generates into the run."""
+    return tiny_args(run_dir, None, steps=3, **{"--data.tasks": "[successor]", "--data.num_docs": "200",
+                                                 "--data.seq_len": str(seq_len), "--eval.tasks": "[successor]",
+                                                 "--optim.schedule.warmup_steps": "1", **extra})
+
+
+def test_generated_data_of_other_settings_is_regenerated(tmp_path):
+    """A restart (no checkpoint to resume) with another --data.seq_len used to train on the old run's data while
+    its config.yaml said otherwise."""
+    run_dir = tmp_path / "gen"
+    first = run_train(_generated(run_dir, 48, **{"--checkpoint.interval": "0", "--checkpoint.save_final": "false"}))
+    assert first.returncode == 0, first.stderr
+    second = run_train(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
+    assert second.returncode == 0, second.stderr
+    assert (f"[data] {run_dir / 'data' / 'train'} was generated with other settings (--data.seq_len 48 -> 32); "
+            "regenerating") in second.stderr
+    assert [read_manifest(run_dir / "data" / split)["seq_len"] for split in ("train", "val")] == [32, 32]
+
+
+def test_resume_with_other_generation_settings_keeps_the_data(tmp_path):
+    """The checkpoint trained on the generated data: a resume with another --data.seq_len is refused, and
+    the data is not regenerated under it."""
+    run_dir = tmp_path / "gen"
+    first = run_train(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
+    assert first.returncode == 0, first.stderr
+    before = tree_digest(run_dir)
+    refused = _error_line(run_train(_generated(run_dir, 32, **{"--steps": "6", "--checkpoint.resume": "auto"})))
+    assert "--data.seq_len 48 -> 32" in refused
+    assert tree_digest(run_dir) == before
+
+
+def test_generated_data_under_a_checkpoint_is_never_replaced(tmp_path):
+    """Without config.yaml to compare (train() called in-process), the recorded recipe still refuses a resume."""
+    from recur.data.generated import generate_once
+
+    out = tmp_path / "train"
+    recipe = {"--data.seq_len": 48}
+    generate_once(out, recipe, lambda: pack_dataset(out, tokenizer="byte", seq_len=48, tasks=["successor"],
+                                                    num_docs=20, recipe=recipe), resuming=False)
+    before = tree_digest(out)
+    with pytest.raises(ValueError, match=r"train was generated with other settings \(--data.seq_len 48 -> 32\)"):
+        generate_once(out, {"--data.seq_len": 32}, lambda: pytest.fail("regenerated"), resuming=True)
+    assert tree_digest(out) == before
