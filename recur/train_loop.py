@@ -182,7 +182,7 @@ def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool):
         micro = cfg.data.micro_batch_size or rank_rows
         return loader, run_dir / "data" / "alg", rank_rows, micro, loader.micro_batches_per_step
     train_path = prepare_data(cfg, run_dir, env, resuming)
-    dataset, loader = open_rank_loader(train_path, cfg.data, env.rank, env.world_size, env.device.type == "cuda")
+    dataset, loader = open_rank_loader(train_path, cfg.data, env)
     return loader, train_path, dataset.rank_batch_size, dataset.micro_batch_size, dataset.micro_batches_per_step
 
 

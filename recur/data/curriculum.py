@@ -114,7 +114,7 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig, r
         torch.distributed.barrier()
     loaders, datasets = [], []
     for path in (alg_dir, lang_dir):
-        dataset, loader = open_rank_loader(path, data, env.rank, env.world_size, env.device.type == "cuda")
+        dataset, loader = open_rank_loader(path, data, env)
         datasets.append(dataset)
         loaders.append(loader)
     if datasets[0].row_len != datasets[1].row_len:
