@@ -85,7 +85,7 @@ def _lookup(config: dict, dotted: str):
 def check_new_run(cfg: TrainConfig, run_dir: Path) -> None:
     """Refuse a new run (no --checkpoint.resume) in the directory of an existing one: its checkpoints would sit
     beside the old run's (eval_hub.py would score the old one), its evaluations would be appended to the old
-    eval.jsonl and its config.yaml would describe data generated for the old run."""
+    eval.jsonl, and its config.yaml and metrics.jsonl would replace the old run's."""
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
     if found:
         raise ValueError(f"--run_name {cfg.run_name}: {run_dir} already holds a run ({', '.join(found)}); "
