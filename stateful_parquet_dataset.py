@@ -2,6 +2,8 @@
 
     python stateful_parquet_dataset.py DIR --rank 0 --world_size 4 --global_batch_size 32 [--state state.json] --show 2
 
+--verify_sha256 first checks every shard's sha256 against the manifest (reads all the data).
+
 Importable too: re-exports the loader API of ``recur.data.loader``.
 """
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from recur.cli_common import run_cli
 from recur.data.loader import StatefulDataLoader, StatefulParquetDataset, make_dataloader
+from recur.data.validate import open_packed_dataset
 
 __all__ = ["StatefulDataLoader", "StatefulParquetDataset", "make_dataloader", "main"]
 
@@ -30,6 +33,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 8)"
     )
     parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
+    parser.add_argument("--verify_sha256", action="store_true",
+                        help="first check every shard's sha256 against the manifest (reads all the data)")
     parser.add_argument("--state", type=Path, help="loader state JSON (from state_dict()); default: the start")
     parser.add_argument("--show", type=int, default=1, help="how many upcoming global batches to show")
     parser.add_argument("--tokens", type=int, default=8, help="leading tokens printed per row")
@@ -48,6 +53,8 @@ def _load_state(path: Path) -> dict:
 
 def _open(args: argparse.Namespace) -> StatefulParquetDataset:
     state = _load_state(args.state) if args.state else {}
+    if args.verify_sha256:
+        open_packed_dataset(args.path, check_rows=False, verify_sha256=True)
     # Order settings default to the state's so that `--state` alone reproduces the saved run.
     global_batch_size = args.global_batch_size or state.get("global_batch_size")
     if global_batch_size is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,7 @@ def train(run: str, gpus: int, backend: str, data: Path, steps: int, batch_per_g
                "--eval.num_samples", "1", "--eval.depths", "[1]", "--eval.tasks", "[parity]",
                "--log.interval", "10", "--optim.schedule.warmup_steps", "10"]
     print(f"[run] {run}: {' '.join(command[3:])}", flush=True)
+    shutil.rmtree(OUT / run, ignore_errors=True)  # every check measures a fresh run (train.py refuses a taken name)
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
     return [json.loads(line) for line in (OUT / run / "metrics.jsonl").read_text().splitlines()]
 

@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +80,8 @@ def run(name: str, size: str, gpus: int, backend: str, data: Path, global_rows: 
     env = {**os.environ, "OMP_NUM_THREADS": "4", "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
     if smoke:
         env["DS_ACCELERATOR"] = "cpu"
+    if not resume:  # every benchmark measures a fresh run (train.py refuses a taken --run_name)
+        shutil.rmtree(OUT / "runs" / name, ignore_errors=True)
     began = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     metrics_path = OUT / "runs" / name / "metrics.jsonl"

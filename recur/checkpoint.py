@@ -117,6 +117,16 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def read_trainer_state(path: Path) -> dict:
+    """trainer_state.json of a complete checkpoint (step, tokens, loader state, ...), without loading weights."""
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint.resume: checkpoint {path} does not exist")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"--checkpoint.resume: {path} is not a complete checkpoint: {problem}")
+    return json.loads((path / STATE_FILE).read_text())
+
+
 class Checkpointer:
     def __init__(self, root: str | Path, keep: int = 3, rank: int = 0, world_size: int = 1):
         if keep < 1:
@@ -138,10 +148,17 @@ class Checkpointer:
         found = self.complete_checkpoints(report=True)
         return found[-1] if found else None
 
+    def newer_than(self, step: int) -> list[Path]:
+        """Complete checkpoints of this run after `step`, oldest first."""
+        return [path for path in self.complete_checkpoints() if int(path.name.removeprefix("step_")) > step]
+
     def save(self, step: int, state: DCPState, trainer_state: dict) -> Path:
         """Write model/optimizer (`state`: DCPState or parallel.deepspeed.DeepSpeedState), RNGs and
-        `trainer_state` as checkpoint `step`; every rank calls this."""
+        `trainer_state` as checkpoint `step`; every rank calls this. A complete checkpoint of `step` is never
+        replaced: it raises before anything is written (train.py refuses such resumes up front)."""
         final = self.root / f"step_{step:08d}"
+        if checkpoint_problem(final) is None:
+            raise ValueError(f"checkpoint {final} already exists and is complete; refusing to overwrite it")
         tmp = final.with_name(final.name + ".tmp")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -162,7 +179,7 @@ class Checkpointer:
                         os.fsync(f.fileno())
             write_json_atomic(tmp / COMPLETE, {"step": step})
             _fsync_dir(tmp)
-            if final.exists():  # re-saving a step (e.g. preempted right after a periodic save)
+            if final.exists():  # damaged (checked above): never loadable, resume skips it with a note
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.root)
@@ -174,12 +191,7 @@ class Checkpointer:
     def load(self, path: str | Path, state: DCPState, model_config: dict) -> dict:
         """Restore model, optimizer (`state`) and this rank's RNGs; return the trainer state."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"--checkpoint.resume: checkpoint {path} does not exist")
-        problem = checkpoint_problem(path)
-        if problem is not None:
-            raise ValueError(f"--checkpoint.resume: {path} is not a complete checkpoint: {problem}")
-        trainer_state = json.loads((path / STATE_FILE).read_text())
+        trainer_state = read_trainer_state(path)
         saved = trainer_state.get("model_config", {})
         diffs = [f"{k}: checkpoint {saved[k]!r} vs run {model_config.get(k)!r}" for k in saved
                  if saved[k] != model_config.get(k) and k not in ("attn_backend", "dropout")]

@@ -24,6 +24,7 @@ class DataConfig:
     global_batch_size: int = 32  # rows per optimizer step, over all ranks and micro-batches
     micro_batch_size: int | None = None  # rows per forward on one rank; None = all of the rank's rows
     num_workers: int = 0
+    verify_sha256: bool = False  # before training, check every shard's sha256 against the manifest (reads all data)
     shuffle_window: int = 8
     seed: int = 0
     # ReLSM split curriculum: the first alg_tokens tokens come from the algorithmic data (generated from

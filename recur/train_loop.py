@@ -10,14 +10,16 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from recur.checkpoint import Checkpointer, seed_everything, write_json_atomic
+from recur.checkpoint import Checkpointer, read_trainer_state, seed_everything, write_json_atomic
 from recur.cli_common import one_line
 from recur.config import TrainConfig
 from recur.data.curriculum import SplitCurriculumConfig, build_phased_loader
+from recur.data.generated import generate_once, task_recipe
 from recur.data.loader import open_rank_loader
 from recur.data.packing import pack_dataset
 from recur.data.tokenizer import load_tokenizer
@@ -41,37 +43,91 @@ class NonFiniteLossError(ValueError):
     row under skip); the diverged state is not checkpointed."""
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv) -> Path:
-    """The packed training data: --data.path, or the built-in algorithmic mix generated once per run (with a
-    held-out set next to it, which evaluation finds by itself)."""
+def prepare_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool) -> Path:
+    """The packed training data: --data.path, or the built-in algorithmic mix generated into the run (with a
+    held-out set next to it, which evaluation finds by itself), rebuilt when its recorded settings differ
+    from the config's (refused when `resuming`: see generate_once)."""
     if cfg.data.path is not None:
         path = Path(cfg.data.path)
         if not path.is_dir():
             raise FileNotFoundError(f"--data.path: data directory {path} does not exist")
         return path
     train_dir, val_dir = run_dir / "data" / "train", run_dir / "data" / "val"
+    recipe = task_recipe(cfg.data)
     if env.is_main:
         for out, num_docs, seed in ((train_dir, cfg.data.num_docs, cfg.data.seed),
                                     (val_dir, max(256, cfg.data.num_docs // 50), cfg.data.seed + 1)):
-            if not (out / "manifest.json").exists():
-                pack_dataset(out, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len, tasks=cfg.data.tasks,
-                             num_docs=num_docs, seed=seed, packing="bfd", mask_non_assistant=True,
-                             overwrite=True)
+            build = partial(pack_dataset, out, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len,
+                            tasks=cfg.data.tasks, num_docs=num_docs, seed=seed, packing="bfd",
+                            mask_non_assistant=True, overwrite=True, recipe=recipe)
+            generate_once(out, recipe, build, resuming)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return train_dir
 
 
 # Settings a resumed run must share with the run that wrote its checkpoints: they fix the lr / r̄ / k
-# schedules and the data order, so a change would silently train a different run under the same step numbers.
-RESUME_INVARIANTS = ("steps", "seed", "data.path", "data.tasks", "data.num_docs", "data.seq_len", "data.seed",
-                     "data.global_batch_size", "optim.schedule", "recurrence")
+# schedules and the data (its generation and order), so a change would silently train a different run under
+# the same step numbers.
+RESUME_INVARIANTS = ("steps", "seed", "data.path", "data.tokenizer", "data.tasks", "data.num_docs", "data.seq_len",
+                     "data.seed", "data.text_docs", "data.global_batch_size", "optim.schedule", "recurrence")
+# What a run leaves in its directory from its start on (train.py removes the directory of a run that fails
+# before its first step); any of them means the --run_name is taken.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
 
 
 def _lookup(config: dict, dotted: str):
     for key in dotted.split("."):
         config = (config or {}).get(key)
     return config
+
+
+def check_new_run(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse a new run (no --checkpoint.resume) in the directory of an existing one: its checkpoints would sit
+    beside the old run's (eval_hub.py would score the old one), its evaluations would be appended to the old
+    eval.jsonl, and its config.yaml and metrics.jsonl would replace the old run's."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found:
+        raise ValueError(f"--run_name {cfg.run_name}: {run_dir} already holds a run ({', '.join(found)}); "
+                         "continue it with --checkpoint.resume auto or choose a new --run_name")
+
+
+def check_no_newer_checkpoints(checkpointer: Checkpointer, checkpoint: Path, saved_step: int) -> None:
+    """Refuse resuming an older checkpoint of a run that has newer ones: training on would save over them."""
+    newer = checkpointer.newer_than(saved_step)
+    if newer:
+        raise ValueError(f"--checkpoint.resume: {checkpoint} is at step {saved_step} but {checkpointer.root} holds "
+                         f"newer checkpoints ({', '.join(p.name for p in newer)}) that resuming would overwrite; "
+                         "move them elsewhere first or resume the newest (--checkpoint.resume auto)")
+
+
+def resume_point(cfg: TrainConfig, run_dir: Path, checkpointer: Checkpointer) -> tuple[Path | None, int]:
+    """(checkpoint to resume from, its step), or (None, 0) for a start from scratch, after refusing what would
+    mix runs: a new run in an existing run's directory, a resume whose settings differ from the run's, an
+    older checkpoint than the run's newest. Only reads: every refusal comes before anything is written."""
+    if cfg.checkpoint.resume == "none":
+        check_new_run(cfg, run_dir)
+        return None, 0
+    checkpoint = checkpointer.latest() if cfg.checkpoint.resume == "auto" else Path(cfg.checkpoint.resume)
+    if checkpoint is None:  # auto, and the run has no checkpoint yet: a start from scratch
+        return None, 0
+    saved_step = read_trainer_state(checkpoint)["step"]
+    check_resumable(cfg, run_dir, checkpoint, saved_step)
+    check_no_newer_checkpoints(checkpointer, checkpoint, saved_step)
+    return checkpoint, saved_step
+
+
+def _already_complete(cfg: TrainConfig, run_dir: Path, checkpoint: Path | None, saved_step: int,
+                      env: DistEnv) -> bool:
+    """True, and says so, when the resumed run has finished: its checkpoint is at --steps and summary.json is
+    written. Then nothing is rewritten: not the checkpoint, config.yaml or the evaluation. (A run stopped at
+    --steps before its summary, e.g. during the final evaluation, resumes to finish it and saves nothing.)"""
+    if checkpoint is None or saved_step != cfg.steps or not (run_dir / "summary.json").exists():
+        return False
+    if env.is_main:
+        print(f"[done] {run_dir} is already complete at step {saved_step} ({checkpoint.name}, summary.json); "
+              "nothing to do", file=sys.stderr)
+    return True
 
 
 def check_resumable(cfg: TrainConfig, run_dir: Path, checkpoint: Path, saved_step: int) -> None:
@@ -113,20 +169,20 @@ def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
 
 
-def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv):
-    """(loader, train dataset directory, rows per rank, rows per micro-batch, micro-batches per step)."""
+def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool):
+    """(loader, train dataset directory, rows per rank, rows per micro-batch, micro-batches per step);
+    `resuming`: a checkpoint trained on the run's generated data, which must not change under it."""
     if cfg.data.alg_tokens:
         row_len = cfg.data.seq_len + 1
         split = SplitCurriculumConfig(alg_tokens=cfg.data.alg_tokens,
                                       total_tokens=cfg.steps * cfg.data.global_batch_size * row_len,
-                                      alg_tasks=cfg.data.tasks, text_docs=cfg.data.text_docs,
-                                      text_path=cfg.data.text_path)
-        loader = build_phased_loader(cfg, run_dir, env, split)
+                                      alg_tasks=cfg.data.tasks, text_path=cfg.data.text_path)
+        loader = build_phased_loader(cfg, run_dir, env, split, resuming)
         rank_rows = cfg.data.global_batch_size // env.world_size
         micro = cfg.data.micro_batch_size or rank_rows
         return loader, run_dir / "data" / "alg", rank_rows, micro, loader.micro_batches_per_step
-    train_path = prepare_data(cfg, run_dir, env)
-    dataset, loader = open_rank_loader(train_path, cfg.data, env.rank, env.world_size, env.device.type == "cuda")
+    train_path = prepare_data(cfg, run_dir, env, resuming)
+    dataset, loader = open_rank_loader(train_path, cfg.data, env)
     return loader, train_path, dataset.rank_batch_size, dataset.micro_batch_size, dataset.micro_batches_per_step
 
 
@@ -202,11 +258,17 @@ def _data_checksum(inputs: torch.Tensor) -> torch.Tensor:
 
 def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     run_dir = Path(cfg.out_dir) / cfg.run_name
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank, env.world_size)
+    resume_from, saved_step = resume_point(cfg, run_dir, checkpointer)
+    if _already_complete(cfg, run_dir, resume_from, saved_step, env):
+        return {"steps": cfg.steps, "complete": True}
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank has checked the run directory before the first rank writes to it
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP/ZeRO-3 shard local inits)
 
     # ---- data ----
-    loader, train_path, rank_rows, micro_rows, accum = build_data(cfg, run_dir, env)
+    loader, train_path, rank_rows, micro_rows, accum = build_data(cfg, run_dir, env, resume_from is not None)
     manifest = read_manifest(train_path)
     data_vocab = manifest["tokenizer"]["vocab_size"]
     if data_vocab > cfg.model.vocab_size:
@@ -227,16 +289,9 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
     peak = device_peak_tflops(env.device, cfg.log.peak_tflops)
 
     # ---- resume ----
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank, env.world_size)
     start_step, tokens_seen = 0, 0
-    resume_from = None
-    if cfg.checkpoint.resume == "auto":
-        resume_from = checkpointer.latest()
-    elif cfg.checkpoint.resume != "none":
-        resume_from = Path(cfg.checkpoint.resume)
     if resume_from is not None:
         state = checkpointer.load(resume_from, backend.checkpoint_state(), asdict(model_cfg))
-        check_resumable(cfg, run_dir, resume_from, state["step"])
         loader.load_state_dict(state["loader"])
         start_step, tokens_seen = state["step"], state["tokens"]
         if env.is_main:
@@ -354,7 +409,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
             save(done)
 
     # ---- finish ----
-    if cfg.checkpoint.save_final:
+    if cfg.checkpoint.save_final and start_step < cfg.steps:  # else resumed at --steps: that checkpoint is this state
         save(cfg.steps)
     summary = {"steps": cfg.steps, "tokens": tokens_seen, "params": params}
     accuracy = _evaluate(backend.raw, tokenizer, cfg, cfg.steps, run_dir, env, logger)["accuracy"]

@@ -103,9 +103,10 @@ def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
 def train_command(name: str, flags: list[str], args: argparse.Namespace, out: Path, data: tuple[Path, Path],
                   train_args: list[str]) -> list[str]:
     warmup = max(1, min(100, args.steps // 10))
+    # An arm stopped by --train_budget_s (or a crash) continues from its checkpoint when the command is rerun.
     return [sys.executable, str(ROOT / "train.py"), "--model_size", args.size, "--model.vocab_size", "320",
             "--model.max_seq_len", str(args.seq_len), "--steps", str(args.steps), "--out_dir", str(out),
-            "--run_name", name, "--data.path", str(data[0]), "--data.val_path", str(data[1]),
+            "--run_name", name, "--checkpoint.resume", "auto", "--data.path", str(data[0]), "--data.val_path", str(data[1]),
             "--data.global_batch_size", str(args.batch_size), "--data.tasks", json.dumps(args.tasks),
             "--optim.schedule.warmup_steps", str(warmup), "--checkpoint.interval", str(max(1, args.steps // 10)),
             "--eval.depths", "[1]", "--eval.num_samples", "8", "--log.interval", str(max(1, args.steps // 25)),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,12 +32,16 @@ VARIANTS = ("baseline", "shared_loop", "latent", "act", "ssm", "ssm_mem")
 
 def train_variant(variant: str, args: argparse.Namespace) -> Path:
     run_dir = Path(args.out_dir) / f"{args.size}_{variant}"
-    if (run_dir / "summary.json").exists() and not args.force:
-        print(f"[ladder] {variant}: done already ({run_dir}); --force retrains", file=sys.stderr)
-        return run_dir
+    if (run_dir / "summary.json").exists():
+        if not args.force:
+            print(f"[ladder] {variant}: done already ({run_dir}); --force retrains", file=sys.stderr)
+            return run_dir
+        print(f"[ladder] {variant}: --force: removing the finished run {run_dir}", file=sys.stderr)
+        shutil.rmtree(run_dir)  # train.py never trains a new run over an existing one
+    # A run stopped part way (crash, Ctrl-C) continues from its newest checkpoint.
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "ladder" / f"{variant}.yaml"),
            "--model_size", args.size, "--steps", str(args.steps), "--out_dir", args.out_dir,
-           "--run_name", run_dir.name, "--data.seq_len", str(args.seq_len), "--data.num_docs", str(args.num_docs),
+           "--run_name", run_dir.name, "--checkpoint.resume", "auto", "--data.seq_len", str(args.seq_len), "--data.num_docs", str(args.num_docs),
            "--data.global_batch_size", str(args.batch_size), "--eval.num_samples", str(args.eval_samples),
            "--eval.depths", json.dumps(args.depths), "--checkpoint.interval", "0", "--log.interval", "10",
            *args.train_args]
@@ -80,7 +85,7 @@ def main() -> int:
     p.add_argument("--eval_samples", type=int, default=16)
     p.add_argument("--depths", type=int, nargs="+", default=[1, 4])
     p.add_argument("--out_dir", default="runs/ladder")
-    p.add_argument("--force", action="store_true", help="retrain runs that already have a summary.json")
+    p.add_argument("--force", action="store_true", help="delete and retrain runs that already have a summary.json")
     args, args.train_args = p.parse_known_args()
     if args.steps < 1:
         print("run_nano_ladder.py: error: --steps must be >= 1", file=sys.stderr)

@@ -103,6 +103,7 @@ def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_ru
     blocks (3 ranks): neither may change the numbers or the checkpoint format."""
     run = f"resume_on_{nproc}"
     shutil.copytree(out / "fsdp2", out / run)
+    shutil.rmtree(out / run / "checkpoints" / "step_00000020")  # resuming step 10 would save over it: refused
     checkpoint = out / run / "checkpoints" / "step_00000010"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
     result = run_training(data, out, run, nproc, "--dist.backend", "fsdp", option, "true",
@@ -112,7 +113,8 @@ def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_ru
 
 
 def test_bad_inputs_fail_with_one_clear_error(data, out, reference):
-    shape = run_training(data, out, "single", 1, "--model.d_model", "32", "--checkpoint.resume", "auto", check=False)
+    shape = run_training(data, out, "shape", 1, "--model.d_model", "32", "--checkpoint.resume",
+                         str(out / "single" / "checkpoints" / "step_00000010"), check=False)
     assert shape.returncode == 2 and "is from a different model (d_model: checkpoint 64 vs run 32" in shape.stderr
     started = time.time()
     divide = run_training(data, out, "bad_world", 2, "--data.global_batch_size", str(GLOBAL_BATCH + 1),

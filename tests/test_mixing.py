@@ -8,6 +8,7 @@ import pytest
 import mix_datasets as mix_cli
 from recur.data.mixing import MixSource, apportion, load_mix_config, mix_datasets, parse_source
 from recur.data.packing import pack_dataset
+from recur.data.shard_writer import file_sha256
 from recur.data.validate import open_packed_dataset, row_token_counts
 
 
@@ -91,7 +92,7 @@ def test_empty_source_is_refused(packed, tmp_path):
     manifest = json.loads((empty / "manifest.json").read_text())
     pq.write_table(pq.read_table(empty / "shard-00000.parquet").slice(0, 0), empty / "shard-00000.parquet")
     manifest.update(num_rows=0, num_tokens=0)
-    manifest["shards"][0]["num_rows"] = 0
+    manifest["shards"][0].update(num_rows=0, sha256=file_sha256(empty / "shard-00000.parquet"))  # honestly empty
     (empty / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"source .*empty is empty"):
         mix_datasets([MixSource(str(packed / "parity"), 1), MixSource(str(empty), 1)], tmp_path / "out")

@@ -12,8 +12,10 @@ import time
 import pytest
 import torch
 
+from recur.checkpoint import Checkpointer, DCPState
 from recur.data.packing import pack_dataset
-from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd
+from recur.data.validate import read_manifest
+from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +166,98 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_pa
     assert (run_dir / "config.yaml").read_text() == config
     same = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto"}))
     assert same.returncode == 0 and "[resume]" in same.stderr, same.stderr
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a refused command prints (exit 2)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), result.stderr
+    return lines[0]
+
+
+def test_a_new_run_under_an_existing_run_name_is_refused_before_anything_is_written(tmp_path, data_dir):
+    """It used to train again beside the old checkpoints and append to the old eval.jsonl (issue 15, case 2)."""
+    run_dir = tmp_path / "taken"
+    first = run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
+    assert first.returncode == 0, first.stderr
+    before = tree_digest(run_dir)
+    again = _error_line(run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"})))
+    assert "--run_name taken" in again and "already holds a run" in again and "--checkpoint.resume auto" in again
+    assert tree_digest(run_dir) == before
+
+
+def test_a_finished_run_is_never_rewritten(tmp_path, data_dir):
+    """A resume of a finished run writes nothing (it used to save its final checkpoint again, evaluate again and
+    rewrite config.yaml); resuming an older checkpoint while newer ones exist is refused (it would save over them)."""
+    run_dir = tmp_path / "finished"
+    first = run_train(tiny_args(run_dir, data_dir, steps=10))
+    assert first.returncode == 0, first.stderr
+    final = run_dir / "checkpoints" / "step_00000010"
+    before, inode = tree_digest(run_dir), final.stat().st_ino
+    again = run_train(tiny_args(run_dir, data_dir, steps=10, **{"--checkpoint.resume": "auto"}))
+    assert again.returncode == 0, again.stderr
+    assert f"[done] {run_dir} is already complete at step 10" in again.stderr
+    older = _error_line(run_train(tiny_args(run_dir, data_dir, steps=10, **{
+        "--checkpoint.resume": str(run_dir / "checkpoints" / "step_00000005")})))
+    assert "holds newer checkpoints (step_00000010)" in older
+    assert tree_digest(run_dir) == before and final.stat().st_ino == inode
+
+
+def test_a_complete_checkpoint_is_never_overwritten(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    state = DCPState(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    saved = checkpointer.save(5, state, {"step": 5})
+    before = tree_digest(saved)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    with pytest.raises(ValueError, match="step_00000005 already exists and is complete; refusing to overwrite it"):
+        checkpointer.save(5, state, {"step": 5})
+    assert tree_digest(saved) == before
+
+
+def _generated(run_dir, seq_len: int, **extra: str) -> list[str]:
+    """A 3-step tiny run on successor problems that train.py generates into the run."""
+    return tiny_args(run_dir, None, steps=3, **{"--data.tasks": "[successor]", "--data.num_docs": "200",
+                                                 "--data.seq_len": str(seq_len), "--eval.tasks": "[successor]",
+                                                 "--optim.schedule.warmup_steps": "1", **extra})
+
+
+def test_generated_data_of_other_settings_is_regenerated(tmp_path):
+    """A restart (no checkpoint to resume) with another --data.seq_len used to train on the old run's data while
+    its config.yaml said otherwise."""
+    run_dir = tmp_path / "gen"
+    first = run_train(_generated(run_dir, 48, **{"--checkpoint.interval": "0", "--checkpoint.save_final": "false"}))
+    assert first.returncode == 0, first.stderr
+    second = run_train(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
+    assert second.returncode == 0, second.stderr
+    assert (f"[data] {run_dir / 'data' / 'train'} was generated with other settings (--data.seq_len 48 -> 32); "
+            "regenerating") in second.stderr
+    assert [read_manifest(run_dir / "data" / split)["seq_len"] for split in ("train", "val")] == [32, 32]
+
+
+def test_resume_with_other_generation_settings_keeps_the_data(tmp_path):
+    """The checkpoint trained on the generated data: a resume with another --data.seq_len is refused, and
+    the data is not regenerated under it."""
+    run_dir = tmp_path / "gen"
+    first = run_train(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
+    assert first.returncode == 0, first.stderr
+    before = tree_digest(run_dir)
+    refused = _error_line(run_train(_generated(run_dir, 32, **{"--steps": "6", "--checkpoint.resume": "auto"})))
+    assert "--data.seq_len 48 -> 32" in refused
+    assert tree_digest(run_dir) == before
+
+
+def test_generated_data_under_a_checkpoint_is_never_replaced(tmp_path):
+    """Without config.yaml to compare (train() called in-process), the recorded recipe still refuses a resume."""
+    from recur.data.generated import generate_once
+
+    out = tmp_path / "train"
+    recipe = {"--data.seq_len": 48}
+    generate_once(out, recipe, lambda: pack_dataset(out, tokenizer="byte", seq_len=48, tasks=["successor"],
+                                                    num_docs=20, recipe=recipe), resuming=False)
+    before = tree_digest(out)
+    with pytest.raises(ValueError, match=r"train was generated with other settings \(--data.seq_len 48 -> 32\)"):
+        generate_once(out, {"--data.seq_len": 32}, lambda: pytest.fail("regenerated"), resuming=True)
+    assert tree_digest(out) == before

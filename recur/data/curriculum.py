@@ -12,11 +12,13 @@ addition 1 -> 2 -> 3 digits); it is a pure object with state_dict/load_state_dic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from recur.data.generated import generate_once, stories_recipe, task_recipe
 from recur.data.loader import open_rank_loader
 from recur.data.packing import pack_dataset
 from recur.data.tasks import get_task
@@ -32,7 +34,6 @@ class SplitCurriculumConfig:
     alg_tokens: int  # tokens of phase 1 (algorithmic)
     total_tokens: int  # tokens of both phases together
     alg_tasks: list[str] = field(default_factory=lambda: ["parity", "addition", "copy", "reverse", "mod_add"])
-    text_docs: int = 20_000  # generated stories for phase 2 when no language data path is given
     text_path: str | None = None  # packed language dataset; None = generated stories
 
     def validate(self) -> None:
@@ -95,28 +96,25 @@ class PhasedLoader:
             loader.load_state_dict(saved)
 
 
-def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig) -> PhasedLoader:
-    """Pack (once, on the main rank) the algorithmic and language datasets under run_dir/data and chain them.
+def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig, resuming: bool) -> PhasedLoader:
+    """Pack (on the main rank, when missing or generated with other settings: see generate_once) the
+    algorithmic and language datasets under run_dir/data and chain them.
 
-    `cfg` is the TrainConfig (data.* for tokenizer, seq_len, batch sizes, seeds); `env` the DistEnv.
+    `cfg` is the TrainConfig (data.* for tokenizer, seq_len, batch sizes, seeds); `env` the DistEnv;
+    `resuming`: a checkpoint was trained on the generated data, which must not change under it.
     """
     split.validate()
     data = cfg.data
     alg_dir, lang_dir = run_dir / "data" / "alg", Path(split.text_path) if split.text_path else run_dir / "data" / "lang"
     if env.is_main:
-        if not (alg_dir / "manifest.json").exists():
-            pack_dataset(alg_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, tasks=split.alg_tasks,
-                         num_docs=data.num_docs, seed=data.seed, packing="bfd", mask_non_assistant=True,
-                         overwrite=True)
-        if split.text_path is None and not (lang_dir / "manifest.json").exists():
-            corpus = write_stories(run_dir / "data" / "stories.jsonl", split.text_docs, data.seed)
-            pack_dataset(lang_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, inputs=[str(corpus)],
-                         packing="concat", overwrite=True)
+        generate_once(alg_dir, task_recipe(data), partial(_pack_tasks, alg_dir, data, split.alg_tasks), resuming)
+        if split.text_path is None:
+            generate_once(lang_dir, stories_recipe(data), partial(_pack_stories, run_dir, lang_dir, data), resuming)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     loaders, datasets = [], []
     for path in (alg_dir, lang_dir):
-        dataset, loader = open_rank_loader(path, data, env.rank, env.world_size, env.device.type == "cuda")
+        dataset, loader = open_rank_loader(path, data, env)
         datasets.append(dataset)
         loaders.append(loader)
     if datasets[0].row_len != datasets[1].row_len:
@@ -124,6 +122,17 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig) -
                          f"({datasets[0].row_len} vs {datasets[1].row_len}); pack both with the same seq_len")
     return PhasedLoader(loaders, datasets[0].micro_batches_per_step, data.global_batch_size * datasets[0].row_len,
                         split.alg_tokens, split.total_tokens)
+
+
+def _pack_tasks(alg_dir: Path, data, tasks: list[str]) -> None:
+    pack_dataset(alg_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, tasks=tasks, num_docs=data.num_docs,
+                 seed=data.seed, packing="bfd", mask_non_assistant=True, overwrite=True, recipe=task_recipe(data))
+
+
+def _pack_stories(run_dir: Path, lang_dir: Path, data) -> None:
+    corpus = write_stories(run_dir / "data" / "stories.jsonl", data.text_docs, data.seed)
+    pack_dataset(lang_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, inputs=[str(corpus)], packing="concat",
+                 overwrite=True, recipe=stories_recipe(data))
 
 
 class DifficultyCurriculum:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +46,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from recur.data.order import GlobalOrder, Window
 from recur.data.packed_reader import PackedShards, take_rows
 from recur.data.shard_writer import RowBlock
+from recur.data.validate import open_packed_dataset
+
+if TYPE_CHECKING:
+    from recur.parallel.env import DistEnv
 
 STATE_VERSION = 1
 # Keys that define the batch sequence; a state saved under other values cannot be resumed exactly.
@@ -283,10 +287,12 @@ def make_dataloader(
     return StatefulDataLoader(dataset, num_workers, pin_memory)
 
 
-def open_rank_loader(path: str | Path, data, rank: int, world_size: int,
-                     pin_memory: bool = False) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
+def open_rank_loader(path: str | Path, data, env: DistEnv) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
     """This rank's dataset and loader over a packed directory, configured by a trainer `DataConfig`
-    (global/micro batch size, seed, shuffle window, workers)."""
-    dataset = StatefulParquetDataset(path, data.global_batch_size, rank, world_size, seed=data.seed,
+    (global/micro batch size, seed, shuffle window, workers, --data.verify_sha256)."""
+    if data.verify_sha256 and env.local_rank == 0:
+        # One full read per machine: enough for shared storage, and it also covers a copy on each node's disk.
+        open_packed_dataset(path, check_rows=False, verify_sha256=True)
+    dataset = StatefulParquetDataset(path, data.global_batch_size, env.rank, env.world_size, seed=data.seed,
                                      shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size)
-    return dataset, make_dataloader(dataset, data.num_workers, pin_memory)
+    return dataset, make_dataloader(dataset, data.num_workers, env.device.type == "cuda")

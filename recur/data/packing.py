@@ -292,8 +292,10 @@ def pack_dataset(
     rows_per_shard: int = 8192,
     row_group_size: int = 1024,
     overwrite: bool = False,
+    recipe: dict | None = None,
 ) -> dict:
-    """Read/generate, tokenize, pack and write a packed dataset; returns the manifest."""
+    """Read/generate, tokenize, pack and write a packed dataset; returns the manifest. `recipe`: the settings
+    the data was generated from, recorded in the manifest (recur.data.generated compares it on reuse)."""
     if packing not in PACKING_MODES:
         raise ValueError(f"--packing must be one of {PACKING_MODES}, got '{packing}'")
     if seq_len < 1:
@@ -343,6 +345,7 @@ def pack_dataset(
             packing={"mode": packing, "efficiency": efficiency, "mask_non_assistant": mask_non_assistant},
             sources=source_entries,
             created_by="recur.data.packing (preprocess_data_packing.py)",
+            **({"recipe": recipe} if recipe is not None else {}),
         )
         finish_dataset(work, manifest)
     print(

@@ -155,18 +155,27 @@ def check_shard(path: Path, row_len: int, vocab_size: int, expected_rows: int | 
     return num_rows
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    """The full-content check of one shard (reads every byte): its sha256 must be the manifest's."""
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"shard {path}: sha256 differs from the manifest (expected {expected}, got {actual}; "
+                         "the file changed after packing)")
+
+
 def open_packed_dataset(
     directory: str | Path, check_rows: bool = True, verify_sha256: bool = False
 ) -> dict:
-    """Validate a packed dataset directory and return its manifest (`check_rows=False`: schema/counts only)."""
+    """Validate a packed dataset directory and return its manifest (`check_rows=False`: schema/counts only;
+    `verify_sha256`: also every shard's digest against the manifest's, which reads all the data)."""
     manifest = read_manifest(directory)
     row_len, vocab_size = manifest["row_len"], manifest["tokenizer"]["vocab_size"]
     total = 0
     for entry in manifest["shards"]:
         path = Path(directory) / entry["file"]
         total += check_shard(path, row_len, vocab_size, entry["num_rows"], check_rows)
-        if verify_sha256 and file_sha256(path) != entry["sha256"]:
-            raise ValueError(f"shard {path}: sha256 differs from the manifest (file changed after packing)")
+        if verify_sha256:
+            check_sha256(path, entry["sha256"])
     if total != manifest["num_rows"]:
         raise ValueError(f"{Path(directory) / MANIFEST_NAME}: num_rows {manifest['num_rows']}, shards hold {total}")
     return manifest
