@@ -31,7 +31,8 @@ from typing import Callable
 from recur.checkpoint import write_json_atomic
 from recur.cli_common import child_env, run_cli
 from recur.data.packing import pack_dataset
-from recur.data.shard_writer import write_atomic_bytes
+from recur.data.shard_writer import MANIFEST_NAME, write_atomic_bytes
+from recur.data.validate import read_manifest
 from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
 from recur.eval.sweep import DEFAULT_DEPTHS
 
@@ -91,12 +92,20 @@ def arm_flags(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
-    """One packed train + held-out pair shared by every arm (same tokens, same order)."""
+    """One packed train + held-out pair shared by every arm (same tokens, same order). A rerun into the same
+    --out_dir reuses it and the arms already trained on it, so other data settings are refused, not rebuilt:
+    the finished arms would then be compared with arms trained on different data."""
     train, val = out / "data" / "train", out / "data" / "val"
+    recipe = {"--tasks": list(args.tasks), "--seq_len": args.seq_len, "--num_docs": args.num_docs}
     for path, docs, seed in ((train, args.num_docs, 0), (val, max(512, args.num_docs // 50), 1)):
-        if not (path / "manifest.json").exists():
-            pack_dataset(path, tokenizer="byte", seq_len=args.seq_len, tasks=args.tasks, num_docs=docs, seed=seed,
-                         packing="bfd", mask_non_assistant=True, overwrite=True)
+        if (path / MANIFEST_NAME).exists():
+            recorded = read_manifest(path).get("recipe")
+            if recorded != recipe:
+                raise ValueError(f"--out_dir {out}: its data was generated with {recorded}, this run asks for "
+                                 f"{recipe}; use a new --out_dir")
+            continue
+        pack_dataset(path, tokenizer="byte", seq_len=args.seq_len, tasks=args.tasks, num_docs=docs, seed=seed,
+                     packing="bfd", mask_non_assistant=True, overwrite=True, recipe=recipe)
     return train, val
 
 

@@ -62,3 +62,7 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
         validate_results(json.loads(sweep.read_text()), str(sweep))
     for figure in ("loss_vs_depth.png", "accuracy_vs_depth.png", "depth_scaling.md"):
         assert (out / figure).stat().st_size > 0
+    # A rerun into the same --out_dir with other data settings would compare arms trained on different data.
+    rerun = subprocess.run([sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir",
+                            str(out), "--tasks", "chain", "successor"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert rerun.returncode == 2 and "use a new --out_dir" in rerun.stderr.strip().splitlines()[-1], rerun.stderr
