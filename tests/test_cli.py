@@ -1,0 +1,52 @@
+"""train.py's command line parsed in-process: list flags, precedence whatever the order, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recur.cli import parse_config
+
+
+def _parse(*argv: str):
+    return parse_config(list(argv))[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["--data.tasks", "parity", "addition"],
+    ["--data.tasks=parity", "addition"],
+    ["--data.tasks", '["parity", "addition"]'],
+    ["--data.tasks", "[parity, addition]"],
+])
+def test_list_flags_take_space_separated_values_or_one_list(argv):
+    assert _parse(*argv, "--steps", "7").data.tasks == ["parity", "addition"]
+
+
+def test_list_values_keep_their_element_type_and_null_stays_null():
+    cfg = _parse("--eval.depths", "1", "3", "--eval.tasks", "null")
+    assert cfg.eval.depths == [1, 3] and cfg.eval.tasks is None
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_a_flag_beats_the_config_file_before_or_after_it(tmp_path: Path, before: bool):
+    config = tmp_path / "run.yaml"
+    config.write_text("steps: 77\ndata:\n  tasks: [copy]\n")
+    flags = ["--steps", "12"]
+    cfg = _parse(*(flags + ["--config", str(config)] if before else ["--config", str(config)] + flags))
+    assert cfg.steps == 12 and cfg.data.tasks == ["copy"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
+    (["--data.taks", "copy"], "unknown flag --data.taks; did you mean --data.tasks?"),
+    (["--steps", "abc"], "--steps: expected int, got 'abc'"),
+    (["--stop_at", "x"], "--stop_at: expected int | None, got 'x'"),
+    (["--eval.depths", "1", "a"], "--eval.depths: expected list[int], got 'a'"),
+    (["--steps"], "--steps: expected one argument"),
+    (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
+])
+def test_a_rejected_command_line_is_one_message_naming_the_flag(argv, message):
+    with pytest.raises(ValueError) as error:
+        _parse(*argv)
+    assert str(error.value) == message
