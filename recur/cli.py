@@ -15,7 +15,7 @@ from typing import Any, get_args, get_origin
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from recur.config import TrainConfig, validate_config
+from recur.config import TrainConfig, default_warmup_steps, validate_config
 from recur.models.presets import PRESETS
 
 CONFIG_FLAG = "--config"
@@ -129,12 +129,13 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
         argv.remove("--print_config")
     parser = build_parser()
     argv = _join_list_values(_config_files_first(_split_equals(argv)), parser)
-    first = _parse(parser, argv)  # only to learn the size, variant and length the user asked for
+    first = _parse(parser, argv)  # only to learn the size, variant and run length the user asked for
     if first.model_size not in PRESETS:
         raise ValueError(f"--model_size: unknown size '{first.model_size}'; expected one of {', '.join(PRESETS)}")
     defaults = {f"model.{k}": v for k, v in PRESETS[first.model_size].items()}
     if first.variant is not None:
         defaults["model.variant"] = first.variant
+    defaults["optim.schedule.warmup_steps"] = default_warmup_steps(first.steps)
     parser.set_defaults(defaults)
     namespace = _parse(parser, argv)
     if namespace.variant is not None and namespace.model.variant != namespace.variant:

@@ -50,3 +50,15 @@ def test_a_rejected_command_line_is_one_message_naming_the_flag(argv, message):
     with pytest.raises(ValueError) as error:
         _parse(*argv)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize("steps, warmup", [(5, 0), (100, 10), (300, 30), (5000, 30)])
+def test_the_default_warmup_shrinks_with_short_runs(steps, warmup):
+    assert _parse("--steps", str(steps)).optim.schedule.warmup_steps == warmup
+
+
+def test_an_explicit_warmup_is_kept(tmp_path: Path):
+    config = tmp_path / "run.yaml"
+    config.write_text("optim:\n  schedule:\n    warmup_steps: 3\n")
+    assert _parse("--steps", "5", "--optim.schedule.warmup_steps", "4").optim.schedule.warmup_steps == 4
+    assert _parse("--steps", "5", "--config", str(config)).optim.schedule.warmup_steps == 3

@@ -115,6 +115,11 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, d
     (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
     (["--steps", "abc"], "--steps: expected int, got 'abc'"),
     (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
+    (["--steps", "5", "--optim.schedule.warmup_steps", "10"], "--optim.schedule.warmup_steps 10 + decay steps (0) exceed"),
+    (["--data.micro_batch_size", "5"], "--data.micro_batch_size 5 must divide the per-rank batch"),
+    (["--model.variant", "latent", "--model.extra", "{n_thougts: 3}"], "--model.extra: unknown keys ['n_thougts']"),
+    (["--model.extra", "{n_thoughts: 3}"], "--model.extra: variant 'recurrent' takes no extra knobs"),
+    (["--log.interval", "0"], "--log.interval must be >= 1, got 0"),
 ])
 def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message):
     run_dir = tmp_path / "runs" / "bad"
