@@ -15,10 +15,42 @@ from typing import Any, get_args, get_origin
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from recur.cli_help import nested_field_comments
 from recur.config import TrainConfig, default_warmup_steps, validate_config
+from recur.models.config import VARIANTS
 from recur.models.presets import PRESETS
 
 CONFIG_FLAG = "--config"
+
+
+# Help for flags whose train.py default is not the dataclass's own.
+CLI_NOTES = {"optim.schedule.warmup_steps": "when not given: min(30, --steps // 10)"}
+# Choices that live in code rather than in a field comment.
+CHOICES = {"model_size": tuple(PRESETS), "variant": VARIANTS, "model.variant": VARIANTS}
+
+
+def _preset_defaults(size: str, variant: str | None) -> dict[str, Any]:
+    """Parser defaults of a --model_size preset (and --variant): they sit between dataclass and config files."""
+    if size not in PRESETS:
+        raise ValueError(f"--model_size: unknown size '{size}'; expected one of {', '.join(PRESETS)}")
+    defaults = {f"model.{k}": v for k, v in PRESETS[size].items()}
+    if variant is not None:
+        defaults["model.variant"] = variant
+    return defaults
+
+
+def _add_help(parser: ArgumentParser) -> None:
+    """Each flag's help is its field's comment in the config dataclasses; preset-filled fields say so."""
+    comments = nested_field_comments(TrainConfig)
+    preset_keys = {f"model.{k}" for shape in PRESETS.values() for k in shape}
+    for action in parser._actions:
+        notes = [comments.get(action.dest), CLI_NOTES.get(action.dest)]
+        if action.dest in CHOICES:
+            notes.append(f"one of {', '.join(CHOICES[action.dest])}")
+        if action.dest in preset_keys:
+            notes.append(f"the --model_size preset fills the default (shown: {TrainConfig.model_size})")
+        if any(notes):
+            action.help = "; ".join(filter(None, notes))
 
 
 def build_parser() -> ArgumentParser:
@@ -27,6 +59,9 @@ def build_parser() -> ArgumentParser:
                             exit_on_error=False)
     parser.add_argument(CONFIG_FLAG, action=ActionConfigFile, help="YAML config file(s); flags override them")
     parser.add_class_arguments(TrainConfig, nested_key=None, fail_untyped=False)
+    # The default size's shape, so that --help shows the model that a plain `train.py` trains.
+    parser.set_defaults(_preset_defaults(TrainConfig.model_size, None))
+    _add_help(parser)
     return parser
 
 
@@ -130,11 +165,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     parser = build_parser()
     argv = _join_list_values(_config_files_first(_split_equals(argv)), parser)
     first = _parse(parser, argv)  # only to learn the size, variant and run length the user asked for
-    if first.model_size not in PRESETS:
-        raise ValueError(f"--model_size: unknown size '{first.model_size}'; expected one of {', '.join(PRESETS)}")
-    defaults = {f"model.{k}": v for k, v in PRESETS[first.model_size].items()}
-    if first.variant is not None:
-        defaults["model.variant"] = first.variant
+    defaults = _preset_defaults(first.model_size, first.variant)
     defaults["optim.schedule.warmup_steps"] = default_warmup_steps(first.steps)
     parser.set_defaults(defaults)
     namespace = _parse(parser, argv)

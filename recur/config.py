@@ -70,17 +70,19 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    run_name: str = "default"
+    """A training run (nested groups below)."""
+
+    run_name: str = "default"  # the run's directory is out_dir/run_name
     out_dir: str = "runs"
     model_size: str = "tiny"  # preset whose shape fills `model` (explicit --model.* values win)
     variant: str | None = None  # shorthand for --model.variant
-    steps: int = 300
+    steps: int = 300  # optimizer steps of the whole run
     stop_at: int | None = None  # checkpoint and exit after this step, as on preemption (schedules keep --steps)
     init_from: str | None = None  # weights of a converted/exported model (utils/convert_hf.py) to start from
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     model: ModelConfig = field(default_factory=ModelConfig)
     # The default run ramps r̄ linearly from 1 to 4 over the first 30% of training, backprop depth 4.
     recurrence: RecurrenceConfig = field(default_factory=lambda: RecurrenceConfig(

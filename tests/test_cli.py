@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recur.cli import parse_config
+from recur.cli import build_parser, parse_config
 
 
 def _parse(*argv: str):
@@ -62,3 +62,12 @@ def test_an_explicit_warmup_is_kept(tmp_path: Path):
     config.write_text("optim:\n  schedule:\n    warmup_steps: 3\n")
     assert _parse("--steps", "5", "--optim.schedule.warmup_steps", "4").optim.schedule.warmup_steps == 4
     assert _parse("--steps", "5", "--config", str(config)).optim.schedule.warmup_steps == 3
+
+
+def test_help_shows_field_comments_choices_and_the_default_preset():
+    text = " ".join(build_parser().format_help().split())
+    assert "steps between progress lines (metrics.jsonl gets every step)" in text  # a field comment
+    assert "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16" in text  # choices listed in the comment
+    assert "one of baseline, recurrent, shared_loop, latent, act, ssm, ssm_mem" in text  # choices from code
+    assert "the --model_size preset fills the default (shown: tiny) (type: int, default: 128)" in text  # d_model
+    assert "when not given: min(30, --steps // 10)" in text
