@@ -70,9 +70,9 @@ def _flag_names(parser: ArgumentParser) -> list[str]:
 
 
 def _is_list_flag(parser: ArgumentParser, flag: str) -> bool:
-    """Whether the flag's type is a list (or an optional list)."""
+    """Whether the flag's type is a list or tuple (or an optional one)."""
     hint = getattr(parser._option_string_actions.get(flag), "_typehint", None)
-    return any(get_origin(t) is list for t in (hint, *get_args(hint)))
+    return any(get_origin(t) in (list, tuple) for t in (hint, *get_args(hint)))
 
 
 def _type_name(hint: Any) -> str:
@@ -82,9 +82,14 @@ def _type_name(hint: Any) -> str:
 
 
 def _unknown_flag_error(flag: str, parser: ArgumentParser) -> str:
-    name = flag.split("=", 1)[0]
-    close = difflib.get_close_matches(name, _flag_names(parser), n=1)
-    return f"unknown flag {name}" + (f"; did you mean {close[0]}?" if close else " (train.py --help lists them)")
+    close = difflib.get_close_matches(flag, _flag_names(parser), n=1)
+    return f"unknown flag {flag}" + (f"; did you mean {close[0]}?" if close else " (train.py --help lists them)")
+
+
+def _unknown_key_error(key: str, parser: ArgumentParser) -> str:
+    """A key of a --config file (or of a group's YAML value) that no flag has."""
+    close = difflib.get_close_matches(key, [flag[2:] for flag in _flag_names(parser)], n=1)
+    return f"unknown option {key} (from a --config file)" + (f"; did you mean {close[0]}?" if close else "")
 
 
 def _key_error(key: str, reason: str, parser: ArgumentParser) -> str:
@@ -102,6 +107,10 @@ def one_line_error(error: ArgumentError, parser: ArgumentParser) -> str:
     message = str(error)
     if unknown := re.match(r"unrecognized arguments: (\S+)", message):
         return _unknown_flag_error(unknown[1], parser)
+    if top_key := re.match(r"Option '([^']+)' is not accepted", message):
+        return _unknown_key_error(top_key[1], parser)
+    if group_key := re.match(r"Group '([^']+)' does not accept option '([^']+)'", message):
+        return _unknown_key_error(f"{group_key[1]}.{group_key[2]}", parser)
     if keyed := re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S):
         return _key_error(keyed[1], keyed[2], parser)
     if argument := re.match(r"argument (\S+): (.*)", message, re.S):  # e.g. a flag without its value

@@ -24,8 +24,8 @@ def test_list_flags_take_space_separated_values_or_one_list(argv):
 
 
 def test_list_values_keep_their_element_type_and_null_stays_null():
-    cfg = _parse("--eval.depths", "1", "3", "--eval.tasks", "null")
-    assert cfg.eval.depths == [1, 3] and cfg.eval.tasks is None
+    cfg = _parse("--eval.depths", "1", "3", "--eval.tasks", "null", "--optim.betas", "0.8", "0.9")
+    assert cfg.eval.depths == [1, 3] and cfg.eval.tasks is None and cfg.optim.betas == (0.8, 0.9)
 
 
 @pytest.mark.parametrize("before", [True, False])
@@ -49,6 +49,19 @@ def test_a_flag_beats_the_config_file_before_or_after_it(tmp_path: Path, before:
 def test_a_rejected_command_line_is_one_message_naming_the_flag(argv, message):
     with pytest.raises(ValueError) as error:
         _parse(*argv)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stpes: 3\n", "unknown option stpes (from a --config file); did you mean steps?"),
+    ("data:\n  taks: [copy]\n", "unknown option data.taks (from a --config file); did you mean data.tasks?"),
+    ("steps: abc\n", "--steps: expected int, got 'abc'"),
+])
+def test_a_bad_config_file_is_one_message_naming_the_key(tmp_path: Path, text: str, message: str):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError) as error:
+        _parse("--config", str(config))
     assert str(error.value) == message
 
 
