@@ -104,13 +104,15 @@ def _check_model_builds(model: ModelConfig) -> None:
     from recur.models import MODEL_CLASSES, create_model
     from recur.models.latent import LatentLM
 
-    if model.extra and not issubclass(MODEL_CLASSES.get(model.variant, LatentLM), LatentLM):
+    # Only the latent family (latent/act/ssm/ssm_mem) reads --model.extra; the others would ignore a knob silently.
+    if model.extra and not issubclass(MODEL_CLASSES[model.variant], LatentLM):
         raise ValueError(f"--model.extra: variant '{model.variant}' takes no extra knobs, got {sorted(model.extra)}")
     with torch.device("meta"):
         create_model(model)
 
 
 def _check_intervals(cfg: TrainConfig) -> None:
+    """Progress and plot intervals are step moduli (0 would crash mid-run); eval/checkpoint 0 means 'at the end'."""
     for flag, value, low in (("--log.interval", cfg.log.interval, 1), ("--log.plot_interval", cfg.log.plot_interval, 1),
                              ("--eval.interval", cfg.eval.interval, 0),
                              ("--checkpoint.interval", cfg.checkpoint.interval, 0)):

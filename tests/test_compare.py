@@ -113,7 +113,8 @@ def test_runs_evaluated_on_different_data_are_flagged(tmp_path):
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("compare_runs.py: warning: ")]
     assert len(warnings) == 2, proc.stderr
-    assert "held-out perplexity sets differ" in warnings[0] and "base: 134 rows of val; loop: 16 rows of val" in warnings[0]
+    assert "held-out perplexity sets differ" in warnings[0]
+    assert "base: 134 rows of val; loop: 16 rows of val" in warnings[0]
     assert "algorithmic sample counts differ" in warnings[1] and "base: n=64; loop: n=10" in warnings[1]
     report = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert report["warnings"] == [w.removeprefix("compare_runs.py: warning: ") for w in warnings]
