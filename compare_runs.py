@@ -6,7 +6,9 @@
 
 Writes compare.md, compare.json, compare_accuracy.png, compare_ood.png, compare_needle.png and
 compare_perplexity.png. Accuracies come with n and a 95% Wilson interval; "(n.s.)" marks a difference from
-the baseline whose intervals overlap. See recur/eval/compare.py for how each number and criterion is computed.
+the baseline whose intervals overlap. Runs evaluated on different held-out sets, sample counts or seeds get
+one warning line each on stderr (and on top of compare.md). See recur/eval/compare.py for how each number
+and criterion is computed.
 """
 
 import argparse
@@ -25,6 +27,8 @@ def main() -> int:
     p.add_argument("--ppl_tolerance", type=float, default=1.5, help="perplexity collapse = ppl > this × baseline")
     args = p.parse_args()
     report = compare_runs(args.runs, args.out_dir, args.baseline, args.results_dir, args.ppl_tolerance)
+    for warning in report["warnings"]:
+        print(f"compare_runs.py: warning: {warning}", file=sys.stderr)
     print((open(f"{args.out_dir}/compare.md").read()))
     print(f"wrote {args.out_dir}/compare.md, compare.json and figures; baseline: {report['baseline']}")
     return 0

@@ -11,6 +11,14 @@ from recur.recurrence import RecurrenceConfig
 
 # The embedded default run: tasks a 0.9M-parameter model makes visible progress on within ~4 CPU minutes.
 DEFAULT_TASKS = ["successor", "compare", "parity"]
+DEFAULT_WARMUP_STEPS = 30  # lr warmup of the default 300-step run
+
+
+def default_warmup_steps(steps: int) -> int:
+    """The warmup a run of `steps` steps gets when none is given: the default run's 30 steps, but never more
+    than a tenth of the run, so `--steps 5` trains (with no warmup) instead of failing on a 30-step warmup
+    longer than the run. An explicit --optim.schedule.warmup_steps is taken as given."""
+    return min(DEFAULT_WARMUP_STEPS, steps // 10)
 
 
 @dataclass
@@ -62,22 +70,25 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    run_name: str = "default"
+    """A training run (nested groups below)."""
+
+    run_name: str = "default"  # the run's directory is out_dir/run_name
     out_dir: str = "runs"
     model_size: str = "tiny"  # preset whose shape fills `model` (explicit --model.* values win)
     variant: str | None = None  # shorthand for --model.variant
-    steps: int = 300
+    steps: int = 300  # optimizer steps of the whole run
     stop_at: int | None = None  # checkpoint and exit after this step, as on preemption (schedules keep --steps)
     init_from: str | None = None  # weights of a converted/exported model (utils/convert_hf.py) to start from
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False
+    compile: bool = False  # torch.compile the model
     model: ModelConfig = field(default_factory=ModelConfig)
     # The default run ramps r̄ linearly from 1 to 4 over the first 30% of training, backprop depth 4.
     recurrence: RecurrenceConfig = field(default_factory=lambda: RecurrenceConfig(
         mean_recurrence=4, backprop_depth=4, mean_schedule="linear", mean_warmup=0.3))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule=LRScheduleConfig(lr=2e-3, warmup_steps=30)))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        schedule=LRScheduleConfig(lr=2e-3, warmup_steps=DEFAULT_WARMUP_STEPS)))
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -85,16 +96,47 @@ class TrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
 
+def _check_model_builds(model: ModelConfig) -> None:
+    """Build the model on the meta device (no memory, no time): every variant checks its shape and its
+    --model.extra knobs in its constructor, which would otherwise run only after the data is generated."""
+    import torch
+
+    from recur.models import MODEL_CLASSES, create_model
+    from recur.models.latent import LatentLM
+
+    # Only the latent family (latent/act/ssm/ssm_mem) reads --model.extra; the others would ignore a knob silently.
+    if model.extra and not issubclass(MODEL_CLASSES[model.variant], LatentLM):
+        raise ValueError(f"--model.extra: variant '{model.variant}' takes no extra knobs, got {sorted(model.extra)}")
+    with torch.device("meta"):
+        create_model(model)
+
+
+def _check_intervals(cfg: TrainConfig) -> None:
+    """Progress and plot intervals are step moduli (0 would crash mid-run); eval/checkpoint 0 means 'at the end'."""
+    for flag, value, low in (("--log.interval", cfg.log.interval, 1), ("--log.plot_interval", cfg.log.plot_interval, 1),
+                             ("--eval.interval", cfg.eval.interval, 0),
+                             ("--checkpoint.interval", cfg.checkpoint.interval, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Fail fast, before anything is written, with one message naming the offending flag."""
     from pathlib import Path
 
+    from recur.data.loader import split_batch
     from recur.data.tasks import get_task
+    from recur.optim.schedules import check_schedule
 
     cfg.model.resolved()
+    if cfg.init_from is None:  # with --init_from the converted model's shape is used, read at start-up
+        _check_model_builds(cfg.model)
     cfg.recurrence.validate()
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
+    check_schedule(cfg.optim.schedule, cfg.steps)
+    _check_intervals(cfg)
+    split_batch(cfg.data.global_batch_size, 1, cfg.data.micro_batch_size, "--data.")  # world size: at start-up
     if cfg.stop_at is not None and not 0 < cfg.stop_at < cfg.steps:
         raise ValueError(f"--stop_at {cfg.stop_at} must lie in (0, --steps {cfg.steps})")
     if cfg.init_from is not None and not Path(cfg.init_from).is_dir():
@@ -112,8 +154,6 @@ def validate_config(cfg: TrainConfig) -> None:
         raise FileNotFoundError(f"--data.val_path: data directory {cfg.data.val_path} does not exist")
     if cfg.checkpoint.resume not in ("none", "auto") and not Path(cfg.checkpoint.resume).exists():
         raise FileNotFoundError(f"--checkpoint.resume: checkpoint {cfg.checkpoint.resume} does not exist")
-    if cfg.data.global_batch_size < 1:
-        raise ValueError(f"--data.global_batch_size must be >= 1, got {cfg.data.global_batch_size}")
     for task in (cfg.data.tasks if cfg.data.path is None else []) + (cfg.eval.tasks or []):
         try:
             get_task(task)

@@ -20,7 +20,7 @@ from recur.cli_common import one_line
 from recur.config import TrainConfig
 from recur.data.curriculum import SplitCurriculumConfig, build_phased_loader
 from recur.data.generated import generate_once, task_recipe
-from recur.data.loader import open_rank_loader
+from recur.data.loader import open_rank_loader, split_batch
 from recur.data.packing import pack_dataset
 from recur.data.tokenizer import load_tokenizer
 from recur.data.validate import read_manifest
@@ -264,6 +264,7 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
         return {"steps": cfg.steps, "complete": True}
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # every rank has checked the run directory before the first rank writes to it
+    split_batch(cfg.data.global_batch_size, env.world_size, cfg.data.micro_batch_size, "--data.")
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP/ZeRO-3 shard local inits)
 

@@ -95,6 +95,38 @@ def test_bad_run_directories(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
 
 
+def _set_perplexity_rows(run: Path, rows: int) -> None:
+    path = run / "eval" / "results_all.json"
+    data = json.loads(path.read_text())
+    data["perplexity"]["rows"] = rows
+    path.write_text(json.dumps(data))
+
+
+def test_runs_evaluated_on_different_data_are_flagged(tmp_path):
+    """134 held-out rows against 16, 64 problems per cell against 10: numbers that must not be compared."""
+    base = make_run(tmp_path, "base", "baseline", 100.0, {1: (0.5, 0.1)}, {1: 10.0}, n=64)
+    loop = make_run(tmp_path, "loop", "recurrent", 100.0, {1: (0.6, 0.1)}, {1: 9.0}, n=10)
+    _set_perplexity_rows(base, 134)
+    _set_perplexity_rows(loop, 16)
+    proc = subprocess.run([sys.executable, "compare_runs.py", str(base), str(loop), "--out_dir", str(tmp_path / "out")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("compare_runs.py: warning: ")]
+    assert len(warnings) == 2, proc.stderr
+    assert "held-out perplexity sets differ" in warnings[0]
+    assert "base: 134 rows of val; loop: 16 rows of val" in warnings[0]
+    assert "algorithmic sample counts differ" in warnings[1] and "base: n=64; loop: n=10" in warnings[1]
+    report = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert report["warnings"] == [w.removeprefix("compare_runs.py: warning: ") for w in warnings]
+    assert (tmp_path / "out" / "compare.md").read_text().startswith("**Warning:** held-out perplexity sets differ")
+
+
+def test_runs_evaluated_alike_get_no_warning(tmp_path):
+    base = make_run(tmp_path, "base", "baseline", 100.0, {1: (0.5, 0.1)}, {1: 10.0})
+    loop = make_run(tmp_path, "loop", "recurrent", 100.0, {1: (0.6, 0.1)}, {1: 9.0})
+    assert compare_runs([base, loop], tmp_path / "out")["warnings"] == []
+
+
 def md_row(out: Path, table_header: str, name: str) -> str:
     """The line of run `name` in the compare.md table whose header starts with `table_header`."""
     lines = (out / "compare.md").read_text().splitlines()

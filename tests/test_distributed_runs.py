@@ -120,7 +120,7 @@ def test_bad_inputs_fail_with_one_clear_error(data, out, reference):
     divide = run_training(data, out, "bad_world", 2, "--data.global_batch_size", str(GLOBAL_BATCH + 1),
                           check=False)
     assert divide.returncode != 0 and time.time() - started < 120
-    assert f"--global_batch_size {GLOBAL_BATCH + 1} is not divisible by the world size 2" in divide.stderr
+    assert f"--data.global_batch_size {GLOBAL_BATCH + 1} is not divisible by the world size 2" in divide.stderr
     ds_config = out / "clip05.json"
     ds_config.write_text(json.dumps({"gradient_clipping": 0.5, "zero_optimization": {"stage": 2}}))
     ds = run_training(data, out, "bad_ds", 1, "--dist.backend", "deepspeed", "--dist.deepspeed_config",

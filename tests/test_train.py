@@ -111,6 +111,16 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, d
     (["--data.path", "/does/not/exist"], "data directory /does/not/exist does not exist"),
     (["--checkpoint.resume", "/does/not/exist"], "checkpoint /does/not/exist does not exist"),
     (["--data.tasks", "[juggling]"], "unknown task 'juggling'"),
+    (["--data.tasks", "copy", "juggling"], "unknown task 'juggling'"),
+    (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
+    (["--steps", "abc"], "--steps: expected int, got 'abc'"),
+    (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
+    (["--steps", "5", "--optim.schedule.warmup_steps", "10"],
+     "--optim.schedule.warmup_steps 10 + decay steps (0) exceed"),
+    (["--data.micro_batch_size", "5"], "--data.micro_batch_size 5 must divide the per-rank batch"),
+    (["--model.variant", "latent", "--model.extra", "{n_thougts: 3}"], "--model.extra: unknown keys ['n_thougts']"),
+    (["--model.extra", "{n_thoughts: 3}"], "--model.extra: variant 'recurrent' takes no extra knobs"),
+    (["--log.interval", "0"], "--log.interval must be >= 1, got 0"),
 ])
 def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message):
     run_dir = tmp_path / "runs" / "bad"
@@ -119,7 +129,7 @@ def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message)
     result = run_train(["--out_dir", str(tmp_path / "runs"), "--run_name", "bad", *flags], timeout=120)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "Warning" not in line and line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
     assert (run_dir / "config.yaml").read_text() == "keep me\n"
 

@@ -56,6 +56,27 @@ STATE_VERSION = 1
 _ORDER_KEYS = ("dataset_fingerprint", "global_batch_size", "seed", "shuffle", "shuffle_window")
 
 
+def split_batch(global_batch_size: int, world_size: int, micro_batch_size: int | None,
+                flags: str = "--") -> tuple[int, int]:
+    """(rows per rank, rows per micro-batch) of a global batch; raises naming the flag when it does not split.
+    Called by the trainer before anything is written (its flags are `--data.*`), and by every loader."""
+    if global_batch_size < 1 or world_size < 1:
+        raise ValueError(f"{flags}global_batch_size ({global_batch_size}) and world size ({world_size}) must be >= 1")
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"{flags}global_batch_size {global_batch_size} is not divisible by the world size {world_size}; "
+            "every rank must read the same number of rows per global batch"
+        )
+    rank_rows = global_batch_size // world_size
+    micro = rank_rows if micro_batch_size is None else micro_batch_size
+    if micro < 1 or rank_rows % micro:
+        raise ValueError(
+            f"{flags}micro_batch_size {micro_batch_size} must divide the per-rank batch "
+            f"{flags}global_batch_size {global_batch_size} / world size {world_size} = {rank_rows}"
+        )
+    return rank_rows, micro
+
+
 class StatefulParquetDataset(IterableDataset):
     """Per-rank batches ``{"input_ids": int64, "loss_mask": uint8, "doc_ids": int32}``, each [B, row_len]."""
 
@@ -72,24 +93,11 @@ class StatefulParquetDataset(IterableDataset):
         infinite: bool = True,
     ) -> None:
         super().__init__()
-        if global_batch_size < 1 or world_size < 1:
-            raise ValueError(f"--global_batch_size ({global_batch_size}) and world size ({world_size}) must be >= 1")
-        if global_batch_size % world_size:
-            raise ValueError(
-                f"--global_batch_size {global_batch_size} is not divisible by the world size {world_size}; "
-                "every rank must read the same number of rows per global batch"
-            )
+        rank_rows, micro = split_batch(global_batch_size, world_size, micro_batch_size)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, world size {world_size})")
         if seed < 0:
             raise ValueError(f"--seed must be >= 0, got {seed}")
-        rank_rows = global_batch_size // world_size
-        micro = rank_rows if micro_batch_size is None else micro_batch_size
-        if micro < 1 or rank_rows % micro:
-            raise ValueError(
-                f"--micro_batch_size {micro_batch_size} must divide the per-rank batch "
-                f"--global_batch_size {global_batch_size} / world size {world_size} = {rank_rows}"
-            )
         self.shards = PackedShards(path)
         self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window)
         self.global_batch_size = global_batch_size

@@ -17,6 +17,10 @@ Every accuracy compared with the baseline's (per task, ID and OOD means) carries
 intervals overlap the baseline's is marked not significant ("significant": false in compare.json,
 "(n.s.)" in compare.md). algorithmic_gain and better_ood keep their pass/fail, but record "significant"
 so that a pass resting on noise reads "pass (n.s.)".
+
+Numbers measured on different things are not comparable: when the runs' perplexities come from different
+held-out sets (content or row count) or their accuracies from different sample counts or problem seeds,
+each such issue is one line in report["warnings"] (compare.json), on top of compare.md, and on stderr.
 """
 
 from __future__ import annotations
@@ -106,6 +110,41 @@ def run_row(run: dict) -> dict:
             "final_loss": summary.get("final_loss")}
 
 
+def _heldout_set(section: dict) -> str:
+    """What a perplexity was measured on: the dataset's content fingerprint while it is on disk (each run
+    generates its own copy under its directory, so paths alone always differ), else its path; and the rows."""
+    from recur.data.packed_reader import PackedShards
+
+    try:
+        identity = PackedShards(section["data"]).fingerprint
+    except (OSError, ValueError, KeyError):
+        identity = section["data"]
+    return f"{section['rows']} rows of {identity}"
+
+
+def _sample_counts(section: dict) -> str:
+    counts = sorted({r["num_samples"] for info in section["tasks"].values() for r in info["results"]})
+    return "n=" + "/".join(map(str, counts))
+
+
+def _differs(what: str, described: dict[str, str]) -> list[str]:
+    """One warning line when the runs' descriptions of `what` are not all equal."""
+    if len(set(described.values())) < 2:
+        return []
+    return [f"{what} differ between runs, so their numbers are not comparable: "
+            + "; ".join(f"{name}: {text}" for name, text in described.items())]
+
+
+def evaluation_mismatches(runs: list[dict]) -> list[str]:
+    """One line per way in which the runs were not evaluated on the same data."""
+    return (_differs("held-out perplexity sets", {r["name"]: _heldout_set(r["perplexity"])
+                                                  for r in runs if r.get("perplexity")})
+            + _differs("algorithmic sample counts", {r["name"]: _sample_counts(r["algorithmic"])
+                                                     for r in runs if r.get("algorithmic")})
+            + _differs("evaluation seeds", {r["name"]: f"seed {r['metadata'].get('seed')}"
+                                            for r in runs if r.get("metadata") and r.get("algorithmic")}))
+
+
 def _criterion(value, base, test, threshold: str) -> dict:
     if value is None or base is None:
         return {"pass": None, "value": None, "threshold": threshold,
@@ -168,7 +207,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
         elif row is not base:
             row["significant"] = significance(row, base)
             row["criteria"] = success_criteria(row, base, ppl_tolerance)
-    report = {"baseline": base["name"] if base else None, "ppl_tolerance": ppl_tolerance, "runs": rows}
+    report = {"baseline": base["name"] if base else None, "ppl_tolerance": ppl_tolerance,
+              "warnings": evaluation_mismatches(runs), "runs": rows}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "compare.json", json.dumps(report, indent=2))
@@ -202,7 +242,8 @@ def _verdict(passed: bool | None, significant: bool | None = None) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| run | variant | ID acc (r) [95% CI] n | OOD acc (r) [95% CI] n | needle (len: acc) | ppl (r) "
+    lines = [f"**Warning:** {w}" for w in report.get("warnings", [])] + [""] * bool(report.get("warnings"))
+    lines += ["| run | variant | ID acc (r) [95% CI] n | OOD acc (r) [95% CI] n | needle (len: acc) | ppl (r) "
              "| train time s | tok/s |", "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         sig = r.get("significant") or {}

@@ -21,7 +21,7 @@ def _check_length(cfg: LRScheduleConfig, total_steps: int, decay_steps: int) -> 
         raise ValueError(f"lr schedule: total_steps must be >= 1, got {total_steps}")
     if cfg.warmup_steps + decay_steps > total_steps:
         raise ValueError(
-            f"optim.schedule: warmup_steps ({cfg.warmup_steps}) + decay steps ({decay_steps}) exceed the "
+            f"--optim.schedule.warmup_steps {cfg.warmup_steps} + decay steps ({decay_steps}) exceed the "
             f"run length ({total_steps} steps); shorten the warmup or the decay"
         )
 
@@ -33,12 +33,17 @@ def wsd_decay_steps(cfg: LRScheduleConfig, total_steps: int) -> int:
     return max(1, round(cfg.decay_fraction * total_steps))
 
 
+def check_schedule(cfg: LRScheduleConfig, total_steps: int) -> None:
+    """Raise unless the warmup and decay fit a run of `total_steps` steps (the trainer checks this
+    before anything is written; lr_at on every step)."""
+    _check_length(cfg, total_steps, wsd_decay_steps(cfg, total_steps) if cfg.name == "wsd" else 0)
+
+
 def lr_at(step: int, cfg: LRScheduleConfig, total_steps: int) -> float:
     """Learning rate for 0-based `step` of a run of `total_steps` steps."""
     if step < 0:
         raise ValueError(f"lr schedule: step must be >= 0, got {step}")
-    decay_steps = wsd_decay_steps(cfg, total_steps) if cfg.name == "wsd" else 0
-    _check_length(cfg, total_steps, decay_steps)
+    check_schedule(cfg, total_steps)
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     min_lr = cfg.lr * cfg.min_lr_ratio
@@ -49,6 +54,7 @@ def lr_at(step: int, cfg: LRScheduleConfig, total_steps: int) -> float:
         progress = 1.0 if span <= 0 else min(1.0, (step - cfg.warmup_steps) / span)
         return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     # wsd: stable at the peak, then the last `decay_steps` steps fall so that step total_steps-1 hits min_lr.
+    decay_steps = wsd_decay_steps(cfg, total_steps)
     decay_start = total_steps - decay_steps
     if step < decay_start:
         return cfg.lr
