@@ -1,0 +1,88 @@
+"""The one model format: a run trained by train.py, exported, loads with every reader and with transformers'
+AutoModelForCausalLM (trust_remote_code) with equal logits and equal greedy decoding."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recur.eval.generate import greedy_generate
+from recur.eval.load import load_model, load_weights_into, saved_config
+from recur.models import create_model
+from recur.parallel.export import export_checkpoint
+from train_helpers import REPO, run_train, tiny_args
+
+PROMPT = [[257, 104, 101, 108, 108, 111]]  # <bos> "hello" in the byte tokenizer
+
+
+@pytest.fixture(scope="module", params=["recurrent", "baseline"])
+def exported(request, tmp_path_factory):
+    """(run directory, its export) of a tiny run trained for a few steps."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp(request.param)
+    run = root / "runs" / "tiny"
+    result = run_train(tiny_args(run, None, steps=6, **{"--model.variant": request.param, "--data.tasks": "[copy]",
+                                                         "--data.num_docs": "200", "--data.seq_len": "48"}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = root / "exported"
+    result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run),
+                             "--out_dir", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return run, out
+
+
+def test_export_is_a_hugging_face_directory(exported):
+    _, out = exported
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "recur" and config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_recur.")
+    assert config["recur_tokenizer"] == "byte"
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["num_steps"] == config["default_num_steps"] and generation["eos_token_id"] == 258
+    assert (out / "modeling_recur.py").is_file()
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_every_reader_gives_the_run_logits(exported, tmp_path):
+    from recur.eval.lm_eval_adapter import RecurLM
+
+    run, out = exported
+    x = torch.tensor(PROMPT)
+    want = load_model(run)[0](x).logits
+    for path in (out, out / "model.safetensors"):
+        model, _, meta = load_model(path)
+        assert meta.kind == "hf" and meta.tokenizer == "byte"
+        assert torch.equal(model(x).logits, want)
+    assert torch.equal(RecurLM(str(out), device="cpu").model(x).logits, want)
+    fresh = create_model(saved_config(out))  # what train.py --init_from builds and fills
+    load_weights_into(fresh, out)
+    assert torch.equal(fresh.eval()(x).logits, want)
+
+
+def test_automodel_matches_recur(exported):
+    from transformers import AutoModelForCausalLM
+
+    run, out = exported
+    ours = load_model(run)[0]
+    hf = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    x = torch.tensor(PROMPT)
+    for steps in (None, 1, 3):
+        torch.testing.assert_close(hf(x, num_steps=steps).logits, ours(x, num_steps=steps).logits, rtol=0, atol=1e-4)
+    for steps in (1, 3):
+        want = greedy_generate(ours, PROMPT, 8, set(), num_steps=steps)[0]
+        got = hf.generate(x, max_new_tokens=8, num_steps=steps, do_sample=False, eos_token_id=None)
+        assert got[0, x.shape[1]:].tolist() == want
+    torch.manual_seed(0)
+    sampled = hf.generate(x, max_new_tokens=5, do_sample=True, top_k=20, num_steps=2)
+    assert sampled.shape == (1, x.shape[1] + 5)
+
+
+def test_bad_export_input_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint",
+                             str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
