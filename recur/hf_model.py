@@ -65,7 +65,8 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
     `extra_files` (e.g. tokenizer files) are copied alongside; `dtype` stores the weights in another
     precision (float32 | bfloat16 | float16; default: as they are); `special_ids` ({"bos": 1, "eos": 2,
     "pad": 0}) go into the config and generation_config.json (a copied generation_config.json wins);
-    `tokenizer` = "byte" records that the model reads recur's byte tokenizer."""
+    `tokenizer` = "byte" records that the model reads recur's byte tokenizer and writes its
+    transformers equivalent (recur/data/byte_hf.py)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -86,15 +87,18 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
               **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
     if conversion is not None:
         config["conversion"] = conversion
-    if tokenizer is not None:
+    if tokenizer == "byte":  # recur reads its own byte tokenizer; transformers reads the equivalent files
+        from recur.data.byte_hf import byte_hf_tokenizer
+
         config["recur_tokenizer"] = tokenizer
+        byte_hf_tokenizer().save_pretrained(tmp)
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n")
     shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
     for file in extra_files:
         shutil.copyfile(file, tmp / Path(file).name)
-    for file in tmp.iterdir():
-        file.chmod(0o644)
+    for file in tmp.rglob("*"):
+        file.chmod(0o755 if file.is_dir() else 0o644)
     tmp.chmod(0o755)
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"

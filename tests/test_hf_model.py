@@ -20,14 +20,16 @@ from train_helpers import REPO, run_train, tiny_args
 PROMPT = [[257, 104, 101, 108, 108, 111]]  # <bos> "hello" in the byte tokenizer
 
 
+DATA = {"--data.tasks": "[copy]", "--data.num_docs": "200", "--data.seq_len": "48"}
+
+
 @pytest.fixture(scope="module", params=["recurrent", "baseline"])
 def exported(request, tmp_path_factory):
     """(run directory, its export) of a tiny run trained for a few steps."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp(request.param)
     run = root / "runs" / "tiny"
-    result = run_train(tiny_args(run, None, steps=6, **{"--model.variant": request.param, "--data.tasks": "[copy]",
-                                                         "--data.num_docs": "200", "--data.seq_len": "48"}))
+    result = run_train(tiny_args(run, None, steps=6, **{"--model.variant": request.param, **DATA}))
     assert result.returncode == 0, result.stderr[-2000:]
     out = root / "exported"
     result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run),
@@ -63,6 +65,13 @@ def test_every_reader_gives_the_run_logits(exported, tmp_path):
     assert torch.equal(fresh.eval()(x).logits, want)
 
 
+def test_train_init_from_export(exported, tmp_path):
+    _, out = exported
+    result = run_train(tiny_args(tmp_path / "runs" / "ft", None, steps=6, **{"--init_from": str(out), **DATA}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"[init] weights from {out}" in result.stderr
+
+
 def test_automodel_matches_recur(exported):
     from transformers import AutoModelForCausalLM
 
@@ -79,6 +88,22 @@ def test_automodel_matches_recur(exported):
     torch.manual_seed(0)
     sampled = hf.generate(x, max_new_tokens=5, do_sample=True, top_k=20, num_steps=2)
     assert sampled.shape == (1, x.shape[1] + 5)
+
+
+def test_byte_tokenizer_files_match_recur(exported):
+    from transformers import AutoTokenizer
+
+    from recur.data.tokenizer import ByteTokenizer
+
+    hf, ours = AutoTokenizer.from_pretrained(str(exported[1])), ByteTokenizer()
+    for text in ("hello world", "héllo ✓ 日本\n\ttabs", ""):
+        assert hf.encode(text, add_special_tokens=False) == ours.encode(text)
+        assert hf.decode(ours.encode(text)) == text
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]
+    assert hf.apply_chat_template(chat, return_dict=False) == ours.apply_chat_template(chat)[0]
+    assert hf.apply_chat_template(chat[:2], add_generation_prompt=True, return_dict=False) == ours.prompt_ids(chat[:2])
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (ours.bos_id, ours.eos_id, ours.pad_id)
 
 
 def test_bad_export_input_is_one_line(tmp_path):
