@@ -30,8 +30,16 @@ class RecurConfig(PretrainedConfig):
 
     model_type = "recur"
 
+    def __init__(self, recur: dict | None = None, **kwargs) -> None:
+        # transformers reinterprets some ModelConfig names (rope_scaling, rope_theta become rope_parameters),
+        # so recur's fields are kept apart, verbatim, in `recur`.
+        names = {f.name for f in fields(ModelConfig)}
+        recur = recur if recur is not None else {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        super().__init__(**{"vocab_size": recur.get("vocab_size"), **kwargs})
+        self.recur = recur
+
     def model_config(self) -> ModelConfig:
-        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig) if hasattr(self, f.name)})
+        return ModelConfig(**self.recur)
 
 
 class RecurForCausalLM(PreTrainedModel, GenerationMixin):
