@@ -30,13 +30,14 @@ class RecurConfig(PretrainedConfig):
 
     model_type = "recur"
 
-    def __init__(self, recur: dict | None = None, **kwargs) -> None:
+    def __init__(self, recur: dict | None = None, num_steps: int | None = None, **kwargs) -> None:
         # transformers reinterprets some ModelConfig names (rope_scaling, rope_theta become rope_parameters),
         # so recur's fields are kept apart, verbatim, in `recur`.
         names = {f.name for f in fields(ModelConfig)}
         recur = recur if recur is not None else {k: kwargs.pop(k) for k in list(kwargs) if k in names}
         super().__init__(**{"vocab_size": recur.get("vocab_size"), **kwargs})
         self.recur = recur
+        self.num_steps = num_steps  # recurrence depth when forward / generate is given none (None: default_num_steps)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(**self.recur)
@@ -62,12 +63,16 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *args, config: RecurConfig | None = None, dtype=None,
-                        torch_dtype=None, device_map=None, **kwargs) -> RecurForCausalLM:
+                        torch_dtype=None, device_map=None, num_steps: int | None = None,
+                        **kwargs) -> RecurForCausalLM:
         """Load through recur's reader (the same code every recur tool uses), so weights can never be
-        mapped differently here."""
+        mapped differently here. `num_steps` sets the default depth (lm_eval --model_args num_steps=8);
+        hub-only kwargs (revision, token, ...) have nothing to act on and are ignored."""
         if not Path(path).is_dir():
             raise OSError(f"{path}: recur models load from a local directory only")
         config = config or RecurConfig.from_pretrained(path)
+        if num_steps is not None:
+            config.num_steps = int(num_steps)
         model = cls(config)
         load_pretrained_into(model.model, path)
         dtype = dtype or torch_dtype

@@ -65,11 +65,14 @@ def test_every_reader_gives_the_run_logits(exported, tmp_path):
     assert torch.equal(fresh.eval()(x).logits, want)
 
 
-def test_train_init_from_export(exported, tmp_path):
-    _, out = exported
-    result = run_train(tiny_args(tmp_path / "runs" / "ft", None, steps=6, **{"--init_from": str(out), **DATA}))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"[init] weights from {out}" in result.stderr
+def test_train_init_from_export_and_checkpoint(exported, tmp_path):
+    """--init_from takes an export, and a checkpoint directory (retrofit phase 2 starts from phase 1's)."""
+    run, out = exported
+    checkpoint = sorted((run / "checkpoints").glob("step_*[0-9]"))[-1]
+    for name, source in (("from_export", out), ("from_checkpoint", checkpoint)):
+        result = run_train(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"[init] weights from {source}" in result.stderr
 
 
 def test_automodel_matches_recur(exported):
@@ -85,6 +88,8 @@ def test_automodel_matches_recur(exported):
         want = greedy_generate(ours, PROMPT, 8, set(), num_steps=steps)[0]
         got = hf.generate(x, max_new_tokens=8, num_steps=steps, do_sample=False, eos_token_id=None)
         assert got[0, x.shape[1]:].tolist() == want
+    deep = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, num_steps=3)
+    torch.testing.assert_close(deep(x).logits, ours(x, num_steps=3).logits, rtol=0, atol=1e-4)
     torch.manual_seed(0)
     sampled = hf.generate(x, max_new_tokens=5, do_sample=True, top_k=20, num_steps=2)
     assert sampled.shape == (1, x.shape[1] + 5)
