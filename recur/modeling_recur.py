@@ -3,6 +3,7 @@
     model = AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)
     model.generate(ids, max_new_tokens=32, num_steps=8)             # greedy, KV cache per (layer, step)
     model.generate(ids, do_sample=True, top_k=50, num_steps=8)      # sampling
+    model.generate(ids, num_steps=32, exit_criterion="kl", exit_eps=5e-4)   # adaptive exit (looped models)
 
 The network is recur's own (`recur` must be importable): this file only adapts its interface, so the
 logits are recur's forward by construction. `num_steps` (the recurrence depth) is a config field
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from recur.eval.generate import ExitRule, adaptive_decode_step, depth_of
 from recur.hf_model import load_pretrained_into
-from recur.models import create_model
+from recur.models import create_model, is_looped
 from recur.models.config import ModelConfig
 from recur.models.layers import KVCache
 
@@ -30,7 +32,8 @@ class RecurConfig(PretrainedConfig):
 
     model_type = "recur"
 
-    def __init__(self, recur: dict | None = None, num_steps: int | None = None, **kwargs) -> None:
+    def __init__(self, recur: dict | None = None, num_steps: int | None = None, exit_criterion: str | None = None,
+                 exit_eps: float = 0.0, **kwargs) -> None:
         # transformers reinterprets some ModelConfig names (rope_scaling, rope_theta become rope_parameters),
         # so recur's fields are kept apart, verbatim, in `recur`.
         names = {f.name for f in fields(ModelConfig)}
@@ -38,6 +41,8 @@ class RecurConfig(PretrainedConfig):
         super().__init__(**{"vocab_size": recur.get("vocab_size"), **kwargs})
         self.recur = recur
         self.num_steps = num_steps  # recurrence depth when forward / generate is given none (None: default_num_steps)
+        # Adaptive exit while decoding (recur.eval.generate.ExitRule): "delta" | "kl", or None for fixed depth.
+        self.exit_criterion, self.exit_eps = exit_criterion, exit_eps
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(**self.recur)
@@ -90,10 +95,21 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, labels: torch.Tensor | None = None,
-                num_steps: int | None = None, use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
+                num_steps: int | None = None, exit_criterion: str | None = None, exit_eps: float | None = None,
+                use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """`num_steps` / `exit_criterion` / `exit_eps` override the config's for this call. Adaptive exit
+        applies to cached one-token decoding steps (the prompt runs at full depth), as in recur's generate;
+        those steps return log-probabilities, which rank and sample exactly like the logits."""
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("recur models take no padding: give prompts of equal length (attention_mask all ones)")
-        steps = num_steps if num_steps is not None else getattr(self.config, "num_steps", None)
+        steps = num_steps if num_steps is not None else self.config.num_steps
+        criterion = exit_criterion or self.config.exit_criterion
+        if criterion is not None and not is_looped(self.model):
+            raise ValueError(f"exit_criterion: adaptive exit needs a looped model; this one is '{self.model.cfg.variant}'")
+        if criterion is not None and cache is not None and cache.seen_tokens and input_ids.shape[1] == 1:
+            rule = ExitRule(criterion, exit_eps if exit_eps is not None else self.config.exit_eps)
+            log_probs, _ = adaptive_decode_step(self.model, input_ids, cache, depth_of(self.model, steps), rule)
+            return CausalLMOutputWithPast(logits=log_probs[:, None], cache=cache)
         logits = self.model(input_ids, num_steps=steps, cache=cache).logits
         loss = None
         if labels is not None:  # transformers' convention: labels are the inputs, shifted here
@@ -102,10 +118,12 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                                       attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-                                      num_steps: int | None = None, **kwargs) -> dict:
+                                      num_steps: int | None = None, exit_criterion: str | None = None,
+                                      exit_eps: float | None = None, **kwargs) -> dict:
         """The first call runs the whole prompt into a fresh cache; later calls feed only new tokens."""
         if cache is None and use_cache:
             cache = KVCache()
         if cache is not None:
             input_ids = input_ids[:, cache.seen_tokens:]
-        return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask, "num_steps": num_steps}
+        return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask, "num_steps": num_steps,
+                "exit_criterion": exit_criterion, "exit_eps": exit_eps}

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from recur.eval.generate import greedy_generate
+from recur.eval.generate import ExitRule, generate, greedy_generate
 from recur.eval.load import load_model, load_weights_into, saved_config
-from recur.models import create_model
+from recur.models import create_model, is_looped
 from recur.parallel.export import export_checkpoint
 from train_helpers import REPO, run_train, tiny_args
 
@@ -88,6 +88,12 @@ def test_automodel_matches_recur(exported):
         want = greedy_generate(ours, PROMPT, 8, set(), num_steps=steps)[0]
         got = hf.generate(x, max_new_tokens=8, num_steps=steps, do_sample=False, eos_token_id=None)
         assert got[0, x.shape[1]:].tolist() == want
+    if is_looped(ours):  # adaptive exit: the same tokens as recur's, with some tokens exiting early
+        decoded = generate(ours, PROMPT, 8, set(), num_steps=4, exit_rule=ExitRule("delta", 0.2))
+        assert decoded.mean_steps() < 4
+        got = hf.generate(x, max_new_tokens=8, num_steps=4, exit_criterion="delta", exit_eps=0.2, do_sample=False,
+                          eos_token_id=None)
+        assert got[0, x.shape[1]:].tolist() == decoded.tokens[0]
     deep = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, num_steps=3)
     torch.testing.assert_close(deep(x).logits, ours(x, num_steps=3).logits, rtol=0, atol=1e-4)
     torch.manual_seed(0)
