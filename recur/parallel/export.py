@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from recur.checkpoint import DEEPSPEED_DIR, STATE_FILE, checkpoint_format, checkpoint_problem
-from recur.eval.load import _tied_aliases, model_config_from_dict, resolve_checkpoint
+from recur.eval.load import _run_data, _tied_aliases, model_config_from_dict, resolve_checkpoint
 from recur.hf_model import is_saved_dir
 
 
@@ -39,16 +39,6 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     return {k: v.detach().float().cpu() for k, v in weights.items()}, asdict(cfg), path
 
 
-def _run_tokenizer(checkpoint_dir: Path) -> str | None:
-    """The tokenizer spec ("byte" or a directory) of the run a checkpoint belongs to, when it is on record."""
-    run_dir = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else None
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
-        return None
-    import yaml
-
-    return ((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}).get("tokenizer")
-
-
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write the checkpoint as a Hugging Face directory (recur.hf_model.save_pretrained) with the run's
     tokenizer files; returns the directory."""
@@ -60,7 +50,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bo
     weights, model_config, source = consolidated_state_dict(checkpoint)
     model = create_model(model_config_from_dict(model_config, str(source)))
     model.load_state_dict({**weights, **_tied_aliases(model, weights)})
-    spec = _run_tokenizer(source)
+    run_dir = source.parent.parent if source.parent.name == "checkpoints" else None
+    spec = _run_data(run_dir)[0]  # the run's tokenizer ("byte" or a directory), when it is on record
     extra, special = [], {}
     if spec is not None:
         tok = load_tokenizer(spec)
