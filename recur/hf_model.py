@@ -1,13 +1,16 @@
-"""Hugging Face-style save/load of our models: a directory with `model.safetensors` and `config.json`.
+"""The one on-disk model format: a Hugging Face directory that recur and transformers both load.
 
-    save_pretrained(model, "out/")            -> out/model.safetensors, out/config.json (+ tokenizer files)
+    save_pretrained(model, "out/")            -> out/model.safetensors, config.json, generation_config.json,
+                                                 modeling_recur.py (+ tokenizer files)
     model = from_pretrained("out/")           -> the same model, bit-exact in fp32
     load_pretrained_into(model, "out/")       -> fill an already-built model (trainer --init_from)
 
 config.json is flat like a transformers config: `model_type: "recur"`, every `ModelConfig` field (so the
 loop structure n_prelude / n_core / n_coda, injection and default_num_steps are on record) and, for
 converted models, a `conversion` block naming the source checkpoint and which layers went where. A tied
-head is stored once (safetensors forbids aliased tensors) and re-tied on load.
+head is stored once (safetensors forbids aliased tensors) and re-tied on load. `auto_map` points
+transformers' AutoConfig / AutoModelForCausalLM at the copied modeling_recur.py (trust_remote_code=True).
+Every file is written 0644: an export is meant to be shared.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from recur.models.lm import DecoderLM
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+MODELING_FILE = Path(__file__).with_name("modeling_recur.py")
+AUTO_MAP = {"AutoConfig": "modeling_recur.RecurConfig", "AutoModelForCausalLM": "modeling_recur.RecurForCausalLM"}
 # Fields that change behaviour but not a single weight shape: a loader may override them.
 RUNTIME_FIELDS = ("attn_backend", "dropout", "default_num_steps", "max_seq_len", "init_state", "init_state_std")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,13 +50,23 @@ def _state_to_save(model: nn.Module, dtype: torch.dtype | None) -> dict[str, tor
     return state
 
 
+def generation_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict:
+    """transformers' generation defaults: the model's recurrence depth and context, greedy decoding."""
+    return {"num_steps": cfg.default_num_steps, "max_length": cfg.max_seq_len, "do_sample": False,
+            **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
+
+
 def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | None = None,
                     extra_files: list[Path] | tuple[Path, ...] = (), dtype: str | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, special_ids: dict[str, int | None] | None = None,
+                    tokenizer: str | None = None) -> Path:
     """Write `model` to `out_dir` atomically (a temp directory renamed into place).
 
     `extra_files` (e.g. tokenizer files) are copied alongside; `dtype` stores the weights in another
-    precision (float32 | bfloat16 | float16; default: as they are)."""
+    precision (float32 | bfloat16 | float16; default: as they are); `special_ids` ({"bos": 1, "eos": 2,
+    "pad": 0}) go into the config and generation_config.json (a copied generation_config.json wins);
+    `tokenizer` = "byte" records that the model reads recur's byte tokenizer and writes its
+    transformers equivalent (recur/data/byte_hf.py)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -64,13 +80,26 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
     tmp.mkdir()
     state = _state_to_save(model, DTYPES[dtype] if dtype else None)
     save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    config = {"model_type": "recur", "architectures": [type(model).__name__], "recur_format_version": FORMAT_VERSION,
-              "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."), **asdict(model.cfg)}
+    special_ids = special_ids or {}
+    config = {"model_type": "recur", "architectures": ["RecurForCausalLM"], "auto_map": AUTO_MAP,
+              "recur_format_version": FORMAT_VERSION, "tie_word_embeddings": model.cfg.tie_embeddings,
+              "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."), **asdict(model.cfg),
+              **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
     if conversion is not None:
         config["conversion"] = conversion
+    if tokenizer == "byte":  # recur reads its own byte tokenizer; transformers reads the equivalent files
+        from recur.data.byte_hf import byte_hf_tokenizer
+
+        config["recur_tokenizer"] = tokenizer
+        byte_hf_tokenizer().save_pretrained(tmp)
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n")
+    shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
     for file in extra_files:
-        shutil.copy2(file, tmp / Path(file).name)
+        shutil.copyfile(file, tmp / Path(file).name)
+    for file in tmp.rglob("*"):
+        file.chmod(0o755 if file.is_dir() else 0o644)
+    tmp.chmod(0o755)
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
@@ -79,6 +108,15 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
     else:
         os.replace(tmp, out)
     return out
+
+
+def is_saved_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory in this format (config.json with model_type "recur")."""
+    config_file = Path(path) / CONFIG_NAME
+    try:
+        return Path(path).is_dir() and json.loads(config_file.read_text()).get("model_type") == "recur"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_config_json(path: str | Path) -> dict:

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -187,12 +187,13 @@ def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool):
 
 
 def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int):
-    """The model of --model.*, or of the converted model given by --init_from (its shape wins)."""
+    """The model of --model.*, or of the saved model given by --init_from (its shape wins)."""
     model_cfg = cfg.model.resolved()
     if cfg.init_from:
-        from recur.hf_model import RUNTIME_FIELDS, read_model_config
+        from recur.eval.load import saved_config
+        from recur.hf_model import RUNTIME_FIELDS
 
-        model_cfg = read_model_config(cfg.init_from, **{f: getattr(cfg.model, f) for f in RUNTIME_FIELDS}).resolved()
+        model_cfg = replace(saved_config(cfg.init_from), **{f: getattr(cfg.model, f) for f in RUNTIME_FIELDS}).resolved()
     if env.device.type == "cuda" and model_cfg.attn_backend == "auto":
         # Time the kernels once on this run's shape; `auto` then means the fastest correct one.
         name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,
@@ -299,9 +300,9 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
             print(f"[resume] {resume_from} at step {start_step} (saved on {state.get('world_size')} ranks, "
                   f"now {env.world_size})", file=sys.stderr)
     elif cfg.init_from:
-        from recur.hf_model import load_pretrained_into
+        from recur.eval.load import load_weights_into
 
-        load_pretrained_into(backend.raw, cfg.init_from)
+        load_weights_into(backend.raw, cfg.init_from)
         if env.is_main:
             print(f"[init] weights from {cfg.init_from}", file=sys.stderr)
     if env.is_main:

@@ -250,3 +250,20 @@ def test_untie_sharded(llama3_tied_dir, tmp_path):
     untied = _hf(out)
     assert torch.equal(_hf_logits(untied, IDS), _hf_logits(_hf(llama3_tied_dir), IDS))
     assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+
+
+def test_conversion_loads_with_automodel_and_every_reader(llama3_tied_dir, tmp_path):
+    """A conversion (llama3 RoPE scaling, tied head, GQA) is the same directory format as an export:
+    transformers and recur's eval reader give recur's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from recur.eval.load import load_model
+
+    out = tmp_path / "converted"
+    model = convert_to_dir(llama3_tied_dir, out, 1, 1, 1, 1, default_num_steps=2)
+    hf = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    assert hf.model.cfg == model.cfg
+    for steps in (1, 3):
+        want = _ours(model.eval(), IDS, r=steps)
+        assert (hf(IDS, num_steps=steps).logits - want).abs().max() < 1e-4
+        assert torch.equal(_ours(load_model(out)[0], IDS, r=steps), want)

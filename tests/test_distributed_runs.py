@@ -165,19 +165,21 @@ def test_export_consolidates_sharded_and_deepspeed_checkpoints(out, reference, f
     from recur.eval.load import load_model
     from recur.parallel.export import export_checkpoint
 
+    from safetensors.torch import load_file
+
     exported = {run: export_checkpoint(out / run, tmp_path / run) for run in ("single", "fsdp2", "zero3")}
-    want = torch.load(exported["single"]["pt"])["model"]
+    want = load_file(exported["single"] / "model.safetensors")
     for run in ("fsdp2", "zero3"):
-        got = torch.load(exported[run]["pt"])["model"]
+        got = load_file(exported[run] / "model.safetensors")
         assert sorted(got) == sorted(want)
         for name, tensor in want.items():
             torch.testing.assert_close(got[name], tensor, rtol=0, atol=2e-4, msg=f"{run}: {name}")
-        model, cfg, meta = load_model(exported[run]["safetensors"])
-        assert meta.kind == "safetensors" and cfg.d_model == 64
+        model, cfg, meta = load_model(exported[run])
+        assert meta.kind == "hf" and cfg.d_model == 64
         torch.testing.assert_close(model.state_dict()["core.0.attn.wq.weight"], want["core.0.attn.wq.weight"],
                                    rtol=0, atol=2e-4)
-    with pytest.raises(ValueError, match="already an exported file"):
-        export_checkpoint(exported["single"]["pt"], tmp_path / "again")
+    with pytest.raises(ValueError, match="already an exported model"):
+        export_checkpoint(exported["single"], tmp_path / "again")
 
 
 @pytest.mark.slow

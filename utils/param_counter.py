@@ -5,7 +5,7 @@
     python utils/param_counter.py --config configs/retrofit_two_phase.yaml --init_from models/tinyllama-4-8-4
 
 Takes the trainer's own flags (any train.py flag or --config file), plus:
-  --init_from DIR       count the model saved in DIR (a utils/convert_hf.py output) instead of --model.*
+  --init_from DIR       count the model saved in DIR (an export, conversion, run or checkpoint) instead of --model.*
   --expectation         draws (default): replay the trainer's seeded (n, k) per step, so the total equals
                         the sum of "flops" in metrics.jsonl; analytic: E[n], E[k] of the sampling law
   --json PATH           also write the numbers as JSON
@@ -29,8 +29,8 @@ from recur.checkpoint import write_json_atomic  # noqa: E402
 from recur.cli import parse_config  # noqa: E402
 from recur.config import TrainConfig  # noqa: E402
 from recur.data.validate import read_manifest  # noqa: E402
+from recur.eval.load import saved_config  # noqa: E402
 from recur.flops import EXPECTATIONS, count_params, curriculum_flops  # noqa: E402
-from recur.hf_model import read_model_config  # noqa: E402
 from recur.models import create_model  # noqa: E402
 from recur.models.presets import preset_table  # noqa: E402
 from recur.recurrence import RecurrenceSampler  # noqa: E402
@@ -42,7 +42,7 @@ LABELS = {"tok_embeddings": "embeddings", "core": "recurrent block (core)", "lm_
 
 def count_run(cfg: TrainConfig, init_from: str | None = None, expectation: str = "draws") -> dict:
     """Params by component and curriculum FLOPs of the run that `cfg` describes."""
-    model_cfg = read_model_config(init_from) if init_from else cfg.model.resolved()
+    model_cfg = saved_config(init_from) if init_from else cfg.model.resolved()
     with torch.device("meta"):
         model = create_model(model_cfg)
     seq_len = read_manifest(Path(cfg.data.path))["seq_len"] if cfg.data.path else cfg.data.seq_len

@@ -1,5 +1,6 @@
-"""lm-evaluation-harness model "recur": our saved models (utils/convert_hf.py output or any
-`recur.hf_model.save_pretrained` directory) scored at a chosen recurrence depth.
+"""lm-evaluation-harness model "recur": any model recur loads (a saved directory from
+utils/export_checkpoint.py or utils/convert_hf.py, a run or checkpoint directory) scored at a chosen
+recurrence depth.
 
     python -m recur.eval.lm_eval_adapter --model recur \
         --model_args path=models/tinyllama-4-8-4,num_steps=8 --tasks hellaswag,arc_easy
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from recur.data.tokenizer import load_tokenizer
 from recur.eval.generate import greedy_generate
-from recur.hf_model import from_pretrained
+from recur.eval.load import load_model
 
 
 def _resolve_device(device: str | None) -> str:
@@ -44,17 +45,17 @@ class RecurLM(TemplateLM):
     def __init__(self, path: str, num_steps: int | None = None, tokenizer: str | None = None,
                  device: str | None = None, batch_size: int | str = 1, max_length: int | None = None,
                  add_bos: bool | None = None, max_batch_size: int | None = None) -> None:
-        """`path`: saved model directory; `num_steps`: recurrence depth (default: the model's
-        default_num_steps); `tokenizer`: "byte" or a directory (default: `path`); `add_bos`: prepend BOS to
+        """`path`: anything recur.eval.load.load_model reads; `num_steps`: recurrence depth (default: the model's
+        default_num_steps); `tokenizer`: "byte" or a directory (default: the model's own); `add_bos`: prepend BOS to
         every sequence (default: when the tokenizer has one, as Llama/OLMo were trained); batch_size "auto"
         means max_batch_size (default 8): padding never changes a score, so any batch size is exact."""
         super().__init__()
         device = _resolve_device(device)
-        self.model = from_pretrained(path, device=device)
+        self.model, _, meta = load_model(path, device=device)
         self.num_steps = int(num_steps) if num_steps is not None else self.model.cfg.default_num_steps
         if self.num_steps < 1:
             raise ValueError(f"--model_args num_steps must be >= 1, got {self.num_steps}")
-        self.tok = load_tokenizer(tokenizer or path)
+        self.tok = load_tokenizer(tokenizer or meta.tokenizer or "byte")
         bos = getattr(self.tok, "bos_id", None)
         self.bos_id = bos if (add_bos if add_bos is not None else bos is not None) else None
         self._device = torch.device(device)

@@ -1,11 +1,14 @@
 """Load a model for evaluation from a run directory, a DCP checkpoint directory or an exported file.
 
 Accepted paths:
+    exported/<name>/                   the one model format, a Hugging Face directory (recur/hf_model.py:
+                                       utils/export_checkpoint.py and utils/convert_hf.py write it)
     runs/<name>/                       the newest complete checkpoint under checkpoints/
     runs/<name>/checkpoints/step_N/    a DCP checkpoint (trainer_state.json holds the model config)
+Older exports still load:
     model.pt                           torch.save({"model": state_dict, "model_config": dict})
     model.safetensors                  weights; the config in the file's metadata["model_config"] (JSON)
-                                       or in a sibling config.json ({"model_config": ...} or the config itself)
+                                       or in a sibling config.json ({"model_config": ...})
 
 The model is always built from the config stored with the weights, so a checkpoint whose weights do not
 fit its config (or that is no recur checkpoint at all) fails with an error naming the path.
@@ -23,6 +26,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from recur.checkpoint import STATE_FILE, Checkpointer, checkpoint_format, checkpoint_problem
+from recur.hf_model import from_pretrained, is_saved_dir, read_config_json, read_model_config
 from recur.models import create_model
 from recur.models.config import ModelConfig
 from recur.models.lm import DecoderLM
@@ -35,7 +39,7 @@ class CheckpointMeta:
     """Where the weights came from, for the metadata block of every result file."""
 
     path: str  # the file or checkpoint directory actually loaded
-    kind: str  # "dcp" | "deepspeed" | "torch" | "safetensors"
+    kind: str  # "hf" | "dcp" | "deepspeed" | "torch" | "safetensors"
     run_dir: str | None  # the run the checkpoint belongs to, when it lives in one
     step: int | None  # training step, when known
     tokens: int | None  # training tokens seen, when known
@@ -116,6 +120,14 @@ def _tied_aliases(model: DecoderLM, given: dict) -> dict:
     return {}
 
 
+def _json_or_empty(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _read_export(path: Path) -> tuple[dict, dict]:
     """(state_dict, model_config dict) of an exported file."""
     if path.suffix == ".safetensors":
@@ -126,11 +138,11 @@ def _read_export(path: Path) -> tuple[dict, dict]:
             metadata = f.metadata() or {}
         if "model_config" in metadata:
             config = json.loads(metadata["model_config"])
-        elif (path.parent / "config.json").is_file():
-            sidecar = json.loads((path.parent / "config.json").read_text())
-            config = sidecar.get("model_config", sidecar)
+        elif "model_config" in (sidecar := _json_or_empty(path.parent / "config.json")):
+            config = sidecar["model_config"]
         else:
-            raise ValueError(f"{path}: no model_config in the safetensors metadata and no config.json beside it")
+            raise ValueError(f"{path}: no model_config in the safetensors metadata and no recur config.json beside it "
+                             "(a Hugging Face model? convert it first with utils/convert_hf.py)")
         return load_file(str(path)), config
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -155,11 +167,22 @@ def _load_export(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConf
     return model.to(device), cfg, meta
 
 
+def _load_saved_dir(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
+    model = from_pretrained(path, device=device)
+    config = read_config_json(path)
+    tokenizer = config.get("recur_tokenizer") or (str(path) if (path / "tokenizer_config.json").is_file() else None)
+    return model, model.cfg, CheckpointMeta(str(path), "hf", None, None, None, tokenizer)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The concrete checkpoint directory or file that `path` designates (newest complete one of a run)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--checkpoint: {path} does not exist")
+    if path.is_file() and is_saved_dir(path.parent):  # the weights file of a saved directory: the directory
+        return path.parent
+    if is_saved_dir(path):
+        return path
     if path.is_file():
         if path.suffix not in EXPORT_SUFFIXES:
             raise ValueError(f"--checkpoint: {path} is not a checkpoint (expected a run directory, a checkpoint "
@@ -178,17 +201,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
     exports = [path / f"model{suffix}" for suffix in EXPORT_SUFFIXES if (path / f"model{suffix}").is_file()]
     if exports:
         return exports[0]
-    raise ValueError(f"--checkpoint: {path} is not a checkpoint (no trainer_state.json, checkpoints/ or model.pt)")
+    raise ValueError(f"--checkpoint: {path} is not a checkpoint (no config.json with model_type 'recur', "
+                     "trainer_state.json, checkpoints/ or model.pt)")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
     """(model in eval mode on `device`, its resolved config, where it came from)."""
     resolved = resolve_checkpoint(path)
     device = torch.device(device)
-    loader = _load_export if resolved.is_file() else _load_dcp
+    loader = _load_export if resolved.is_file() else _load_saved_dir if is_saved_dir(resolved) else _load_dcp
     model, cfg, meta = loader(resolved, device)
     model.eval()
     return model, cfg, meta
+
+
+def saved_config(path: str | Path) -> ModelConfig:
+    """The model config stored at any path load_model accepts, without building the model when it can."""
+    resolved = resolve_checkpoint(path)
+    if is_saved_dir(resolved):
+        return read_model_config(resolved)
+    if resolved.is_dir():
+        return model_config_from_dict(json.loads((resolved / STATE_FILE).read_text()).get("model_config"),
+                                      str(resolved / STATE_FILE))
+    return model_config_from_dict(_read_export(resolved)[1], str(resolved))
+
+
+def load_weights_into(model: DecoderLM, path: str | Path) -> None:
+    """Copy the weights stored at `path` (any path load_model accepts) into an already-built model of the
+    same shape (train.py --init_from)."""
+    source = load_model(path)[0].state_dict()
+    _check_fits(model, source, Path(path))
+    with torch.no_grad():  # copy_ in place, so a model already sharded (DTensor parameters) is filled too
+        for name, target in model.state_dict().items():
+            target.copy_(source[name])
 
 
 def list_checkpoints(path: str | Path) -> list[Path]:

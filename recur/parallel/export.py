@@ -1,26 +1,25 @@
-"""Consolidate any training checkpoint (DCP of any world size, or DeepSpeed ZeRO 1/2/3) into one file set
-for single-device evaluation: `model.pt` ({"model": state_dict, "model_config": dict}), `model.safetensors`
-(model_config in its metadata) and `config.json` ({"model_config": ...}); `recur.eval.load` reads all three.
+"""Consolidate any training checkpoint (DCP of any world size, or DeepSpeed ZeRO 1/2/3) into the one model
+format, a Hugging Face directory (recur/hf_model.py), for single-device evaluation and sharing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from recur.checkpoint import DEEPSPEED_DIR, STATE_FILE, checkpoint_format, checkpoint_problem
-from recur.eval.load import model_config_from_dict, resolve_checkpoint
+from recur.eval.load import _run_data, _tied_aliases, model_config_from_dict, resolve_checkpoint
+from recur.hf_model import is_saved_dir
 
 
 def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
     """(full fp32 model state dict on CPU, model config dict, the checkpoint directory used)."""
     path = resolve_checkpoint(checkpoint)
-    if path.is_file():
-        raise ValueError(f"--checkpoint: {path} is already an exported file")
+    if path.is_file() or is_saved_dir(path):
+        raise ValueError(f"--checkpoint: {path} is already an exported model")
     problem = checkpoint_problem(path)
     if problem is not None:
         raise ValueError(f"--checkpoint: {path} is not a complete checkpoint: {problem}")
@@ -40,27 +39,23 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     return {k: v.detach().float().cpu() for k, v in weights.items()}, asdict(cfg), path
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Write model.pt, model.safetensors and config.json into `out_dir`; returns their paths."""
-    from safetensors.torch import save_file
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write the checkpoint as a Hugging Face directory (recur.hf_model.save_pretrained) with the run's
+    tokenizer files; returns the directory."""
+    from recur.convert.hf import tokenizer_files
+    from recur.data.tokenizer import load_tokenizer
+    from recur.hf_model import save_pretrained
+    from recur.models import create_model
 
     weights, model_config, source = consolidated_state_dict(checkpoint)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"pt": out / "model.pt", "safetensors": out / "model.safetensors", "config": out / "config.json"}
-    _atomic(files["pt"], lambda tmp: torch.save({"model": weights, "model_config": model_config}, tmp))
-    # safetensors stores no aliases: a tied head is dropped (the loader re-ties it from the embeddings).
-    single = {k: v.contiguous() for k, v in weights.items()
-              if not (model_config.get("tie_embeddings") and k == "lm_head.weight")}
-    _atomic(files["safetensors"], lambda tmp: save_file(single, str(tmp), metadata={
-        "model_config": json.dumps(model_config), "source": str(source)}))
-    _atomic(files["config"], lambda tmp: tmp.write_text(json.dumps({"model_config": model_config}, indent=2)))
-    return files
+    model = create_model(model_config_from_dict(model_config, str(source)))
+    model.load_state_dict({**weights, **_tied_aliases(model, weights)})
+    run_dir = source.parent.parent if source.parent.name == "checkpoints" else None
+    spec = _run_data(run_dir)[0]  # the run's tokenizer ("byte" or a directory), when it is on record
+    extra, special = [], {}
+    if spec is not None:
+        tok = load_tokenizer(spec)
+        special = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
+        extra = [f for f in tokenizer_files(spec) if f.name != "generation_config.json"] if spec != "byte" else []
+    return save_pretrained(model, out_dir, extra_files=extra, special_ids=special, overwrite=overwrite,
+                           tokenizer="byte" if spec == "byte" else None)

@@ -1,0 +1,124 @@
+"""The one model format: a run trained by train.py, exported, loads with every reader and with transformers'
+AutoModelForCausalLM (trust_remote_code) with equal logits and equal greedy decoding."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recur.eval.generate import ExitRule, generate, greedy_generate
+from recur.eval.load import load_model, load_weights_into, saved_config
+from recur.models import create_model, is_looped
+from recur.parallel.export import export_checkpoint
+from train_helpers import REPO, run_train, tiny_args
+
+PROMPT = [[257, 104, 101, 108, 108, 111]]  # <bos> "hello" in the byte tokenizer
+
+
+DATA = {"--data.tasks": "[copy]", "--data.num_docs": "200", "--data.seq_len": "48"}
+
+
+@pytest.fixture(scope="module", params=["recurrent", "baseline"])
+def exported(request, tmp_path_factory):
+    """(run directory, its export) of a tiny run trained for a few steps."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp(request.param)
+    run = root / "runs" / "tiny"
+    result = run_train(tiny_args(run, None, steps=6, **{"--model.variant": request.param, **DATA}))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = root / "exported"
+    result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run),
+                             "--out_dir", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return run, out
+
+
+def test_export_is_a_hugging_face_directory(exported):
+    _, out = exported
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "recur" and config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_recur.")
+    assert config["recur_tokenizer"] == "byte"
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["num_steps"] == config["default_num_steps"] and generation["eos_token_id"] == 258
+    assert (out / "modeling_recur.py").is_file()
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_every_reader_gives_the_run_logits(exported, tmp_path):
+    from recur.eval.lm_eval_adapter import RecurLM
+
+    run, out = exported
+    x = torch.tensor(PROMPT)
+    want = load_model(run)[0](x).logits
+    for path in (out, out / "model.safetensors"):
+        model, _, meta = load_model(path)
+        assert meta.kind == "hf" and meta.tokenizer == "byte"
+        assert torch.equal(model(x).logits, want)
+    assert torch.equal(RecurLM(str(out), device="cpu").model(x).logits, want)
+    fresh = create_model(saved_config(out))  # what train.py --init_from builds and fills
+    load_weights_into(fresh, out)
+    assert torch.equal(fresh.eval()(x).logits, want)
+
+
+def test_train_init_from_export_and_checkpoint(exported, tmp_path):
+    """--init_from takes an export, and a checkpoint directory (retrofit phase 2 starts from phase 1's)."""
+    run, out = exported
+    checkpoint = sorted((run / "checkpoints").glob("step_*[0-9]"))[-1]
+    for name, source in (("from_export", out), ("from_checkpoint", checkpoint)):
+        result = run_train(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"[init] weights from {source}" in result.stderr
+
+
+def test_automodel_matches_recur(exported):
+    from transformers import AutoModelForCausalLM
+
+    run, out = exported
+    ours = load_model(run)[0]
+    hf = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    x = torch.tensor(PROMPT)
+    for steps in (None, 1, 3):
+        torch.testing.assert_close(hf(x, num_steps=steps).logits, ours(x, num_steps=steps).logits, rtol=0, atol=1e-4)
+    for steps in (1, 3):
+        want = greedy_generate(ours, PROMPT, 8, set(), num_steps=steps)[0]
+        got = hf.generate(x, max_new_tokens=8, num_steps=steps, do_sample=False, eos_token_id=None)
+        assert got[0, x.shape[1]:].tolist() == want
+    if is_looped(ours):  # adaptive exit: the same tokens as recur's, with some tokens exiting early
+        decoded = generate(ours, PROMPT, 8, set(), num_steps=4, exit_rule=ExitRule("delta", 0.2))
+        assert decoded.mean_steps() < 4
+        got = hf.generate(x, max_new_tokens=8, num_steps=4, exit_criterion="delta", exit_eps=0.2, do_sample=False,
+                          eos_token_id=None)
+        assert got[0, x.shape[1]:].tolist() == decoded.tokens[0]
+    deep = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, num_steps=3)
+    torch.testing.assert_close(deep(x).logits, ours(x, num_steps=3).logits, rtol=0, atol=1e-4)
+    torch.manual_seed(0)
+    sampled = hf.generate(x, max_new_tokens=5, do_sample=True, top_k=20, num_steps=2)
+    assert sampled.shape == (1, x.shape[1] + 5)
+
+
+def test_byte_tokenizer_files_match_recur(exported):
+    from transformers import AutoTokenizer
+
+    from recur.data.tokenizer import ByteTokenizer
+
+    hf, ours = AutoTokenizer.from_pretrained(str(exported[1])), ByteTokenizer()
+    for text in ("hello world", "héllo ✓ 日本\n\ttabs", ""):
+        assert hf.encode(text, add_special_tokens=False) == ours.encode(text)
+        assert hf.decode(ours.encode(text)) == text
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]
+    assert hf.apply_chat_template(chat, return_dict=False) == ours.apply_chat_template(chat)[0]
+    assert hf.apply_chat_template(chat[:2], add_generation_prompt=True, return_dict=False) == ours.prompt_ids(chat[:2])
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (ours.bos_id, ours.eos_id, ours.pad_id)
+
+
+def test_bad_export_input_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint",
+                             str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
