@@ -134,7 +134,7 @@ def test_a_shard_changed_after_packing_fails_the_sha256_check(tmp_path, dataset,
     assert inspect_cli.main([str(dataset), "--global_batch_size", "4", "--verify_sha256"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(message in line for line in errors), errors
-    result = run_train(tiny_args(tmp_path / "runs" / "r", dataset, steps=3, **{"--data.verify_sha256": "true"}))
+    result = run_train(tiny_args(tmp_path / "runs" / "r", dataset, steps=6, **{"--data.verify_sha256": "true"}))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"train.py: error: {message}; the file "
                                                                             "changed after packing)"], result.stderr
     assert not (tmp_path / "runs" / "r").exists()
