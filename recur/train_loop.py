@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None 
     run_dir = Path(cfg.out_dir) / cfg.run_name
     fresh = not run_dir.exists()
     try:
-        return _train(cfg, env, config_yaml)
+        return _train(cfg, env, config_yaml, run_dir)
     except BaseException as error:
         if fresh and env.is_main and not (run_dir / "metrics.jsonl").exists():
             # Failed before its first step: leave no half-made run directory (config.yaml, generated data).
@@ -257,8 +257,7 @@ def _data_checksum(inputs: torch.Tensor) -> torch.Tensor:
     return (inputs * positions).sum().double()
 
 
-def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None) -> dict:
-    run_dir = Path(cfg.out_dir) / cfg.run_name
+def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None, run_dir: Path) -> dict:
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank, env.world_size)
     resume_from, saved_step = resume_point(cfg, run_dir, checkpointer)
     if _already_complete(cfg, run_dir, resume_from, saved_step, env):

@@ -30,6 +30,7 @@ from typing import Callable
 
 from recur.checkpoint import write_json_atomic
 from recur.cli_common import child_env, run_cli
+from recur.data.generated import recipe_changes
 from recur.data.packing import pack_dataset
 from recur.data.shard_writer import MANIFEST_NAME, write_atomic_bytes
 from recur.data.validate import read_manifest
@@ -101,8 +102,8 @@ def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
         if (path / MANIFEST_NAME).exists():
             recorded = read_manifest(path).get("recipe")
             if recorded != recipe:
-                raise ValueError(f"--out_dir {out}: its data was generated with {recorded}, this run asks for "
-                                 f"{recipe}; use a new --out_dir")
+                raise ValueError(f"--out_dir {out}: its data was generated with other settings "
+                                 f"({recipe_changes(recorded, recipe)}); use a new --out_dir")
             continue
         pack_dataset(path, tokenizer="byte", seq_len=args.seq_len, tasks=args.tasks, num_docs=docs, seed=seed,
                      packing="bfd", mask_non_assistant=True, overwrite=True, recipe=recipe)

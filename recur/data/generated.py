@@ -31,7 +31,8 @@ def stories_recipe(data: DataConfig) -> dict:
             "--data.seed": data.seed}
 
 
-def _changes(recorded: dict | None, recipe: dict) -> str:
+def recipe_changes(recorded: dict | None, recipe: dict) -> str:
+    """'--flag old -> new; …' for the settings where `recorded` (a manifest's recipe) differs from `recipe`."""
     if recorded is None:
         return "no settings recorded"
     return "; ".join(f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in recipe.items()
@@ -54,7 +55,7 @@ def generate_once(out_dir: Path, recipe: dict, build: Callable[[], object], resu
             return
         if resuming:
             raise ValueError(f"--checkpoint.resume: {out_dir} was generated with other settings "
-                             f"({_changes(recorded, recipe)}); resume with the recorded ones or start a new --run_name")
-        print(f"[data] {out_dir} was generated with other settings ({_changes(recorded, recipe)}); regenerating",
+                             f"({recipe_changes(recorded, recipe)}); resume with the recorded ones or start a new --run_name")
+        print(f"[data] {out_dir} was generated with other settings ({recipe_changes(recorded, recipe)}); regenerating",
               file=sys.stderr)
     build()

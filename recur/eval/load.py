@@ -58,7 +58,7 @@ def model_config_from_dict(data: dict, where: str) -> ModelConfig:
     return ModelConfig(**data).resolved()
 
 
-def _run_data(run_dir: Path | None) -> tuple[str | None, list[str] | None]:
+def run_data(run_dir: Path | None) -> tuple[str | None, list[str] | None]:
     """(tokenizer spec, tasks of generated training data) from the run's config.yaml, when it wrote one."""
     if run_dir is None or not (run_dir / "config.yaml").is_file():
         return None, None
@@ -90,19 +90,19 @@ def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig,
     model = create_model(cfg)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     meta = CheckpointMeta(str(path), checkpoint_format(path), str(run_dir) if run_dir else None, state.get("step"),
-                          state.get("tokens"), *_run_data(run_dir))
+                          state.get("tokens"), *run_data(run_dir))
     if meta.kind == "deepspeed":  # ZeRO shards: consolidated by the exporter's reader
         from recur.parallel.export import consolidated_state_dict
 
         weights = consolidated_state_dict(path)[0]
-        _check_fits(model, {**weights, **_tied_aliases(model, weights)}, path)
-        model.load_state_dict({**weights, **_tied_aliases(model, weights)})
+        _check_fits(model, {**weights, **tied_aliases(model, weights)}, path)
+        model.load_state_dict({**weights, **tied_aliases(model, weights)})
         return model.to(device), cfg, meta
     model_sd = get_model_state_dict(model)
     stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     stored_model = {k.removeprefix("model."): v for k, v in stored.items() if k.startswith("model.")}
     given = {k: torch.empty(tuple(v.size)) for k, v in stored_model.items() if hasattr(v, "size")}
-    _check_fits(model, {**given, **_tied_aliases(model, given)}, path)
+    _check_fits(model, {**given, **tied_aliases(model, given)}, path)
     bundle = {"model": model_sd}
     with warnings.catch_warnings():  # evaluation is deliberately single-process
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
@@ -111,7 +111,7 @@ def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig,
     return model.to(device), cfg, meta
 
 
-def _tied_aliases(model: DecoderLM, given: dict) -> dict:
+def tied_aliases(model: DecoderLM, given: dict) -> dict:
     """get_model_state_dict drops one name of a tied pair; accept either name as present."""
     if model.cfg.tie_embeddings and "tok_embeddings.weight" in given and "lm_head.weight" not in given:
         return {"lm_head.weight": given["tok_embeddings.weight"]}
@@ -159,11 +159,11 @@ def _load_export(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConf
     cfg = model_config_from_dict(config, str(path))
     model = create_model(cfg)
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd exports
-    _check_fits(model, {**state_dict, **_tied_aliases(model, state_dict)}, path)
-    model.load_state_dict({**state_dict, **_tied_aliases(model, state_dict)})
+    _check_fits(model, {**state_dict, **tied_aliases(model, state_dict)}, path)
+    model.load_state_dict({**state_dict, **tied_aliases(model, state_dict)})
     run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
     kind = "safetensors" if path.suffix == ".safetensors" else "torch"
-    meta = CheckpointMeta(str(path), kind, str(run_dir) if run_dir else None, None, None, *_run_data(run_dir))
+    meta = CheckpointMeta(str(path), kind, str(run_dir) if run_dir else None, None, None, *run_data(run_dir))
     return model.to(device), cfg, meta
 
 

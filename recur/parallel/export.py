@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from recur.checkpoint import DEEPSPEED_DIR, STATE_FILE, checkpoint_format, checkpoint_problem
-from recur.eval.load import _run_data, _tied_aliases, model_config_from_dict, resolve_checkpoint
+from recur.eval.load import run_data, tied_aliases, model_config_from_dict, resolve_checkpoint
 from recur.hf_model import is_saved_dir
 
 
@@ -49,9 +49,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bo
 
     weights, model_config, source = consolidated_state_dict(checkpoint)
     model = create_model(model_config_from_dict(model_config, str(source)))
-    model.load_state_dict({**weights, **_tied_aliases(model, weights)})
+    model.load_state_dict({**weights, **tied_aliases(model, weights)})
     run_dir = source.parent.parent if source.parent.name == "checkpoints" else None
-    spec = _run_data(run_dir)[0]  # the run's tokenizer ("byte" or a directory), when it is on record
+    spec = run_data(run_dir)[0]  # the run's tokenizer ("byte" or a directory), when it is on record
     extra, special = [], {}
     if spec is not None:
         tok = load_tokenizer(spec)
