@@ -1,7 +1,7 @@
 """Command line for training: jsonargparse over the TrainConfig dataclass, with size presets as defaults.
 
-Precedence, lowest first: dataclass defaults < the --model_size preset < --config files < --flags, whatever
-the order of --config and the flags on the command line. Every rejected command line is one ValueError
+Precedence, lowest first: dataclass defaults < the --model_size preset < the --init_from model's own config
+< --config files < --flags, whatever the order of --config and the flags on the command line. Every rejected command line is one ValueError
 naming the flag (train.py prints it as one line and exits 2), raised before anything is written.
 """
 
@@ -11,6 +11,8 @@ import difflib
 import re
 import sys
 from argparse import ArgumentError
+from dataclasses import fields
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
@@ -29,11 +31,18 @@ CLI_NOTES = {"optim.schedule.warmup_steps": "when not given: min(30, --steps // 
 CHOICES = {"model_size": tuple(PRESETS), "variant": VARIANTS, "model.variant": VARIANTS}
 
 
-def _preset_defaults(size: str, variant: str | None) -> dict[str, Any]:
-    """Parser defaults of a --model_size preset (and --variant): they sit between dataclass and config files."""
+def _preset_defaults(size: str, variant: str | None, init_from: str | None = None) -> dict[str, Any]:
+    """Parser defaults of a --model_size preset, then of the --init_from model (its weights fix the shape and
+    its runtime fields, e.g. context length and default depth, are what it was converted/trained with), then
+    --variant: they sit between dataclass and config files."""
     if size not in PRESETS:
         raise ValueError(f"--model_size: unknown size '{size}'; expected one of {', '.join(PRESETS)}")
     defaults = {f"model.{k}": v for k, v in PRESETS[size].items()}
+    if init_from is not None and Path(init_from).is_dir():  # a missing one is named by validate_config
+        from recur.eval.load import saved_config
+
+        saved = saved_config(init_from)
+        defaults.update({f"model.{f.name}": getattr(saved, f.name) for f in fields(saved)})
     if variant is not None:
         defaults["model.variant"] = variant
     return defaults
@@ -174,7 +183,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     parser = build_parser()
     argv = _join_list_values(_config_files_first(_split_equals(argv)), parser)
     first = _parse(parser, argv)  # only to learn the size, variant and run length the user asked for
-    defaults = _preset_defaults(first.model_size, first.variant)
+    defaults = _preset_defaults(first.model_size, first.variant, first.init_from)
     defaults["optim.schedule.warmup_steps"] = default_warmup_steps(first.steps)
     parser.set_defaults(defaults)
     namespace = _parse(parser, argv)

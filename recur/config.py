@@ -96,9 +96,10 @@ class TrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
 
-def _check_model_builds(model: ModelConfig) -> None:
+def _check_model_builds(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Build the model on the meta device (no memory, no time): every variant checks its shape and its
-    --model.extra knobs in its constructor, which would otherwise run only after the data is generated."""
+    --model.extra knobs in its constructor, which would otherwise run only after the data is generated.
+    Returns the parameter shapes."""
     import torch
 
     from recur.models import MODEL_CLASSES, create_model
@@ -108,7 +109,23 @@ def _check_model_builds(model: ModelConfig) -> None:
     if model.extra and not issubclass(MODEL_CLASSES[model.variant], LatentLM):
         raise ValueError(f"--model.extra: variant '{model.variant}' takes no extra knobs, got {sorted(model.extra)}")
     with torch.device("meta"):
-        create_model(model)
+        return {name: tuple(t.shape) for name, t in create_model(model).state_dict().items()}
+
+
+def _check_init_from_shape(model: ModelConfig, init_from: str) -> None:
+    """--init_from's weights fix the parameter shapes: a --model.* value that changes them is named here,
+    before the data is built (values that leave every shape alone, e.g. rope_theta, are the user's choice)."""
+    from dataclasses import fields
+
+    from recur.eval.load import saved_config
+
+    saved = saved_config(init_from).resolved()
+    if _check_model_builds(model) != _check_model_builds(saved):
+        ours = model.resolved()
+        differing = [f"--model.{f.name} {getattr(ours, f.name)} (the model has {getattr(saved, f.name)})"
+                     for f in fields(saved) if getattr(ours, f.name) != getattr(saved, f.name)]
+        raise ValueError(f"--init_from {init_from}: its weights fix the model's shape; "
+                         f"{', '.join(differing) or 'the parameter shapes differ'}")
 
 
 def _check_intervals(cfg: TrainConfig) -> None:
@@ -129,7 +146,11 @@ def validate_config(cfg: TrainConfig) -> None:
     from recur.optim.schedules import check_schedule
 
     cfg.model.resolved()
-    if cfg.init_from is None:  # with --init_from the converted model's shape is used, read at start-up
+    if cfg.init_from is not None and not Path(cfg.init_from).is_dir():
+        raise FileNotFoundError(f"--init_from: model directory {cfg.init_from} does not exist")
+    if cfg.init_from is not None:  # the parser took the saved model's fields as defaults (recur/cli.py)
+        _check_init_from_shape(cfg.model, cfg.init_from)
+    else:
         _check_model_builds(cfg.model)
     cfg.recurrence.validate()
     if cfg.steps < 1:
@@ -139,8 +160,6 @@ def validate_config(cfg: TrainConfig) -> None:
     split_batch(cfg.data.global_batch_size, 1, cfg.data.micro_batch_size, "--data.")  # world size: at start-up
     if cfg.stop_at is not None and not 0 < cfg.stop_at < cfg.steps:
         raise ValueError(f"--stop_at {cfg.stop_at} must lie in (0, --steps {cfg.steps})")
-    if cfg.init_from is not None and not Path(cfg.init_from).is_dir():
-        raise FileNotFoundError(f"--init_from: model directory {cfg.init_from} does not exist")
     if cfg.data.alg_tokens < 0:
         raise ValueError(f"--data.alg_tokens must be >= 0, got {cfg.data.alg_tokens}")
     if cfg.data.alg_tokens and cfg.data.path is not None:

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -187,13 +187,8 @@ def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool):
 
 
 def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int):
-    """The model of --model.*, or of the saved model given by --init_from (its shape wins)."""
+    """The model of --model.* (with --init_from the parser filled it from the saved model's config)."""
     model_cfg = cfg.model.resolved()
-    if cfg.init_from:
-        from recur.eval.load import saved_config
-        from recur.hf_model import RUNTIME_FIELDS
-
-        model_cfg = replace(saved_config(cfg.init_from), **{f: getattr(cfg.model, f) for f in RUNTIME_FIELDS}).resolved()
     if env.device.type == "cuda" and model_cfg.attn_backend == "auto":
         # Time the kernels once on this run's shape; `auto` then means the fastest correct one.
         name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""How long a recur model sits on the associative-recall plateau, per answer format (issue 14 research tool).
+
+Every hop of the `chain` task is one content-addressed lookup ("?W" -> find "W=..." -> read the value). A
+model that has not learned that lookup predicts "one of the root digits" (chance 1/pairs) on every level,
+which is where every nano arm of `scripts/depth_scaling.py` stayed. This probe trains a recur model directly
+on freshly drawn chain prompts (no packing, no train.py) and prints exact-match accuracy of the root digit
+of the full-length query every --eval_interval steps, so the plateau and its exit are visible:
+
+    python scripts/recall_probe.py --pairs 3 --format chat  --d_model 128 --n_layers 2 --lr 3e-3
+    python scripts/recall_probe.py --pairs 3 --format echo  ...   # answer repeats the name: "W=9"
+    python scripts/recall_probe.py --pairs 3 --format direct ...  # no template tokens before the answer
+
+Formats: `chat` is the product's byte chat template (answer after <|end|><|assistant|>); `echo` keeps the
+template but the answer first repeats the queried name and "=", so the digit is predicted right after its
+key; `direct` drops the template tokens between query and answer. Results: docs/recurrence.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recur.data.tokenizer import ByteTokenizer  # noqa: E402
+from recur.models import create_model  # noqa: E402
+
+TOKENIZER = ByteTokenizer()
+FORMATS = ("chat", "echo", "direct")
+
+
+def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt: str) -> tuple[list[int], list[int]]:
+    """`pairs` shuffled binding chains of `hops` + 1 statements with distinct root digits, then `queries`
+    questions (the first asks for the end of a chain, the rest any variable) -> (ids, loss mask)."""
+    names = rng.sample(string.ascii_letters, pairs * (hops + 1))
+    roots = rng.sample(string.digits, pairs)
+    statements = []
+    for c, root in enumerate(roots):
+        chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
+    rng.shuffle(statements)
+    t = TOKENIZER
+    ids, mask = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " ".join(statements)), []
+    mask = [0] * len(ids)
+    for q in range(queries):
+        c = rng.randrange(pairs)
+        name = names[c * (hops + 1) + (hops if q == 0 else rng.randrange(hops + 1))]
+        question = t.encode(f" ?{name}") + ([] if fmt == "direct" else [t.end_id, t.role_ids["assistant"]])
+        answer = t.encode((f"{name}=" if fmt == "echo" else "") + roots[c]) + [t.end_id]
+        ids += question + answer
+        mask += [0] * len(question) + [1] * len(answer)
+        if fmt != "direct" and q + 1 < queries:
+            ids.append(t.role_ids["user"])
+            mask.append(0)
+    return ids, mask
+
+
+def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int, hops: int | None, device: str):
+    docs = [chain_document(rng, args.pairs, rng.randint(0, args.max_hops) if hops is None else hops, queries,
+                           args.format) for _ in range(rows)]
+    width = max(len(ids) for ids, _ in docs)
+    x = torch.full((rows, width), TOKENIZER.pad_id, dtype=torch.long)
+    m = torch.zeros(rows, width)
+    for i, (ids, mask) in enumerate(docs):
+        x[i, : len(ids)], m[i, : len(mask)] = torch.tensor(ids), torch.tensor(mask, dtype=torch.float)
+    return x.to(device), m.to(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--format", choices=FORMATS, default="chat")
+    p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
+    p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
+    p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
+    p.add_argument("--variant", default="baseline")
+    p.add_argument("--d_model", type=int, default=128)
+    p.add_argument("--n_layers", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--time_limit_s", type=float, help="stop after this many seconds")
+    p.add_argument("--eval_interval", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="append the result as one JSON line")
+    args = p.parse_args()
+    if args.pairs < 1 or args.pairs * (args.max_hops + 1) > len(string.ascii_letters) or args.pairs > 10:
+        p.error(f"--pairs {args.pairs} x (--max_hops {args.max_hops} + 1) must fit 52 names and 10 root digits")
+    torch.manual_seed(args.seed)
+    rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
+    model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers,
+                         n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=1024).to(args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    eval_x, eval_m = batch(eval_rng, args, 512, 1, args.max_hops, args.device)
+    digits = (eval_m[:, 1:] > 0) & (eval_x[:, 1:] >= ord("0")) & (eval_x[:, 1:] <= ord("9"))
+    start, accuracy, first_090 = time.time(), 0.0, None
+    for step in range(1, args.steps + 1):
+        if args.time_limit_s is not None and time.time() - start > args.time_limit_s:
+            break
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, step / 100)
+        x, m = batch(rng, args, args.batch_size, args.queries, None, args.device)
+        logits = model(x[:, :-1]).logits
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
+        loss = (losses * m[:, 1:].flatten()).sum() / m[:, 1:].sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % args.eval_interval == 0:
+            with torch.no_grad():
+                predicted = model(eval_x[:, :-1]).logits.argmax(-1)
+            accuracy = (predicted[digits] == eval_x[:, 1:][digits]).float().mean().item()
+            first_090 = first_090 or (step if accuracy >= 0.9 else None)
+            print(f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
+                  f"{time.time() - start:.0f}s", flush=True)
+    result = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "steps_run": step,
+              "accuracy": accuracy, "first_step_acc_0.9": first_090, "seconds": round(time.time() - start, 1)}
+    print(json.dumps(result))
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
