@@ -99,22 +99,38 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
                 use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
         """`num_steps` / `exit_criterion` / `exit_eps` override the config's for this call. Adaptive exit
         applies to cached one-token decoding steps (the prompt runs at full depth), as in recur's generate;
-        those steps return log-probabilities, which rank and sample exactly like the logits."""
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("recur models take no padding: give prompts of equal length (attention_mask all ones)")
+        those steps return log-probabilities, which rank and sample exactly like the logits.
+        Padding (zeros in `attention_mask`, e.g. lm-eval's left-padded generation batches) is a document of its
+        own, so no real token attends to it; RoPE scores depend only on relative positions, so a left-padded
+        row computes what it computes unpadded."""
         steps = num_steps if num_steps is not None else self.config.num_steps
         criterion = exit_criterion or self.config.exit_criterion
         if criterion is not None and not is_looped(self.model):
             raise ValueError(f"exit_criterion: adaptive exit needs a looped model; this one is '{self.model.cfg.variant}'")
+        doc_ids = self._padding_documents(attention_mask, input_ids, cache, criterion)
         if criterion is not None and cache is not None and cache.seen_tokens and input_ids.shape[1] == 1:
             rule = ExitRule(criterion, exit_eps if exit_eps is not None else self.config.exit_eps)
             log_probs, _ = adaptive_decode_step(self.model, input_ids, cache, depth_of(self.model, steps), rule)
             return CausalLMOutputWithPast(logits=log_probs[:, None], cache=cache)
-        logits = self.model(input_ids, num_steps=steps, cache=cache).logits
+        logits = self.model(input_ids, num_steps=steps, cache=cache, doc_ids=doc_ids).logits
         loss = None
         if labels is not None:  # transformers' convention: labels are the inputs, shifted here
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+    @staticmethod
+    def _padding_documents(attention_mask: torch.Tensor | None, input_ids: torch.Tensor, cache: KVCache | None,
+                           criterion: str | None) -> torch.Tensor | None:
+        """attention_mask [B, cached + new] -> doc_ids for recur's attention (None when nothing is padded)."""
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        expected = (cache.seen_tokens if cache is not None else 0) + input_ids.shape[1]
+        if attention_mask.shape != (input_ids.shape[0], expected):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                             f"{(input_ids.shape[0], expected)} (cached + new tokens)")
+        if criterion is not None:
+            raise ValueError("exit_criterion: adaptive exit decodes unpadded batches only (attention_mask all ones)")
+        return attention_mask.long()
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                                       attention_mask: torch.Tensor | None = None, use_cache: bool = True,

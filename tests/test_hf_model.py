@@ -101,6 +101,26 @@ def test_automodel_matches_recur(exported):
     assert sampled.shape == (1, x.shape[1] + 5)
 
 
+def test_left_padded_batches_compute_what_unpadded_rows_do(exported):
+    """lm-eval's generation batches are left-padded: each row's logits and greedy tokens equal its own run."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(exported[1]), trust_remote_code=True)
+    short, long = PROMPT[0][:3], PROMPT[0] + [32, 119]
+    pad = 256
+    ids = torch.tensor([[pad] * (len(long) - len(short)) + short, long])
+    mask = (torch.arange(len(long))[None] >= torch.tensor([[len(long) - len(short)], [0]])).long()
+    padded = hf(ids, attention_mask=mask, num_steps=3).logits
+    for row, prompt in enumerate((short, long)):
+        alone = hf(torch.tensor([prompt]), num_steps=3).logits[0]
+        torch.testing.assert_close(padded[row, -len(prompt):], alone, rtol=0, atol=1e-4)
+    batch = hf.generate(ids, attention_mask=mask, max_new_tokens=6, num_steps=3, do_sample=False,
+                        eos_token_id=None, pad_token_id=pad)
+    for row, prompt in enumerate((short, long)):
+        alone = hf.generate(torch.tensor([prompt]), max_new_tokens=6, num_steps=3, do_sample=False, eos_token_id=None)
+        assert batch[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist()
+
+
 def test_byte_tokenizer_files_match_recur(exported):
     from transformers import AutoTokenizer
 

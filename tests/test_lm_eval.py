@@ -123,3 +123,26 @@ def test_lm_eval_cli_with_recur_model(model_dir, task_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.rglob("results*.json"))
     assert files and "recur_tiny_mc" in json.loads(files[0].read_text())["results"]
+
+
+def test_plain_lm_eval_hf_model_scores_like_the_adapter(model_dir, task_dir, monkeypatch, tmp_path):
+    """lm-eval's own `hf` model (`lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True,
+    num_steps=2`: transformers' AutoModel path, left-padded batched generation, no recur code in lm-eval)
+    scores a recur directory as the recur adapter does at the same depth."""
+    import lm_eval.models  # noqa: F401  registers `hf`, as the lm_eval CLI does
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    tasks = ["recur_tiny_mc", "recur_tiny_ppl", "recur_tiny_gen"]
+    plain = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},trust_remote_code=True,num_steps=2",
+                            tasks=tasks, task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+                            device="cpu", batch_size=3)["results"]
+    depths = evaluate_at_depths(str(model_dir), tasks, [1, 2], include_path=str(task_dir), include_defaults=False)
+    ours = depths[2]
+    # num_steps reached the model: depth 1 scores the perplexity task differently.
+    assert plain["recur_tiny_ppl"]["word_perplexity,none"] != pytest.approx(
+        depths[1]["recur_tiny_ppl"]["word_perplexity,none"], rel=1e-6)
+    for task, metric in (("recur_tiny_mc", "acc,none"), ("recur_tiny_ppl", "word_perplexity,none"),
+                         ("recur_tiny_gen", "exact_match,none")):
+        assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
