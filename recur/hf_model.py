@@ -33,6 +33,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 MODELING_FILE = Path(__file__).with_name("modeling_recur.py")
+PACKAGE_DIR = Path(__file__).parent
+SOURCE_DIR = "recur_src"  # modeling_recur.SOURCE_DIR
 AUTO_MAP = {"AutoConfig": "modeling_recur.RecurConfig", "AutoModelForCausalLM": "modeling_recur.RecurForCausalLM"}
 # Fields that change behaviour but not a single weight shape: a loader may override them.
 RUNTIME_FIELDS = ("attn_backend", "dropout", "default_num_steps", "max_seq_len", "init_state", "init_state_std")
@@ -95,6 +97,9 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
     (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n")
     shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
+    # recur's source, so the directory loads where recur is not installed (modeling_recur.py imports it).
+    shutil.copytree(PACKAGE_DIR, tmp / SOURCE_DIR / PACKAGE_DIR.name,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for file in extra_files:
         shutil.copyfile(file, tmp / Path(file).name)
     for file in tmp.rglob("*"):

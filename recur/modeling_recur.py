@@ -5,26 +5,52 @@
     model.generate(ids, do_sample=True, top_k=50, num_steps=8)      # sampling
     model.generate(ids, num_steps=32, exit_criterion="kl", exit_eps=5e-4)   # adaptive exit (looped models)
 
-The network is recur's own (`recur` must be importable): this file only adapts its interface, so the
-logits are recur's forward by construction. `num_steps` (the recurrence depth) is a config field
+The network is recur's own: this file only adapts its interface, so the logits are recur's forward by
+construction. Where recur is not installed, the copy of its source that recur/hf_model.py ships in the
+directory (`recur_src/`) is imported instead, so the directory is self-contained (torch, transformers and
+safetensors are all it needs). `num_steps` (the recurrence depth) is a config field
 (default: the model's default_num_steps) and a forward / generate kwarg. Only local directories load.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from recur.eval.generate import ExitRule, adaptive_decode_step, depth_of
-from recur.hf_model import load_pretrained_into
-from recur.models import create_model, is_looped
-from recur.models.config import ModelConfig
-from recur.models.layers import KVCache
+SOURCE_DIR = "recur_src"  # recur's package as it was when the directory was written
+
+
+def _use_shipped_source(directory: str | Path) -> None:
+    """Where recur is not installed, make the copy shipped in the model directory importable. (transformers
+    copies only this file into its module cache, so the directory is known only once a loader names it.)"""
+    shipped = Path(directory) / SOURCE_DIR
+    if importlib.util.find_spec("recur") is None and shipped.is_dir():
+        sys.path.insert(0, str(shipped))
+
+
+def _recur() -> SimpleNamespace:
+    """recur's pieces this file adapts. Imported on use, inside `try` — transformers' trust_remote_code check
+    would otherwise demand an installed `recur` before the shipped copy could be put on the path."""
+    try:
+        from recur.eval.generate import ExitRule, adaptive_decode_step, depth_of
+        from recur.hf_model import load_pretrained_into
+        from recur.models import create_model, is_looped
+        from recur.models.config import ModelConfig
+        from recur.models.layers import KVCache
+    except ImportError as error:
+        raise ImportError(f"recur is not installed and the model directory has no {SOURCE_DIR}/ "
+                          "(re-export it with utils/export_checkpoint.py)") from error
+    return SimpleNamespace(ExitRule=ExitRule, adaptive_decode_step=adaptive_decode_step, depth_of=depth_of,
+                           load_pretrained_into=load_pretrained_into, create_model=create_model,
+                           is_looped=is_looped, ModelConfig=ModelConfig, KVCache=KVCache)
 
 
 class RecurConfig(PretrainedConfig):
@@ -36,7 +62,7 @@ class RecurConfig(PretrainedConfig):
                  exit_eps: float = 0.0, **kwargs) -> None:
         # transformers reinterprets some ModelConfig names (rope_scaling, rope_theta become rope_parameters),
         # so recur's fields are kept apart, verbatim, in `recur`.
-        names = {f.name for f in fields(ModelConfig)}
+        names = {f.name for f in fields(_recur().ModelConfig)}
         recur = recur if recur is not None else {k: kwargs.pop(k) for k in list(kwargs) if k in names}
         super().__init__(**{"vocab_size": recur.get("vocab_size"), **kwargs})
         self.recur = recur
@@ -44,8 +70,14 @@ class RecurConfig(PretrainedConfig):
         # Adaptive exit while decoding (recur.eval.generate.ExitRule): "delta" | "kl", or None for fixed depth.
         self.exit_criterion, self.exit_eps = exit_criterion, exit_eps
 
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(**self.recur)
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *args, **kwargs) -> RecurConfig:
+        if Path(path).is_dir():
+            _use_shipped_source(path)
+        return super().from_pretrained(path, *args, **kwargs)
+
+    def model_config(self):  # -> recur.models.config.ModelConfig
+        return _recur().ModelConfig(**self.recur)
 
 
 class RecurForCausalLM(PreTrainedModel, GenerationMixin):
@@ -55,7 +87,7 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: RecurConfig) -> None:
         super().__init__(config)
-        self.model = create_model(config.model_config())  # initialised by recur; weights are loaded over it
+        self.model = _recur().create_model(config.model_config())  # initialised by recur; weights are loaded over it
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:
@@ -75,11 +107,12 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
         hub-only kwargs (revision, token, ...) have nothing to act on and are ignored."""
         if not Path(path).is_dir():
             raise OSError(f"{path}: recur models load from a local directory only")
+        _use_shipped_source(path)
         config = config or RecurConfig.from_pretrained(path)
         if num_steps is not None:
             config.num_steps = int(num_steps)
         model = cls(config)
-        load_pretrained_into(model.model, path)
+        _recur().load_pretrained_into(model.model, path)
         dtype = dtype or torch_dtype
         if dtype not in (None, "auto"):
             model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
@@ -105,12 +138,14 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
         row computes what it computes unpadded."""
         steps = num_steps if num_steps is not None else self.config.num_steps
         criterion = exit_criterion or self.config.exit_criterion
-        if criterion is not None and not is_looped(self.model):
+        recur = _recur()
+        if criterion is not None and not recur.is_looped(self.model):
             raise ValueError(f"exit_criterion: adaptive exit needs a looped model; this one is '{self.model.cfg.variant}'")
         doc_ids = self._padding_documents(attention_mask, input_ids, cache, criterion)
         if criterion is not None and cache is not None and cache.seen_tokens and input_ids.shape[1] == 1:
-            rule = ExitRule(criterion, exit_eps if exit_eps is not None else self.config.exit_eps)
-            log_probs, _ = adaptive_decode_step(self.model, input_ids, cache, depth_of(self.model, steps), rule)
+            rule = recur.ExitRule(criterion, exit_eps if exit_eps is not None else self.config.exit_eps)
+            log_probs, _ = recur.adaptive_decode_step(self.model, input_ids, cache, recur.depth_of(self.model, steps),
+                                                      rule)
             return CausalLMOutputWithPast(logits=log_probs[:, None], cache=cache)
         logits = self.model(input_ids, num_steps=steps, cache=cache, doc_ids=doc_ids).logits
         loss = None
@@ -138,7 +173,7 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
                                       exit_eps: float | None = None, **kwargs) -> dict:
         """The first call runs the whole prompt into a fresh cache; later calls feed only new tokens."""
         if cache is None and use_cache:
-            cache = KVCache()
+            cache = _recur().KVCache()
         if cache is not None:
             input_ids = input_ids[:, cache.seen_tokens:]
         return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask, "num_steps": num_steps,

@@ -4,6 +4,8 @@ AutoModelForCausalLM (trust_remote_code) with equal logits and equal greedy deco
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -119,6 +121,34 @@ def test_left_padded_batches_compute_what_unpadded_rows_do(exported):
     for row, prompt in enumerate((short, long)):
         alone = hf.generate(torch.tensor([prompt]), max_new_tokens=6, num_steps=3, do_sample=False, eos_token_id=None)
         assert batch[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist()
+
+
+# A Python where recur is not installed: the editable install's finder and the checkout leave the path.
+NO_RECUR = """
+import importlib.util, sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+sys.path = [p for p in sys.path if p not in ("", {repo!r}) and "__editable__" not in p]
+assert importlib.util.find_spec("recur") is None, "recur is still importable"
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({out!r}, trust_remote_code=True)
+torch.save(model(torch.tensor({prompt!r}), num_steps=2).logits, {target!r})
+print(model.model.__module__.split(".")[0], sys.modules["recur"].__file__)
+"""
+
+
+def test_the_directory_loads_where_recur_is_not_installed(exported, tmp_path):
+    run, out = exported
+    moved = shutil.copytree(out, tmp_path / "elsewhere")  # nothing of the checkout next to it
+    target = tmp_path / "logits.pt"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    code = NO_RECUR.format(repo=str(REPO), out=str(moved), prompt=PROMPT, target=str(target))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert str(moved / "recur_src") in result.stdout  # the shipped copy was the one imported
+    want = load_model(run)[0](torch.tensor(PROMPT), num_steps=2).logits
+    torch.testing.assert_close(torch.load(target), want, rtol=0, atol=1e-5)
 
 
 def test_byte_tokenizer_files_match_recur(exported):
