@@ -151,6 +151,22 @@ def test_the_directory_loads_where_recur_is_not_installed(exported, tmp_path):
     torch.testing.assert_close(torch.load(target), want, rtol=0, atol=1e-5)
 
 
+def test_plain_lm_eval_scores_a_trained_export(exported, tmp_path, monkeypatch):
+    """`lm_eval --model hf --model_args pretrained=EXPORT,trust_remote_code=True,num_steps=2` on a model
+    trained by train.py (byte tokenizer) gives the recur adapter's scores."""
+    pytest.importorskip("lm_eval")
+    from lm_eval_tasks import TASKS, plain_hf_results, write_local_tasks
+    from recur.eval.lm_eval_adapter import evaluate_at_depths
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    tasks = write_local_tasks(tmp_path)
+    plain = plain_hf_results(exported[1], tasks, num_steps=2)
+    ours = evaluate_at_depths(str(exported[1]), TASKS, [2], include_path=str(tasks), include_defaults=False)[2]
+    for task, metric in (("recur_tiny_mc", "acc,none"), ("recur_tiny_ppl", "word_perplexity,none"),
+                         ("recur_tiny_gen", "exact_match,none")):
+        assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
+
+
 def test_byte_tokenizer_files_match_recur(exported):
     from transformers import AutoTokenizer
 

@@ -15,18 +15,13 @@ import torch.nn.functional as F
 pytest.importorskip("lm_eval")
 
 from hf_fixtures import make_tiny_llama  # noqa: E402
+from lm_eval_tasks import TASKS, plain_hf_results, write_local_tasks  # noqa: E402
 from recur.convert.hf import convert_to_dir, tokenizer_files  # noqa: E402
 from recur.eval.generate import greedy_generate  # noqa: E402
 from recur.eval.lm_eval_adapter import RecurLM, evaluate_at_depths  # noqa: E402
 from recur.hf_model import save_pretrained  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = [
-    {"question": "The cat sat on the", "choices": [" mat", " moon", " river"], "answer": 0, "text": "a b c d e f"},
-    {"question": "Two plus two is", "choices": [" four", " seven"], "answer": 0, "text": "hello world, again"},
-    {"question": "Water is", "choices": [" wet", " dry", " blue"], "answer": 1, "text": "one two three four"},
-]
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -44,22 +39,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    """Three local tasks (multiple choice, rolling perplexity, generation) over one jsonl file."""
-    root = tmp_path_factory.mktemp("tasks")
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n")
-    (root / "mc.yaml").write_text(
-        "task: recur_tiny_mc\n" + common + "output_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
-        "doc_to_choice: '{{choices}}'\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n")
-    (root / "ppl.yaml").write_text(
-        "task: recur_tiny_ppl\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
-        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n")
-    (root / "gen.yaml").write_text(
-        "task: recur_tiny_gen\n" + common + "output_type: generate_until\ndoc_to_text: '{{question}}'\n"
-        "doc_to_target: '{{choices[answer]}}'\ngeneration_kwargs:\n  until: ['.']\n  max_gen_toks: 6\n"
-        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
-    return root
+    return write_local_tasks(tmp_path_factory.mktemp("tasks"))
 
 
 def _req(*args):
@@ -129,16 +109,9 @@ def test_plain_lm_eval_hf_model_scores_like_the_adapter(model_dir, task_dir, mon
     """lm-eval's own `hf` model (`lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True,
     num_steps=2`: transformers' AutoModel path, left-padded batched generation, no recur code in lm-eval)
     scores a recur directory as the recur adapter does at the same depth."""
-    import lm_eval.models  # noqa: F401  registers `hf`, as the lm_eval CLI does
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    tasks = ["recur_tiny_mc", "recur_tiny_ppl", "recur_tiny_gen"]
-    plain = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},trust_remote_code=True,num_steps=2",
-                            tasks=tasks, task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                            device="cpu", batch_size=3)["results"]
-    depths = evaluate_at_depths(str(model_dir), tasks, [1, 2], include_path=str(task_dir), include_defaults=False)
+    plain = plain_hf_results(model_dir, task_dir, num_steps=2)
+    depths = evaluate_at_depths(str(model_dir), TASKS, [1, 2], include_path=str(task_dir), include_defaults=False)
     ours = depths[2]
     # num_steps reached the model: depth 1 scores the perplexity task differently.
     assert plain["recur_tiny_ppl"]["word_perplexity,none"] != pytest.approx(
