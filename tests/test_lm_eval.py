@@ -46,6 +46,28 @@ def _req(*args):
     return SimpleNamespace(args=args)
 
 
+def _direct_loglikelihood(lm: RecurLM, context: list[int], continuation: list[int]) -> float:
+    """sum log p(continuation | context) from one forward of the model at the adapter's depth."""
+    ids = context + continuation
+    with torch.no_grad():
+        logp = F.log_softmax(lm.model(torch.tensor([ids[:-1]]), num_steps=lm.num_steps).logits[0].float(), -1)
+    return logp[-len(continuation):].gather(1, torch.tensor(continuation)[:, None]).sum().item()
+
+
+class _ForwardLog:
+    """Batch size of every model forward while active (prompt forwards and decoding steps alike)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.batches: list[int] = []
+        self.handle = model.register_forward_hook(lambda _, args, __: self.batches.append(args[0].shape[0]))
+
+    def __enter__(self) -> _ForwardLog:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.handle.remove()
+
+
 def test_loglikelihood_matches_model(model_dir):
     lm = RecurLM(str(model_dir), num_steps=3, batch_size=2)
     reqs = [_req("The cat sat on the", " mat"), _req("Two plus two", " is four"), _req("Water", " is wet")]
@@ -119,3 +141,60 @@ def test_plain_lm_eval_hf_model_scores_like_the_adapter(model_dir, task_dir, mon
     for task, metric in (("recur_tiny_mc", "acc,none"), ("recur_tiny_ppl", "word_perplexity,none"),
                          ("recur_tiny_gen", "exact_match,none")):
         assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
+
+
+def test_chat_template_prompts_score_as_the_template_ids(model_dir, task_dir, monkeypatch, tmp_path):
+    """--apply_chat_template: the rendered prompt string encodes back to the tokenizer's own template ids
+    (special tokens parsed, BOS not doubled), and a task scored through lm-eval equals scoring those ids."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Two plus two is"}]
+    chatml = RecurLM(str(model_dir), num_steps=2)  # the saved HF tokenizer: ChatML, its template writes <s>
+    assert chatml.tok_encode(chatml.apply_chat_template(messages)) == chatml.tok.prompt_ids(messages)
+    lm = RecurLM(str(model_dir), num_steps=2, tokenizer="byte")
+    assert lm.tok_encode(lm.apply_chat_template(messages)) == lm.tok.prompt_ids(messages)
+    out = simple_evaluate(model=lm, tasks=["recur_tiny_mc"], apply_chat_template=True, log_samples=True,
+                          task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+                          bootstrap_iters=0)
+    samples = out["samples"]["recur_tiny_mc"]
+    assert len(samples) == len(DOCS)
+    for sample in samples:
+        doc = sample["doc"]
+        prompt = lm.tok.prompt_ids([{"role": "user", "content": doc["question"]}])
+        assert len(sample["resps"]) == len(doc["choices"])
+        for choice, resp in zip(doc["choices"], sample["resps"]):
+            assert resp[0][0] == pytest.approx(_direct_loglikelihood(lm, prompt, lm.tok.encode(choice)), abs=1e-4)
+
+
+def test_batched_generation_equals_one_request_at_a_time(model_dir):
+    lm = RecurLM(str(model_dir), num_steps=2, batch_size=3)
+    contexts = ["The cat", "Two plus two is", "W", "hello world, again and again"]
+    reqs = [_req(ctx, {"until": [], "max_gen_toks": 8}) for ctx in contexts]
+    reqs += [_req("Water is", {"until": ["."], "max_gen_toks": 8}), _req("The cat", {"max_gen_toks": 3})]
+    assert len({len(lm.tok_encode(ctx)) for ctx in contexts}) == len(contexts)
+    with _ForwardLog(lm.model) as log:
+        batched = lm.generate_until(reqs, disable_tqdm=True)
+    assert max(log.batches) == 3  # prompts of different lengths were decoded together, left-padded
+    lm.batch_size = 1
+    assert batched == lm.generate_until(reqs, disable_tqdm=True)
+    assert batched[-1] == batched[0][:len(batched[-1])] and any(batched)
+
+
+def test_generation_stops_at_until_strings(model_dir):
+    """A row stops decoding as soon as its text holds a stop string (not after max_gen_toks), and its text is
+    cut before the first one; in a batch each row stops on its own strings."""
+    lm = RecurLM(str(model_dir), num_steps=2, batch_size=2)
+    free_ids = greedy_generate(lm.model, [lm.tok_encode("The cat")], 12, {lm.eot_token_id}, num_steps=2)[0]
+    assert len(free_ids) == 12
+    free = lm.tok_decode(free_ids)
+    stop = free[len(lm.tok_decode(free_ids[:4])):len(lm.tok_decode(free_ids[:6]))]  # complete by token 6
+    assert stop
+    reqs = [_req("The cat", {"until": ["never there", stop], "max_gen_toks": 200}),
+            _req("The cat", {"until": ["also absent", free[:2]], "max_gen_toks": 200})]
+    with _ForwardLog(lm.model) as log:
+        outs = lm.generate_until(reqs, disable_tqdm=True)
+    assert len(log.batches) <= 6  # the prompt forward, then at most 5 decoding steps of 200
+    assert outs == [free[:free.find(stop)], ""]
+    assert stop not in outs[0]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from itertools import groupby
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -21,6 +23,7 @@ class Tokenizer(ABC):
     eos_id: int
     bos_id: int | None
     stop_ids: set[int]
+    chat_template: str | None  # the template's source (reported by lm-eval), None when there is none
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -42,6 +45,16 @@ class Tokenizer(ABC):
     def prompt_ids(self, messages: Messages) -> list[int]:
         """Render a conversation without its final assistant reply, ending in the generation prompt."""
 
+    @abstractmethod
+    def chat_text(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        """The conversation as text with its special tokens spelled out, such that
+        encode_with_specials(chat_text(m)) == prompt_ids(m). add_generation_prompt=False instead leaves the
+        final message open (no end of turn), for a reply whose start is given."""
+
+    @abstractmethod
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Like encode, but special tokens spelled out in the text become their ids."""
+
 
 def _check_messages(messages: Messages) -> None:
     if not isinstance(messages, list) or not messages:
@@ -56,10 +69,13 @@ class ByteTokenizer(Tokenizer):
     <bos> (<|role|> content <|end|>)* — and the generation prompt is <|assistant|>."""
 
     SPECIALS = ("<pad>", "<bos>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+    SPECIAL_PATTERN = re.compile("(" + "|".join(map(re.escape, SPECIALS)) + ")")
+    chat_template = "<bos> (<|role|> content <|end|>)* <|assistant|>"
 
     def __init__(self) -> None:
         self.name = "byte"
         ids = {token: 256 + i for i, token in enumerate(self.SPECIALS)}
+        self.special_ids = ids
         self.pad_id, self.bos_id, self.eos_id = ids["<pad>"], ids["<bos>"], ids["<eos>"]
         self.end_id = ids["<|end|>"]
         self.role_ids = {"system": ids["<|system|>"], "user": ids["<|user|>"], "assistant": ids["<|assistant|>"]}
@@ -93,6 +109,23 @@ class ByteTokenizer(Tokenizer):
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         return self._render(messages)[0] + [self.role_ids["assistant"]]
+
+    def chat_text(self, messages: Messages, add_generation_prompt: bool = True) -> str:
+        ids = self.prompt_ids(messages) if add_generation_prompt else self._render(messages)[0][:-1]
+        return self._spell(ids)
+
+    def _spell(self, ids: list[int]) -> str:
+        """Ids -> text with special tokens written as their names (decode drops them). Byte runs are decoded
+        whole, since one character may span several bytes."""
+        return "".join(bytes(run).decode("utf-8", errors="replace") if is_byte
+                       else "".join(self.SPECIALS[i - 256] for i in run)
+                       for is_byte, run in groupby(ids, key=lambda i: i < 256))
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        ids = []
+        for piece in self.SPECIAL_PATTERN.split(text):
+            ids += [self.special_ids[piece]] if piece in self.special_ids else self.encode(piece)
+        return ids
 
 
 class HFTokenizer(Tokenizer):
@@ -142,10 +175,15 @@ class HFTokenizer(Tokenizer):
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def _render_text(self, messages: Messages, generation_prompt: bool) -> str:
+    @property
+    def chat_template(self) -> str | None:
+        return self.hf.chat_template
+
+    def _render_text(self, messages: Messages, generation_prompt: bool, open_final: bool = False) -> str:
         if not self.hf.chat_template:
             raise ValueError(f"tokenizer '{self.name}' has no chat_template; chat documents need one")
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                           continue_final_message=open_final)
 
     def assistant_char_spans(self, messages: Messages) -> tuple[str, list[tuple[int, int]]]:
         """Full rendered text and the [start, end) character spans of each assistant reply."""
@@ -173,8 +211,14 @@ class HFTokenizer(Tokenizer):
         return ids, mask
 
     def prompt_ids(self, messages: Messages) -> list[int]:
+        return self.encode_with_specials(self.chat_text(messages))
+
+    def chat_text(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         _check_messages(messages)
-        return self.encode(self._render_text(messages, generation_prompt=True))
+        return self._render_text(messages, add_generation_prompt, open_final=not add_generation_prompt)
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        return self.encode(text)  # HF tokenizers already parse special tokens written in the text
 
     def _end_of_turn_ids(self) -> set[int]:
         """Special tokens the template emits after an assistant reply (e.g. <|im_end|>)."""

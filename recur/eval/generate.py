@@ -1,6 +1,7 @@
 """Greedy decoding at a chosen recurrence depth, with a per-step KV cache and optional adaptive exit.
 
-Decoding always stops: after `max_new_tokens`, at the end of the model's context, or at a stop token.
+Decoding always stops: after `max_new_tokens`, at the end of the model's context, at a stop token, or when
+a caller's test on the ids so far (`stop_when`, e.g. "the text contains a stop string") holds.
 
 Adaptive exit (looped models): while decoding a token, the recurrence stops as soon as the state has
 converged, measured either by the relative state change ‖s_i − s_{i−1}‖ / ‖s_i‖ ("delta") or by the KL
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ from recur.models.lm import DecoderLM, NumSteps
 from recur.models.looped import LoopedLM, split_steps
 
 EXIT_CRITERIA = ("delta", "kl")
+StopWhen = Callable[[int, list[int]], bool]  # (prompt index, ids generated so far) -> the row is complete
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class ExitRule:
 class Generation:
     tokens: list[list[int]]  # generated ids per prompt, without the stop token
     steps: list[list[int]]  # recurrence steps behind each decoded token, the stop token included
-    stop_reasons: list[str]  # "stop_token" | "max_new_tokens" | "context"
+    stop_reasons: list[str]  # "stop_token" | "stop_sequence" | "max_new_tokens" | "context"
 
     def mean_steps(self) -> float:
         """Average steps per token decoded after the prompt: the first token of a reply always comes from the
@@ -127,12 +130,63 @@ def adaptive_decode_step(model: LoopedLM, token: torch.Tensor, cache: KVCache, m
     return log_probs, exit_step + 1
 
 
+def _batches(prompts: list[list[int]], batch_size: int, padded: bool) -> list[list[int]]:
+    """Prompt indices decoded together: consecutive prompts when padding is allowed, else equal-length ones."""
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, prompt in enumerate(prompts):
+        by_length[0 if padded else len(prompt)].append(i)
+    return [indices[start:start + batch_size] for indices in by_length.values()
+            for start in range(0, len(indices), batch_size)]
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int | None, budget: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts right-aligned in one [B, width] tensor, and doc ids over the prompt and `budget` generated
+    positions: 0 on padding, 1 on each row's own tokens, so padding is a document no real token attends to
+    (None when no row is padded, which keeps the unmasked attention path)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), 0 if pad_id is None else pad_id, dtype=torch.long)
+    doc_ids = torch.ones(len(prompts), width + budget, dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt):] = torch.tensor(prompt)
+        doc_ids[i, :width - len(prompt)] = 0
+    return ids.to(device), (None if bool(doc_ids.all()) else doc_ids.to(device))
+
+
+def _sequence_stops(stop_when: StopWhen, history: list[list[int]], token: torch.Tensor,
+                    done: torch.Tensor) -> torch.Tensor:
+    """Append this step's tokens to each row's history -> mask of the running rows stop_when ends now."""
+    hits = []
+    for row, (tok, finished) in enumerate(zip(token.tolist(), done.tolist())):
+        history[row].append(tok)
+        hits.append(not finished and stop_when(row, history[row]))
+    return torch.tensor(hits, device=done.device)
+
+
+def _finish(row: list[int], step_row: list[int], hit: int, stop_ids: set[int],
+            max_new_tokens: int) -> tuple[list[int], list[int], str]:
+    """(tokens, steps, reason) of one decoded row; `hit` is the index of the token stop_when ended it at, or -1.
+    A stop sequence keeps its last token (the caller cuts text); a stop token is dropped but its steps kept."""
+    if hit >= 0:
+        return row[:hit + 1], step_row[:hit + 1], "stop_sequence"
+    cut = next((j for j, tok in enumerate(row) if tok in stop_ids), None)
+    if cut is not None:
+        return row[:cut], step_row[:cut + 1], "stop_token"
+    return row, step_row, "max_new_tokens" if len(row) == max_new_tokens else "context"
+
+
 @torch.no_grad()
 def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
              num_steps: NumSteps = None, batch_size: int = 64, use_cache: bool = True,
-             exit_rule: ExitRule | None = None) -> Generation:
-    """Greedy continuation of every prompt. Prompts of equal length are decoded together (no padding,
-    so batching never changes the result); the prompt itself always runs at the full depth."""
+             exit_rule: ExitRule | None = None, pad_id: int | None = None,
+             stop_when: StopWhen | None = None) -> Generation:
+    """Greedy continuation of every prompt; the prompt itself always runs at the full depth.
+
+    Without `pad_id`, prompts of equal length are decoded together (no padding, so batching never changes
+    the result). With it, consecutive prompts are, left-padded with `pad_id`: the padding is a document of
+    its own and RoPE is relative, so each row computes what it computes alone (up to float rounding).
+    A row ends at a stop token (dropped from `tokens`) or once `stop_when(prompt index, its ids so far)` holds
+    (e.g. its text contains a stop string; the ids are kept)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     if exit_rule is not None and not isinstance(model, LoopedLM):
@@ -140,55 +194,71 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, st
                          f"'{model.cfg.variant}'")
     if exit_rule is not None and not use_cache:
         raise ValueError("adaptive exit decodes with the KV cache; do not combine it with use_cache=False")
+    if exit_rule is not None and pad_id is not None:
+        raise ValueError("adaptive exit decodes unpadded batches only; do not combine it with pad_id")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
-    depth = depth_of(model, num_steps)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    stops = torch.tensor(sorted(stop_ids), device=device)
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, prompt in enumerate(prompts):
-        by_length[len(prompt)].append(i)
     result = Generation([[] for _ in prompts], [[] for _ in prompts], ["" for _ in prompts])
-    for length, indices in by_length.items():
-        budget = min(max_new_tokens, model.cfg.max_seq_len - length)
-        if budget < 1:
-            raise ValueError(f"prompt of {length} tokens leaves no room to generate within max_seq_len "
-                             f"{model.cfg.max_seq_len}")
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            ids = torch.tensor([prompts[i] for i in chunk], device=device)
-            cache = KVCache() if use_cache else None
-            logits = model(ids, num_steps=num_steps, cache=cache).logits[:, -1]
-            used = torch.full((len(chunk),), depth, device=device)
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-            tokens, steps = [], []
-            for t in range(budget):
-                token = logits.argmax(-1)
-                tokens.append(token)
-                steps.append(used)
-                done |= torch.isin(token, stops)
-                if done.all() or t == budget - 1:
-                    break
-                if exit_rule is not None:
-                    logits, used = adaptive_decode_step(model, token[:, None], cache, depth, exit_rule)
-                elif use_cache:
-                    logits = model(token[:, None], num_steps=num_steps, cache=cache).logits[:, -1]
-                else:
-                    ids = torch.cat([ids, token[:, None]], dim=1)
-                    logits = model(ids, num_steps=num_steps).logits[:, -1]
-            rows, step_rows = torch.stack(tokens, 1).tolist(), torch.stack(steps, 1).tolist()
-            for i, row, step_row in zip(chunk, rows, step_rows):
-                cut = next((j for j, tok in enumerate(row) if tok in stop_ids), None)
-                if cut is not None:
-                    reason = "stop_token"
-                else:
-                    cut = len(row)
-                    reason = "max_new_tokens" if len(row) == max_new_tokens else "context"
-                result.tokens[i], result.steps[i], result.stop_reasons[i] = row[:cut], step_row[:cut + 1], reason
+    for chunk in _batches(prompts, batch_size, pad_id is not None):
+        decoded = _decode_batch(model, [prompts[i] for i in chunk], max_new_tokens, stop_ids, num_steps,
+                                use_cache, exit_rule, pad_id,
+                                None if stop_when is None else lambda row, ids: stop_when(chunk[row], ids))
+        for i, (tokens, steps, reason) in zip(chunk, decoded):
+            result.tokens[i], result.steps[i], result.stop_reasons[i] = tokens, steps, reason
     model.train(was_training)
     return result
+
+
+def _decode_batch(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
+                  num_steps: NumSteps, use_cache: bool, exit_rule: ExitRule | None, pad_id: int | None,
+                  stop_when: StopWhen | None) -> list[tuple[list[int], list[int], str]]:
+    """Greedy decoding of one batch (see generate) -> (tokens, steps, stop reason) per prompt; stop_when
+    takes the row's index in this batch."""
+    width = max(len(p) for p in prompts)
+    budget = min(max_new_tokens, model.cfg.max_seq_len - width)
+    if budget < 1:
+        raise ValueError(f"prompt of {width} tokens leaves no room to generate within max_seq_len "
+                         f"{model.cfg.max_seq_len}")
+    device = next(model.parameters()).device
+    ids, doc_ids = _left_pad(prompts, pad_id, budget, device)
+
+    def forward(new: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        seen = (cache.seen_tokens if cache is not None else 0) + new.shape[1]
+        docs = doc_ids[:, :seen] if doc_ids is not None else None
+        return model(new, num_steps=num_steps, cache=cache, doc_ids=docs).logits[:, -1]
+
+    cache = KVCache() if use_cache else None
+    logits = forward(ids, cache)
+    depth = depth_of(model, num_steps)
+    used = torch.full((len(prompts),), depth, device=device)
+    stops = torch.tensor(sorted(stop_ids), device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    hit_at = torch.full((len(prompts),), -1, device=device)
+    history: list[list[int]] = [[] for _ in prompts]
+    tokens, steps = [], []
+    for t in range(budget):
+        token = logits.argmax(-1)
+        tokens.append(token)
+        steps.append(used)
+        done |= torch.isin(token, stops)
+        if stop_when is not None:
+            hit = _sequence_stops(stop_when, history, token, done)
+            hit_at = torch.where(hit, t, hit_at)
+            done |= hit
+        if done.all() or t == budget - 1:
+            break
+        if exit_rule is not None:
+            logits, used = adaptive_decode_step(model, token[:, None], cache, depth, exit_rule)
+        elif use_cache:
+            logits = forward(token[:, None], cache)
+        else:
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            logits = forward(ids, None)
+    rows, step_rows = torch.stack(tokens, 1).tolist(), torch.stack(steps, 1).tolist()
+    return [_finish(row, step_row, hit, stop_ids, max_new_tokens)
+            for row, step_row, hit in zip(rows, step_rows, hit_at.tolist())]
 
 
 def greedy_generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],

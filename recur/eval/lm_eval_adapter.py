@@ -10,12 +10,20 @@ lm-eval has no plugin discovery, so its stock `lm_eval` command does not know "r
 (same flags as `lm_eval`), or import it before calling `lm_eval.simple_evaluate(model="recur", ...)`.
 
 Scoring: log-likelihoods come from one teacher-forced forward per request (right padding in a batch is
-harmless: the model is causal); generation is greedy with the per-depth KV cache (recur.eval.generate).
+harmless: the model is causal). Generation is greedy with the per-depth KV cache (recur.eval.generate), in
+left-padded batches of batch_size (padding is a document of its own, so a row decodes as it would alone); a
+row stops at the end-of-text token or as soon as its text contains one of the request's `until` strings, and
+the text is cut before the first of them.
+
+`--apply_chat_template` renders prompts with the tokenizer's own chat template (the byte tokenizer's
+`<bos> (<|role|> content <|end|>)* <|assistant|>`, or an HF tokenizer's), as text with the special tokens
+spelled out; tok_encode parses them back, so a rendered prompt scores exactly as the template's ids.
 """
 
 from __future__ import annotations
 
 import sys
+from itertools import groupby
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +33,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from recur.data.tokenizer import load_tokenizer
-from recur.eval.generate import greedy_generate
+from recur.eval.generate import generate
 from recur.eval.load import load_model
 
 
@@ -75,13 +83,25 @@ class RecurLM(TemplateLM):
         return getattr(self.tok, "name", "byte")
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        ids = self.tok.encode(string)
-        if self.bos_id is not None and add_special_tokens is not False:
+        """Special tokens written in the text (a chat-templated prompt) become their ids, as HF tokenizers do;
+        BOS is prepended unless the text starts with one already (chat templates write it)."""
+        ids = self.tok.encode_with_specials(string)
+        if self.bos_id is not None and add_special_tokens is not False and ids[:1] != [self.bos_id]:
             ids = [self.bos_id] + ids
         return ids
 
     def tok_decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The template's source, which lm-eval records with the results; a template name has nothing to pick
+        from, since a recur tokenizer has one template."""
+        return self.tok.chat_template
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval's prompt string; without the generation prompt the final (assistant) message stays open, as
+        lm-eval's HF model renders a reply whose start (gen_prefix) is given."""
+        return self.tok.chat_text(chat_history, add_generation_prompt)
 
     # ---- scoring ----
 
@@ -124,29 +144,56 @@ class RecurLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        outputs = []
-        for req in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
-            context, gen_kwargs = req.args
-            gen_kwargs = dict(gen_kwargs)
-            if gen_kwargs.get("do_sample") or gen_kwargs.get("temperature", 0.0) > 0:
-                raise ValueError("recur lm-eval model decodes greedily; set do_sample=false, temperature=0")
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", 256))
-            prompt = self.tok_encode(context)[-(self.max_length - max_new):]
-            ids = greedy_generate(self.model, [prompt], max_new, {self.tok.eos_id}, num_steps=self.num_steps)[0]
-            text = self.tok_decode(ids)
-            cuts = [text.find(stop) for stop in until if stop and stop in text]
-            outputs.append(text[:min(cuts)] if cuts else text)
+        settings = [_generation_settings(req.args[1]) for req in requests]
+        prompts = [self.tok_encode(req.args[0])[-(self.max_length - max_new):]
+                   for req, (_, max_new) in zip(requests, settings)]
+        outputs: list[str] = [""] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
+        for chunk in self._generation_batches(settings, prompts):
+            texts = self._generate([prompts[i] for i in chunk], [settings[i][0] for i in chunk], settings[chunk[0]][1])
+            for i, text in zip(chunk, texts):
+                outputs[i] = text
+            bar.update(len(chunk))
+        bar.close()
         return outputs
+
+    def _generation_batches(self, settings: list[tuple[list[str], int]], prompts: list[list[int]]) -> list[list[int]]:
+        """Request indices decoded together: at most batch_size of one max_gen_toks, longest prompts first so
+        that a batch's rows need little padding."""
+        order = sorted(range(len(prompts)), key=lambda i: (settings[i][1], -len(prompts[i])))
+        groups = [list(group) for _, group in groupby(order, key=lambda i: settings[i][1])]
+        return [group[start:start + self.batch_size] for group in groups
+                for start in range(0, len(group), self.batch_size)]
+
+    def _generate(self, prompts: list[list[int]], untils: list[list[str]], max_new: int) -> list[str]:
+        """One left-padded greedy batch; each row stops once its text contains one of its stop strings."""
+        out = generate(self.model, prompts, max_new, {self.tok.eos_id}, num_steps=self.num_steps,
+                       batch_size=len(prompts), pad_id=self.tok.pad_id,
+                       stop_when=lambda row, ids: any(stop in self.tok_decode(ids) for stop in untils[row]))
+        return [_cut(self.tok_decode(ids), until) for ids, until in zip(out.tokens, untils)]
+
+
+def _generation_settings(gen_kwargs: dict) -> tuple[list[str], int]:
+    """(non-empty stop strings, max new tokens) of one request; sampling is refused."""
+    if gen_kwargs.get("do_sample") or gen_kwargs.get("temperature", 0.0) > 0:
+        raise ValueError("recur lm-eval model decodes greedily; set do_sample=false, temperature=0")
+    until = gen_kwargs.get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    return [stop for stop in until if stop], int(gen_kwargs.get("max_gen_toks", 256))
+
+
+def _cut(text: str, until: list[str]) -> str:
+    """The text before the first stop string it contains."""
+    return text[:min((text.find(stop) for stop in until if stop in text), default=len(text))]
 
 
 def evaluate_at_depths(path: str, tasks: list[str], depths: list[int], include_path: str | None = None,
                        limit: int | float | None = None, num_fewshot: int | None = None,
                        device: str | None = None, batch_size: int = 1, tokenizer: str | None = None,
-                       include_defaults: bool = True) -> dict[int, dict]:
+                       include_defaults: bool = True, apply_chat_template: bool = False) -> dict[int, dict]:
     """Run the same lm-eval tasks at each recurrence depth (model loaded once); {depth: results dict}.
-    include_defaults=False skips indexing lm-eval's built-in tasks (only include_path's are known)."""
+    include_defaults=False skips indexing lm-eval's built-in tasks (only include_path's are known);
+    apply_chat_template renders prompts with the tokenizer's chat template (lm_eval --apply_chat_template)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -158,7 +205,7 @@ def evaluate_at_depths(path: str, tasks: list[str], depths: list[int], include_p
     for depth in depths:
         lm.num_steps = depth
         out = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-                              log_samples=False, bootstrap_iters=0)
+                              log_samples=False, bootstrap_iters=0, apply_chat_template=apply_chat_template)
         results[depth] = out["results"]
     return results
 
