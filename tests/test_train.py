@@ -170,7 +170,8 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_pa
     assert first.returncode == 0, first.stderr
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     config = (run_dir / "config.yaml").read_text()
-    shorter = run_train(tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto"}))
+    shorter = run_train(tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto",
+                                                                 "--optim.schedule.warmup_steps": "4"}))
     assert shorter.returncode == 2 and "is at step 10, past --steps 5" in shorter.stderr, shorter.stderr
     other_lr = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto",
                                                                    "--optim.schedule.lr": "1e-3"}))
