@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="all", help=f"one of {', '.join(HUB_SUITES)}")
     p.add_argument("--tasks", nargs="+", help="algorithmic tasks (default: the run's training tasks, else all)")
     p.add_argument("--num_steps", nargs="+", type=int, help="recurrence depths (default: the model's default)")
-    p.add_argument("--out_dir", help="default: <run>/eval")
+    p.add_argument("--out_dir", help="default: <run>/eval (<model dir>/eval for a Hugging Face directory)")
     p.add_argument("--data", help="held-out packed parquet for perplexity (default: <run>/data/val)")
     p.add_argument("--num_samples", type=int, default=64, help="problems per (task, difficulty, depth)")
     p.add_argument("--seed", type=int, default=0)

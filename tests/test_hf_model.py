@@ -167,6 +167,25 @@ def test_plain_lm_eval_scores_a_trained_export(exported, tmp_path, monkeypatch):
         assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
 
 
+def test_eval_hub_and_compare_runs_read_an_export(exported, tmp_path):
+    """eval_hub.py scores an export (results into <export>/eval) and compare_runs.py compares it with a run."""
+    run, out = exported
+    export = shutil.copytree(out, tmp_path / "export")
+    run_copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(sorted((run / "checkpoints").glob("step_*[0-9]"))[-1], run_copy / "checkpoints" / "step_6")
+    for directory in (export, run_copy):
+        hub = subprocess.run([sys.executable, "eval_hub.py", "--checkpoint", str(directory), "--suite", "algorithmic",
+                              "--tasks", "copy", "--num_samples", "4", "--no_ood", "--no_plots", "--device", "cpu"],
+                             capture_output=True, text=True, cwd=REPO)
+        assert hub.returncode == 0, hub.stderr[-2000:]
+        assert (directory / "eval" / "results_algorithmic.json").is_file()
+    compared = subprocess.run([sys.executable, "compare_runs.py", str(export), str(run_copy), "--out_dir",
+                               str(tmp_path / "compare")], capture_output=True, text=True, cwd=REPO)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    names = [r["name"] for r in json.loads((tmp_path / "compare" / "compare.json").read_text())["runs"]]
+    assert names == ["export", "run"]
+
+
 def test_byte_tokenizer_files_match_recur(exported):
     from transformers import AutoTokenizer
 

@@ -85,9 +85,12 @@ def default_data(meta: CheckpointMeta, data: str | None) -> str:
 def default_out_dir(meta: CheckpointMeta, out_dir: str | None) -> Path:
     if out_dir is not None:
         return Path(out_dir)
-    if meta.run_dir is None:
-        raise ValueError("--out_dir is required when the checkpoint does not live in a run directory")
-    return Path(meta.run_dir) / "eval"
+    if meta.run_dir is not None:
+        return Path(meta.run_dir) / "eval"
+    if meta.kind == "hf":  # a model directory keeps its own results, so compare_runs.py reads it like a run
+        model_dir = Path(meta.path)
+        return (model_dir if model_dir.is_dir() else model_dir.parent) / "eval"
+    raise ValueError("--out_dir is required when the checkpoint does not live in a run directory")
 
 
 def write_results(results: dict, path: Path) -> None:
