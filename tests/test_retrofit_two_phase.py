@@ -83,3 +83,12 @@ def test_init_from_names_a_flag_that_changes_the_shape(converted, tmp_path):
     assert shape.returncode == 2 and len(shape.stderr.strip().splitlines()) == 1, shape.stderr
     assert "--model.d_model 128 (the model has 64)" in shape.stderr
     assert not (tmp_path / "shape").exists()
+
+
+def test_eval_hub_scores_the_conversion(converted, tmp_path):
+    model_dir, data = converted
+    hub = _run("eval_hub.py", "--checkpoint", str(model_dir), "--suite", "perplexity", "--data", str(data),
+               "--max_rows", "4", "--num_steps", "1", "2", "--no_plots", "--device", "cpu", "--out_dir", str(tmp_path))
+    assert hub.returncode == 0, hub.stderr[-2000:]
+    results = json.loads((tmp_path / "results_perplexity.json").read_text())["perplexity"]["results"]
+    assert [r["depth"] for r in results] == [1, 2] and all(r["loss"] > 0 for r in results)
