@@ -189,12 +189,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     namespace = _parse(parser, argv)
     if namespace.variant is not None and namespace.model.variant != namespace.variant:
         raise ValueError(f"--variant {namespace.variant} contradicts --model.variant {namespace.model.variant}")
-    yaml_text = parser.dump(namespace, skip_none=False)
+    yaml_text = parser.dump(namespace, skip_unset=False)
     namespace.pop("config", None)
     if print_only:
         print(yaml_text, end="")
         sys.exit(0)
-    fields = vars(parser.instantiate_classes(namespace))
+    fields = vars(parser.instantiate(namespace))
     cfg = TrainConfig(**{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__})
     validate_config(cfg)
     return cfg, yaml_text
