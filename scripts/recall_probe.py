@@ -84,6 +84,8 @@ def main() -> None:
     p.add_argument("--variant", default="baseline")
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--n_layers", type=int, default=2)
+    p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
+    p.add_argument("--untied", action="store_true", help="separate input embedding and output head")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3000)
@@ -98,7 +100,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
     model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers,
-                         n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=1024).to(args.device)
+                         n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
+                         tie_embeddings=not args.untied).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     eval_x, eval_m = batch(eval_rng, args, 512, 1, args.max_hops, args.device)
     digits = (eval_m[:, 1:] > 0) & (eval_x[:, 1:] >= ord("0")) & (eval_x[:, 1:] <= ord("9"))
