@@ -25,6 +25,7 @@ import string
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,27 @@ from recur.models import create_model  # noqa: E402
 
 TOKENIZER = ByteTokenizer()
 FORMATS = ("chat", "echo", "direct")
+
+
+class ReferenceGPT(torch.nn.Module):
+    """The control arm (`--variant reference_gpt`): a GPT-2-style decoder in plain PyTorch — learned absolute
+    positions, pre-norm, GELU MLP, untied head, PyTorch's default init. It leaves the 2-pair plateau in ~2k
+    CPU steps where recur's Llama-style model does not (docs/recurrence.md, probe 3): what differs is the lead."""
+
+    def __init__(self, vocab: int, d_model: int, n_layers: int, n_heads: int = 4, max_len: int = 1024) -> None:
+        super().__init__()
+        self.tokens, self.positions = torch.nn.Embedding(vocab, d_model), torch.nn.Embedding(max_len, d_model)
+        self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
+            d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
+            bias=False) for _ in range(n_layers))
+        self.norm, self.head = torch.nn.RMSNorm(d_model), torch.nn.Linear(d_model, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> SimpleNamespace:
+        h = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        causal = torch.nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
+        for block in self.blocks:
+            h = block(h, src_mask=causal, is_causal=True)
+        return SimpleNamespace(logits=self.head(self.norm(h)))
 
 
 def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt: str) -> tuple[list[int], list[int]]:
@@ -81,7 +103,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
     p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
     p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
-    p.add_argument("--variant", default="baseline")
+    p.add_argument("--variant", default="baseline", help="a recur variant, or reference_gpt (the control arm)")
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--n_layers", type=int, default=2)
     p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
@@ -99,9 +121,12 @@ def main() -> None:
         p.error(f"--pairs {args.pairs} x (--max_hops {args.max_hops} + 1) must fit 52 names and 10 root digits")
     torch.manual_seed(args.seed)
     rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
-    model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers,
-                         n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
-                         tie_embeddings=not args.untied).to(args.device)
+    if args.variant == "reference_gpt":
+        model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers).to(args.device)
+    else:
+        model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
+                             vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
+                             tie_embeddings=not args.untied).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     eval_x, eval_m = batch(eval_rng, args, 512, 1, args.max_hops, args.device)
     digits = (eval_m[:, 1:] > 0) & (eval_x[:, 1:] >= ord("0")) & (eval_x[:, 1:] <= ord("9"))
