@@ -103,7 +103,8 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
     p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
     p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
-    p.add_argument("--variant", default="baseline", help="a recur variant, or reference_gpt (the control arm)")
+    p.add_argument("--variant", default="baseline",
+                   help="a recur variant, reference_gpt (the control arm) or hf_llama (transformers' Llama)")
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--n_layers", type=int, default=2)
     p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
@@ -123,6 +124,13 @@ def main() -> None:
     rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
     if args.variant == "reference_gpt":
         model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers).to(args.device)
+    elif args.variant == "hf_llama":  # transformers' Llama of recur's shape: is the plateau the architecture's?
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=TOKENIZER.vocab_size, hidden_size=args.d_model, intermediate_size=-(-8 * args.d_model // 192) * 64,
+            num_hidden_layers=args.n_layers, num_attention_heads=4, max_position_embeddings=1024,
+            initializer_range=args.init_std, tie_word_embeddings=not args.untied)).to(args.device)
     else:
         model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
                              vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
