@@ -44,16 +44,20 @@ class ReferenceGPT(torch.nn.Module):
     positions, pre-norm, GELU MLP, untied head, PyTorch's default init. It leaves the 2-pair plateau in ~2k
     CPU steps where recur's Llama-style model does not (docs/recurrence.md, probe 3): what differs is the lead."""
 
-    def __init__(self, vocab: int, d_model: int, n_layers: int, n_heads: int = 4, max_len: int = 1024) -> None:
+    def __init__(self, vocab: int, d_model: int, n_layers: int, n_heads: int = 4, max_len: int = 1024,
+                 positions: bool = True) -> None:
         super().__init__()
-        self.tokens, self.positions = torch.nn.Embedding(vocab, d_model), torch.nn.Embedding(max_len, d_model)
+        self.tokens = torch.nn.Embedding(vocab, d_model)
+        self.positions = torch.nn.Embedding(max_len, d_model) if positions else None  # None: NoPE (causal mask only)
         self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
             d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
             bias=False) for _ in range(n_layers))
         self.norm, self.head = torch.nn.RMSNorm(d_model), torch.nn.Linear(d_model, vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> SimpleNamespace:
-        h = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        h = self.tokens(ids)
+        if self.positions is not None:
+            h = h + self.positions(torch.arange(ids.shape[1], device=ids.device))
         causal = torch.nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
         for block in self.blocks:
             h = block(h, src_mask=causal, is_causal=True)
@@ -109,6 +113,7 @@ def main() -> None:
     p.add_argument("--n_layers", type=int, default=2)
     p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
     p.add_argument("--untied", action="store_true", help="separate input embedding and output head")
+    p.add_argument("--no_positions", action="store_true", help="reference_gpt without position embeddings (NoPE)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3000)
@@ -123,7 +128,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
     if args.variant == "reference_gpt":
-        model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers).to(args.device)
+        model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers,
+                             positions=not args.no_positions).to(args.device)
     elif args.variant == "hf_llama":  # transformers' Llama of recur's shape: is the plateau the architecture's?
         from transformers import LlamaConfig, LlamaForCausalLM
 
