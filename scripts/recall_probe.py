@@ -33,10 +33,32 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recur.data.tokenizer import ByteTokenizer  # noqa: E402
+from recur.models.config import ModelConfig  # noqa: E402
+from recur.models.layers import Rotary, apply_rotary  # noqa: E402
 from recur.models import create_model  # noqa: E402
 
 TOKENIZER = ByteTokenizer()
 FORMATS = ("chat", "echo", "direct")
+
+
+class RopeBlock(torch.nn.Module):
+    """`--positions rope` for the reference GPT: its pre-norm GELU block with recur's rotary embedding on q, k."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(d_model, bias=False), torch.nn.LayerNorm(d_model, bias=False)
+        self.qkv, self.out = torch.nn.Linear(d_model, 3 * d_model, bias=False), torch.nn.Linear(d_model, d_model, bias=False)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(d_model, 4 * d_model, bias=False), torch.nn.GELU(),
+                                       torch.nn.Linear(4 * d_model, d_model, bias=False))
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, D = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(B, T, 3, self.n_heads, D // self.n_heads).unbind(2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        h = h + self.out(att.transpose(1, 2).reshape(B, T, D))
+        return h + self.mlp(self.norm2(h))
 
 
 class ReferenceGPT(torch.nn.Module):
@@ -45,17 +67,26 @@ class ReferenceGPT(torch.nn.Module):
     CPU steps where recur's Llama-style model does not (docs/recurrence.md, probe 3): what differs is the lead."""
 
     def __init__(self, vocab: int, d_model: int, n_layers: int, n_heads: int = 4, max_len: int = 1024,
-                 positions: bool = True) -> None:
+                 positions: str = "learned") -> None:
         super().__init__()
         self.tokens = torch.nn.Embedding(vocab, d_model)
-        self.positions = torch.nn.Embedding(max_len, d_model) if positions else None  # None: NoPE (causal mask only)
+        # "learned" (GPT-2), "rope" (recur's rotary in a GELU block) or "none" (NoPE: the causal mask only)
+        self.positions = torch.nn.Embedding(max_len, d_model) if positions == "learned" else None
+        self.rotary = Rotary(ModelConfig(d_model=d_model, n_heads=n_heads, max_seq_len=max_len).resolved()) \
+            if positions == "rope" else None
+        self.rope_blocks = torch.nn.ModuleList(RopeBlock(d_model, n_heads) for _ in range(n_layers if self.rotary else 0))
         self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
             d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
-            bias=False) for _ in range(n_layers))
+            bias=False) for _ in range(0 if positions == "rope" else n_layers))
         self.norm, self.head = torch.nn.RMSNorm(d_model), torch.nn.Linear(d_model, vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> SimpleNamespace:
         h = self.tokens(ids)
+        if self.rotary is not None:
+            cos, sin = self.rotary(torch.arange(ids.shape[1], device=ids.device))
+            for block in self.rope_blocks:
+                h = block(h, cos, sin)
+            return SimpleNamespace(logits=self.head(self.norm(h)))
         if self.positions is not None:
             h = h + self.positions(torch.arange(ids.shape[1], device=ids.device))
         causal = torch.nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
@@ -113,7 +144,8 @@ def main() -> None:
     p.add_argument("--n_layers", type=int, default=2)
     p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
     p.add_argument("--untied", action="store_true", help="separate input embedding and output head")
-    p.add_argument("--no_positions", action="store_true", help="reference_gpt without position embeddings (NoPE)")
+    p.add_argument("--positions", choices=("learned", "rope", "none"), default="learned",
+                   help="reference_gpt's positions: learned (GPT-2), rope (recur's rotary), none (NoPE)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3000)
@@ -129,7 +161,7 @@ def main() -> None:
     rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
     if args.variant == "reference_gpt":
         model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers,
-                             positions=not args.no_positions).to(args.device)
+                             positions=args.positions).to(args.device)
     elif args.variant == "hf_llama":  # transformers' Llama of recur's shape: is the plateau the architecture's?
         from transformers import LlamaConfig, LlamaForCausalLM
 
