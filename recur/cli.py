@@ -1,8 +1,9 @@
 """Command line for training: jsonargparse over the TrainConfig dataclass, with size presets as defaults.
 
 Precedence, lowest first: dataclass defaults < the --model_size preset < the --init_from model's own config
-< --config files < --flags, whatever the order of --config and the flags on the command line. Every rejected command line is one ValueError
-naming the flag (train.py prints it as one line and exits 2), raised before anything is written.
+< --config files < --flags, whatever the order of --config and the flags on the command line. Every rejected
+command line is one ValueError naming the flag (train.py prints it as one line and exits 2), raised before
+anything is written.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     if print_only:
         print(yaml_text, end="")
         sys.exit(0)
-    fields = vars(parser.instantiate(namespace))
-    cfg = TrainConfig(**{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__})
+    values = vars(parser.instantiate(namespace))
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
     validate_config(cfg)
     return cfg, yaml_text

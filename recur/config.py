@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from recur.models.config import ModelConfig
 from recur.optim.config import LRScheduleConfig, OptimConfig
@@ -115,8 +115,6 @@ def _check_model_builds(model: ModelConfig) -> dict[str, tuple[int, ...]]:
 def _check_init_from_shape(model: ModelConfig, init_from: str) -> None:
     """--init_from's weights fix the parameter shapes: a --model.* value that changes them is named here,
     before the data is built (values that leave every shape alone, e.g. rope_theta, are the user's choice)."""
-    from dataclasses import fields
-
     from recur.eval.load import saved_config
 
     saved = saved_config(init_from).resolved()

@@ -14,6 +14,7 @@ safetensors are all it needs). `num_steps` (the recurrence depth) is a config fi
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from dataclasses import fields
@@ -36,6 +37,7 @@ def _use_shipped_source(directory: str | Path) -> None:
         sys.path.insert(0, str(shipped))
 
 
+@functools.cache  # forward() asks on every decoded token; a failed import is not cached, so it can be retried
 def _recur() -> SimpleNamespace:
     """recur's pieces this file adapts. Imported on use, inside `try` — transformers' trust_remote_code check
     would otherwise demand an installed `recur` before the shipped copy could be put on the path."""

@@ -74,24 +74,27 @@ class ReferenceGPT(torch.nn.Module):
         self.positions = torch.nn.Embedding(max_len, d_model) if positions == "learned" else None
         self.rotary = Rotary(ModelConfig(d_model=d_model, n_heads=n_heads, max_seq_len=max_len).resolved()) \
             if positions == "rope" else None
-        self.rope_blocks = torch.nn.ModuleList(RopeBlock(d_model, n_heads) for _ in range(n_layers if self.rotary else 0))
-        self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
-            d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
-            bias=False) for _ in range(0 if positions == "rope" else n_layers))
+        if self.rotary is not None:
+            self.blocks = torch.nn.ModuleList(RopeBlock(d_model, n_heads) for _ in range(n_layers))
+        else:
+            self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
+                d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
+                bias=False) for _ in range(n_layers))
         self.norm, self.head = torch.nn.RMSNorm(d_model), torch.nn.Linear(d_model, vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> SimpleNamespace:
         h = self.tokens(ids)
-        if self.rotary is not None:
-            cos, sin = self.rotary(torch.arange(ids.shape[1], device=ids.device))
-            for block in self.rope_blocks:
-                h = block(h, cos, sin)
-            return SimpleNamespace(logits=self.head(self.norm(h)))
+        positions = torch.arange(ids.shape[1], device=ids.device)
         if self.positions is not None:
-            h = h + self.positions(torch.arange(ids.shape[1], device=ids.device))
-        causal = torch.nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
-        for block in self.blocks:
-            h = block(h, src_mask=causal, is_causal=True)
+            h = h + self.positions(positions)
+        if self.rotary is not None:
+            cos, sin = self.rotary(positions)
+            for block in self.blocks:
+                h = block(h, cos, sin)
+        else:
+            causal = torch.nn.Transformer.generate_square_subsequent_mask(ids.shape[1], device=ids.device)
+            for block in self.blocks:
+                h = block(h, src_mask=causal, is_causal=True)
         return SimpleNamespace(logits=self.head(self.norm(h)))
 
 
