@@ -98,9 +98,11 @@ class ReferenceGPT(torch.nn.Module):
         return SimpleNamespace(logits=self.head(self.norm(h)))
 
 
-def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt: str) -> tuple[list[int], list[int]]:
+def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt: str,
+                   max_offset: int = 0) -> tuple[list[int], list[int]]:
     """`pairs` shuffled binding chains of `hops` + 1 statements with distinct root digits, then `queries`
-    questions (the first asks for the end of a chain, the rest any variable) -> (ids, loss mask)."""
+    questions (the first asks for the end of a chain, the rest any variable) -> (ids, loss mask). 0 to
+    `max_offset` leading spaces shift every statement, so absolute positions no longer name a statement."""
     names = rng.sample(string.ascii_letters, pairs * (hops + 1))
     roots = rng.sample(string.digits, pairs)
     statements = []
@@ -109,7 +111,7 @@ def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt:
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     rng.shuffle(statements)
     t = TOKENIZER
-    ids, mask = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " ".join(statements)), []
+    ids, mask = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + " ".join(statements)), []
     mask = [0] * len(ids)
     for q in range(queries):
         c = rng.randrange(pairs)
@@ -126,7 +128,7 @@ def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt:
 
 def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int, hops: int | None, device: str):
     docs = [chain_document(rng, args.pairs, rng.randint(0, args.max_hops) if hops is None else hops, queries,
-                           args.format) for _ in range(rows)]
+                           args.format, args.max_offset) for _ in range(rows)]
     width = max(len(ids) for ids, _ in docs)
     x = torch.full((rows, width), TOKENIZER.pad_id, dtype=torch.long)
     m = torch.zeros(rows, width)
@@ -140,6 +142,7 @@ def main() -> None:
     p.add_argument("--format", choices=FORMATS, default="chat")
     p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
     p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
+    p.add_argument("--max_offset", type=int, default=0, help="up to this many leading spaces per prompt")
     p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
     p.add_argument("--variant", default="baseline",
                    help="a recur variant, reference_gpt (the control arm) or hf_llama (transformers' Llama)")
