@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,12 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+from recur.eval.plots import save_figure  # noqa: E402
 
 
 def plot_loss(records: list[dict], path: Path) -> None:
@@ -38,5 +32,5 @@ def plot_loss(records: list[dict], path: Path) -> None:
     ax_r.set_xlabel("step")
     ax_r.set_ylabel("recurrence")
     ax_r.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 

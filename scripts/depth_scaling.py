@@ -32,6 +32,7 @@ from recur.checkpoint import write_json_atomic
 from recur.cli_common import child_env, run_cli
 from recur.data.generated import recipe_changes
 from recur.data.packing import pack_dataset
+from recur.data.tasks import get_task
 from recur.data.shard_writer import MANIFEST_NAME, write_atomic_bytes
 from recur.data.validate import read_manifest
 from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
@@ -51,6 +52,9 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--size", default="nano")
     p.add_argument("--tasks", nargs="+", default=["chain"])
+    # A task mixed in only to teach a skill (e.g. `copy`, which teaches the lookup that every chain hop
+    # composes) need not be swept: long copy answers at r = 64 would cost more than the rest of the sweep.
+    p.add_argument("--sweep_tasks", nargs="+", help="tasks the depth sweeps score (default: --tasks)")
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--seq_len", type=int, default=256)
@@ -71,6 +75,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         args.size, args.steps, args.batch_size, args.seq_len = "tiny", 12, 8, 256
         args.num_docs, args.depths, args.num_samples, args.max_rows = 600, [1, 2, 4], 8, 32
         train_args = ["--device", "cpu", *train_args]
+    for name in [*args.tasks, *(args.sweep_tasks or [])]:
+        get_task(name)  # an unknown name fails here, not after every arm has trained
     for flag in ("steps", "batch_size", "num_docs", "num_samples", "parallel"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
@@ -125,7 +131,7 @@ def train_command(name: str, flags: list[str], args: argparse.Namespace, out: Pa
 
 def sweep_command(name: str, args: argparse.Namespace, out: Path, val: Path) -> list[str]:
     return [sys.executable, str(ROOT / "utils" / "depth_sweep.py"), "--checkpoint", str(out / name),
-            "--out_dir", str(out / "sweeps"), "--latest_only", "--ood", "--tasks", *args.tasks,
+            "--out_dir", str(out / "sweeps"), "--latest_only", "--ood", "--tasks", *(args.sweep_tasks or args.tasks),
             "--depths", *map(str, args.depths), "--num_samples", str(args.num_samples),
             "--max_rows", str(args.max_rows), "--data", str(val), "--batch_size", "64"]
 

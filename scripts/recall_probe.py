@@ -126,8 +126,19 @@ def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt:
     return ids, mask
 
 
-def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int, hops: int | None, device: str):
-    docs = [chain_document(rng, args.pairs, rng.randint(0, args.max_hops) if hops is None else hops, queries,
+def copy_document(rng: random.Random, length: int) -> tuple[list[int], list[int]]:
+    """A random string of names, digits and '=' repeated once, loss on the repeat: the plain induction pattern
+    ("find where the current token was before, emit what followed it") that every chain lookup composes."""
+    t = TOKENIZER
+    text = "".join(rng.choice(string.ascii_letters + string.digits + "= ") for _ in range(length))
+    prompt, answer = [t.bos_id, t.role_ids["user"]] + t.encode("copy " + text + " ?"), t.encode(text) + [t.end_id]
+    return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+
+
+def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int, hops: int | None, device: str,
+          copy_fraction: float = 0.0):
+    docs = [copy_document(rng, rng.randint(8, args.copy_length)) if rng.random() < copy_fraction else
+            chain_document(rng, args.pairs, rng.randint(0, args.max_hops) if hops is None else hops, queries,
                            args.format, args.max_offset) for _ in range(rows)]
     width = max(len(ids) for ids, _ in docs)
     x = torch.full((rows, width), TOKENIZER.pad_id, dtype=torch.long)
@@ -143,6 +154,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
     p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
     p.add_argument("--max_offset", type=int, default=0, help="up to this many leading spaces per prompt")
+    p.add_argument("--copy_fraction", type=float, default=0.0,
+                   help="share of training rows that are copy documents (a random string, then its repeat)")
+    p.add_argument("--copy_length", type=int, default=48, help="copy strings draw 8..copy_length characters")
     p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
     p.add_argument("--variant", default="baseline",
                    help="a recur variant, reference_gpt (the control arm) or hf_llama (transformers' Llama)")
@@ -188,7 +202,7 @@ def main() -> None:
             break
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100)
-        x, m = batch(rng, args, args.batch_size, args.queries, None, args.device)
+        x, m = batch(rng, args, args.batch_size, args.queries, None, args.device, args.copy_fraction)
         logits = model(x[:, :-1]).logits
         losses = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
         loss = (losses * m[:, 1:].flatten()).sum() / m[:, 1:].sum()

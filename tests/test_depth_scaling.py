@@ -52,7 +52,7 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     out = tmp_path / "depth"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir",
-                           str(out), "--parallel", "2"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+                           str(out), "--parallel", "2", "--tasks", "chain", "copy", "--sweep_tasks", "chain"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "depth_scaling.json").read_text())
     assert set(report["arms"]) == {"baseline", "recurrent"} and report["failed"] == []
@@ -62,6 +62,8 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
         validate_results(json.loads(sweep.read_text()), str(sweep))
     for figure in ("loss_vs_depth.png", "accuracy_vs_depth.png", "depth_scaling.md"):
         assert (out / figure).stat().st_size > 0
+    markdown = (out / "depth_scaling.md").read_text()  # copy trained alongside chain, but only chain is swept
+    assert "### chain: exact match" in markdown and "### copy" not in markdown
     # A rerun into the same --out_dir with other data settings would compare arms trained on different data.
     rerun = subprocess.run([sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir",
                             str(out), "--tasks", "chain", "successor"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
+    # The pid keeps processes that refresh the same figure (parallel sweeps into one directory) apart.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
