@@ -1,20 +1,20 @@
-"""The global row order of a packed dataset: a pure function of (row group sizes, seed, epoch).
+"""Each epoch's *walk* of a packed dataset: a pure function of (row group sizes, seed, epoch).
 
-Rows are addressed by their position in an endless *stream*: epoch 0's order, then epoch 1's, ...
-Each epoch's order uses a two-level shuffle so that a reader only ever needs whole row groups:
+The walk of epoch e lists every row once, with a two-level shuffle so that a reader only needs whole
+row groups:
 
 1. the row groups of all shards are permuted globally with an RNG seeded by (seed, epoch);
 2. the permuted groups are cut into windows of ``shuffle_window`` consecutive groups, and the rows of
    each window are permuted with an RNG seeded by (seed, epoch, window index).
 
-Nothing here depends on the rank, the world size or the batch size, which is what makes the loader's
-batches world-size invariant.
+Which batch position takes which walk position is ``recur.data.lanes``'s job. Nothing here depends on
+the rank, the world size or the batch size, which is what makes the loader's batches world-size invariant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class _EpochLayout:
 
 
 class GlobalOrder:
-    """Maps stream positions to (window, row of the window) for a dataset of row groups."""
+    """Maps positions of each epoch's walk to (row group, row within it) for a dataset of row groups."""
 
     def __init__(self, group_sizes: Sequence[int], seed: int, shuffle: bool, shuffle_window: int) -> None:
         if len(group_sizes) == 0 or min(group_sizes) <= 0:
@@ -53,7 +53,6 @@ class GlobalOrder:
         self.shuffle = bool(shuffle)
         self.shuffle_window = int(shuffle_window)
         self._layout_cache: dict[int, _EpochLayout] = {}
-        self._perm_cache: tuple[tuple[int, int], np.ndarray] | None = None
 
     def _layout(self, epoch: int) -> _EpochLayout:
         layout = self._layout_cache.get(epoch)
@@ -74,44 +73,28 @@ class GlobalOrder:
             layout = self._layout_cache[epoch] = _EpochLayout(windows, starts)
         return layout
 
-    def next_window(self, window: Window) -> Window:
-        """The window whose rows follow ``window``'s in the stream (possibly the next epoch's first)."""
-        windows = self._layout(window.epoch).windows
-        if window.index + 1 < len(windows):
-            return windows[window.index + 1]
-        return self._layout(window.epoch + 1).windows[0]
-
-    def window_permutation(self, window: Window) -> np.ndarray:
+    def _window_permutation(self, window: Window) -> np.ndarray:
         """Position within the window -> row index into the concatenation of the window's groups."""
-        key = (window.epoch, window.index)
-        if self._perm_cache is not None and self._perm_cache[0] == key:
-            return self._perm_cache[1]
-        if self.shuffle:
-            perm = np.random.default_rng([self.seed, window.epoch, _WINDOW_TAG, window.index]).permutation(
-                window.num_rows
-            )
-        else:
-            perm = np.arange(window.num_rows)
-        self._perm_cache = (key, perm)
-        return perm
+        if not self.shuffle:
+            return np.arange(window.num_rows)
+        return np.random.default_rng([self.seed, window.epoch, _WINDOW_TAG, window.index]).permutation(window.num_rows)
 
-    def spans(self, start: int, stop: int) -> Iterator[tuple[Window, int, int]]:
-        """Yield (window, lo, hi): stream positions [start, stop) are window positions [lo, hi), in order."""
-        if not 0 <= start <= stop:
-            raise ValueError(f"invalid stream range [{start}, {stop})")
-        pos = start
-        while pos < stop:
-            epoch, offset = divmod(pos, self.num_rows)
-            layout = self._layout(epoch)
-            w = int(np.searchsorted(layout.starts, offset, side="right")) - 1
-            window_start = int(layout.starts[w])
-            take = min(stop - pos, int(layout.starts[w + 1]) - offset)
-            yield layout.windows[w], offset - window_start, offset - window_start + take
-            pos += take
-
-    def origin(self, window: Window, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(global row-group id, row within that group) for rows of the window's concatenation."""
-        sizes = self.group_sizes[window.groups]
-        ends = np.cumsum(sizes)
-        member = np.searchsorted(ends, rows, side="right")
-        return window.groups[member], rows - (ends[member] - sizes[member])
+    def locate(self, epoch: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(global row-group id, row within that group) of each position in ``epoch``'s walk."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and not (0 <= positions.min() and positions.max() < self.num_rows):
+            raise ValueError(f"walk positions must lie in [0, {self.num_rows})")
+        layout = self._layout(epoch)
+        member = np.searchsorted(layout.starts, positions, side="right") - 1
+        groups = np.empty_like(positions)
+        within = np.empty_like(positions)
+        for w in np.unique(member):
+            # Each window's permutation is drawn once per call: callers locate many positions at a time.
+            window, selected = layout.windows[w], np.flatnonzero(member == w)
+            rows = self._window_permutation(window)[positions[selected] - layout.starts[w]]
+            sizes = self.group_sizes[window.groups]
+            ends = np.cumsum(sizes)
+            index = np.searchsorted(ends, rows, side="right")
+            groups[selected] = window.groups[index]
+            within[selected] = rows - (ends[index] - sizes[index])
+        return groups, within

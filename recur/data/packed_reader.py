@@ -1,4 +1,4 @@
-"""Open a packed dataset directory (see DATA_FORMAT.md) and read whole row groups into numpy."""
+"""Open a packed dataset directory (see DATA_FORMAT.md), read whole row groups into numpy, gather rows."""
 
 from __future__ import annotations
 
@@ -24,24 +24,21 @@ def _selected_doc_starts(block: RowBlock, rows: np.ndarray) -> tuple[np.ndarray,
     return block.doc_starts[first + np.arange(int(counts.sum()))], counts
 
 
-def take_rows(blocks: list[RowBlock], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Gather rows (indices into the concatenation of ``blocks``) in the given order.
+def take_rows(blocks: dict[int, RowBlock], groups: np.ndarray, within: np.ndarray) -> dict[str, np.ndarray]:
+    """Gather rows (row ``within[i]`` of decoded group ``groups[i]``) in the given order.
 
-    Gathering from each block in place avoids concatenating a whole window of row groups, which would
-    copy every token once more than needed. ``input_ids`` come out as int64, the dtype the model embeds;
-    ``doc_ids`` is the per-token document index within its row (cumulative count of doc starts - 1).
+    Gathering from each block in place avoids concatenating row groups, which would copy every token
+    once more than needed. ``input_ids`` come out as int64, the dtype the model embeds; ``doc_ids`` is
+    the per-token document index within its row (cumulative count of doc starts - 1).
     """
-    sizes = np.array([len(b.input_ids) for b in blocks])
-    ends = np.cumsum(sizes)
-    member = np.searchsorted(ends, rows, side="right")
-    within = rows - (ends - sizes)[member]
-    shape = (len(rows), blocks[0].input_ids.shape[1])
+    row_len = next(iter(blocks.values())).input_ids.shape[1]
+    shape = (len(groups), row_len)
     input_ids = np.empty(shape, dtype=np.int64)
     loss_mask = np.empty(shape, dtype=np.uint8)
     doc_ids = np.zeros(shape, dtype=np.int32)
-    for m in np.unique(member):
-        selected = np.flatnonzero(member == m)
-        block, local = blocks[m], within[selected]
+    for g in np.unique(groups):
+        selected = np.flatnonzero(groups == g)
+        block, local = blocks[int(g)], within[selected]
         input_ids[selected] = block.input_ids[local]
         loss_mask[selected] = block.loss_mask[local]
         starts, counts = _selected_doc_starts(block, local)
@@ -132,9 +129,6 @@ class PackedShards:
         mask, _ = _flat_values(table, "loss_mask")
         starts, offsets = _flat_values(table, "doc_starts")
         return RowBlock(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len), starts, offsets)
-
-    def read_groups(self, groups: np.ndarray) -> list[RowBlock]:
-        return [self.read_group(int(g)) for g in groups]
 
     def origin(self, group: int) -> tuple[str, int]:
         """(shard file name, row group index within the shard) of a global row group id."""
