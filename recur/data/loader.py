@@ -110,7 +110,7 @@ class StatefulParquetDataset(IterableDataset):
         if seed < 0:
             raise ValueError(f"--seed must be >= 0, got {seed}")
         self.shards = PackedShards(path)
-        self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window)
+        self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window, global_batch_size)
         self.global_batch_size = global_batch_size
         self.rank = rank
         self.world_size = world_size

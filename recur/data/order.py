@@ -1,14 +1,17 @@
-"""Each epoch's *walk* of a packed dataset: a pure function of (row group sizes, seed, epoch).
+"""Each epoch's *walk* of a packed dataset: a pure function of (row group sizes, seed, epoch, G).
 
 The walk of epoch e lists every row once, with a two-level shuffle so that a reader only needs whole
 row groups:
 
 1. the row groups of all shards are permuted globally with an RNG seeded by (seed, epoch);
-2. the permuted groups are cut into windows of ``shuffle_window`` consecutive groups, and the rows of
-   each window are permuted with an RNG seeded by (seed, epoch, window index).
+2. the permuted groups are cut into windows of ``shuffle_window`` consecutive groups, each window is cut
+   further at the epoch's lane boundaries (``recur.data.lanes``, which depend on G), and the rows of each
+   piece are permuted with an RNG seeded by (seed, epoch, piece start).
 
-Which batch position takes which walk position is ``recur.data.lanes``'s job. Nothing here depends on
-the rank, the world size or the batch size, which is what makes the loader's batches world-size invariant.
+Cutting at lane boundaries keeps every lane's rows inside the row groups of its own stretch of the walk:
+a rank, which reads whole lanes, then decodes only the groups its stretch covers, never the rest of a
+window that a neighbouring rank's lanes share. Nothing here depends on the rank or the world size, which
+is what makes the loader's batches world-size invariant. Without shuffling the walk is storage order.
 """
 
 from __future__ import annotations
@@ -18,31 +21,26 @@ from typing import Sequence
 
 import numpy as np
 
-# Domain tags keep the (seed, epoch) group-permutation stream disjoint from the per-window streams.
+from recur.data.grouping import runs
+from recur.data.lanes import lane_starts
+
+# Domain tags keep the (seed, epoch) group-permutation stream disjoint from the per-piece streams.
 _GROUP_TAG = 0
-_WINDOW_TAG = 1
-
-
-@dataclass(frozen=True)
-class Window:
-    """``shuffle_window`` consecutive row groups of one epoch's group permutation."""
-
-    epoch: int
-    index: int
-    groups: np.ndarray  # global row-group ids, in the order their rows are concatenated
-    num_rows: int
+_PIECE_TAG = 2  # 1 tagged the whole-window shuffles of loader state version 1
 
 
 @dataclass(frozen=True)
 class _EpochLayout:
-    windows: list[Window]
-    starts: np.ndarray  # position (within the epoch) of each window's first row, plus a final end
+    groups: np.ndarray  # global row-group ids in walk order (before the row shuffle)
+    ends: np.ndarray  # walk position just past each of those groups
+    pieces: np.ndarray  # walk position where each shuffled piece starts, plus a final end
 
 
 class GlobalOrder:
     """Maps positions of each epoch's walk to (row group, row within it) for a dataset of row groups."""
 
-    def __init__(self, group_sizes: Sequence[int], seed: int, shuffle: bool, shuffle_window: int) -> None:
+    def __init__(self, group_sizes: Sequence[int], seed: int, shuffle: bool, shuffle_window: int,
+                 global_batch_size: int) -> None:
         if len(group_sizes) == 0 or min(group_sizes) <= 0:
             raise ValueError(f"row group sizes must be positive and non-empty, got {list(group_sizes)[:8]}...")
         if shuffle_window < 1:
@@ -52,32 +50,37 @@ class GlobalOrder:
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.shuffle_window = int(shuffle_window)
+        self.global_batch_size = int(global_batch_size)
         self._layout_cache: dict[int, _EpochLayout] = {}
 
     def _layout(self, epoch: int) -> _EpochLayout:
         layout = self._layout_cache.get(epoch)
         if layout is None:
             if self.shuffle:
-                rng = np.random.default_rng([self.seed, epoch, _GROUP_TAG])
-                groups = rng.permutation(len(self.group_sizes))
+                groups = np.random.default_rng([self.seed, epoch, _GROUP_TAG]).permutation(len(self.group_sizes))
             else:
                 groups = np.arange(len(self.group_sizes))
-            windows = []
-            for index, lo in enumerate(range(0, len(groups), self.shuffle_window)):
-                members = groups[lo : lo + self.shuffle_window]
-                windows.append(Window(epoch, index, members, int(self.group_sizes[members].sum())))
-            starts = np.concatenate([[0], np.cumsum([w.num_rows for w in windows])])
+            ends = np.cumsum(self.group_sizes[groups])
+            windows = np.concatenate([[0], ends[self.shuffle_window - 1 :: self.shuffle_window], [self.num_rows]])
+            pieces = np.union1d(windows, lane_starts(epoch, self.num_rows, self.global_batch_size))
             # Two epochs are live at most (a batch straddling an epoch boundary).
             if len(self._layout_cache) >= 2:
                 self._layout_cache.pop(min(self._layout_cache))
-            layout = self._layout_cache[epoch] = _EpochLayout(windows, starts)
+            layout = self._layout_cache[epoch] = _EpochLayout(groups, ends, pieces)
         return layout
 
-    def _window_permutation(self, window: Window) -> np.ndarray:
-        """Position within the window -> row index into the concatenation of the window's groups."""
+    def _unshuffled(self, epoch: int, layout: _EpochLayout, positions: np.ndarray) -> np.ndarray:
+        """Walk positions -> positions in the concatenation of the epoch's permuted groups."""
         if not self.shuffle:
-            return np.arange(window.num_rows)
-        return np.random.default_rng([self.seed, window.epoch, _WINDOW_TAG, window.index]).permutation(window.num_rows)
+            return positions
+        piece = np.searchsorted(layout.pieces, positions, side="right") - 1
+        out = np.empty_like(positions)
+        for k, selected in runs(piece):
+            # Each piece's permutation is drawn once per call: callers locate many positions at a time.
+            lo, hi = int(layout.pieces[k]), int(layout.pieces[k + 1])
+            perm = np.random.default_rng([self.seed, epoch, _PIECE_TAG, lo]).permutation(hi - lo)
+            out[selected] = lo + perm[positions[selected] - lo]
+        return out
 
     def locate(self, epoch: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(global row-group id, row within that group) of each position in ``epoch``'s walk."""
@@ -85,16 +88,6 @@ class GlobalOrder:
         if positions.size and not (0 <= positions.min() and positions.max() < self.num_rows):
             raise ValueError(f"walk positions must lie in [0, {self.num_rows})")
         layout = self._layout(epoch)
-        member = np.searchsorted(layout.starts, positions, side="right") - 1
-        groups = np.empty_like(positions)
-        within = np.empty_like(positions)
-        for w in np.unique(member):
-            # Each window's permutation is drawn once per call: callers locate many positions at a time.
-            window, selected = layout.windows[w], np.flatnonzero(member == w)
-            rows = self._window_permutation(window)[positions[selected] - layout.starts[w]]
-            sizes = self.group_sizes[window.groups]
-            ends = np.cumsum(sizes)
-            index = np.searchsorted(ends, rows, side="right")
-            groups[selected] = window.groups[index]
-            within[selected] = rows - (ends[index] - sizes[index])
-        return groups, within
+        rows = self._unshuffled(epoch, layout, positions)
+        member = np.searchsorted(layout.ends, rows, side="right")
+        return layout.groups[member], rows - (layout.ends[member] - self.group_sizes[layout.groups[member]])

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recur.data.grouping import runs
 from recur.data.shard_writer import MANIFEST_NAME, SCHEMA, RowBlock
 from recur.data.validate import check_row_group, open_packed_dataset, open_shard
 
@@ -36,9 +37,8 @@ def take_rows(blocks: dict[int, RowBlock], groups: np.ndarray, within: np.ndarra
     input_ids = np.empty(shape, dtype=np.int64)
     loss_mask = np.empty(shape, dtype=np.uint8)
     doc_ids = np.zeros(shape, dtype=np.int32)
-    for g in np.unique(groups):
-        selected = np.flatnonzero(groups == g)
-        block, local = blocks[int(g)], within[selected]
+    for g, selected in runs(groups):
+        block, local = blocks[g], within[selected]
         input_ids[selected] = block.input_ids[local]
         loss_mask[selected] = block.loss_mask[local]
         starts, counts = _selected_doc_starts(block, local)
