@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from recur.data.packed_reader import PackedShards
+from recur.data.packed_reader import DecodedGroup, PackedShards
 from recur.data.read_plan import EpochPlan
-from recur.data.shard_writer import RowBlock
 
 
 class GroupCache:
@@ -22,7 +21,7 @@ class GroupCache:
         self.ahead = ahead  # groups decoded beyond those the current item needs
         self._pid = os.getpid()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch")
-        self._decoding: dict[tuple[int, int], Future] = {}  # (epoch, group id) -> decoded RowBlock
+        self._decoding: dict[tuple[int, int], Future] = {}  # (epoch, group id) -> DecodedGroup
         self._plans: dict[int, EpochPlan] = {}
         self._cursor: dict[int, int] = {}  # per epoch: groups of by_first_use submitted so far
 
@@ -30,7 +29,7 @@ class GroupCache:
         """True in a forked DataLoader worker, which inherits this object but not its thread."""
         return self._pid != os.getpid()
 
-    def blocks(self, plan: EpochPlan, item: int) -> dict[int, RowBlock]:
+    def blocks(self, plan: EpochPlan, item: int) -> dict[int, DecodedGroup]:
         """The decoded groups that ``item``'s rows of ``plan.epoch`` come from, by group id."""
         if self._plans.get(plan.epoch) is not plan:
             self._forget(plan.epoch)

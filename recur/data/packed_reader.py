@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,40 +13,48 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recur.data.grouping import runs
-from recur.data.shard_writer import MANIFEST_NAME, SCHEMA, RowBlock
+from recur.data.shard_writer import MANIFEST_NAME, SCHEMA
 from recur.data.validate import check_row_group, open_packed_dataset, open_shard
 
 
-def _selected_doc_starts(block: RowBlock, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(``doc_starts`` of the selected rows, concatenated; how many starts each row has)."""
-    lo = block.doc_offsets[rows]
-    counts = block.doc_offsets[rows + 1] - lo
-    # Flat index of every selected start, without a Python loop over rows.
-    first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-    return block.doc_starts[first + np.arange(int(counts.sum()))], counts
+@dataclass(frozen=True)
+class DecodedGroup:
+    """A row group ready to gather rows from, each array [rows, row_len]."""
+
+    input_ids: np.ndarray  # int32, as stored
+    loss_mask: np.ndarray  # uint8
+    doc_ids: np.ndarray  # document index of each token within its row, smallest unsigned dtype that fits
 
 
-def take_rows(blocks: dict[int, RowBlock], groups: np.ndarray, within: np.ndarray) -> dict[str, np.ndarray]:
+def _doc_ids(starts: np.ndarray, offsets: np.ndarray, row_len: int) -> np.ndarray:
+    """Per-token document index within its row, for rows with these ``doc_starts``, as [rows, row_len].
+
+    Made once per decoded group, whole-array, on the decoding thread: gathering then copies it like the
+    tokens. Each document's index is repeated over its length; validation on read guarantees that every
+    row's starts begin with 0 and ascend below row_len, so the lengths of a row add up to row_len.
+    """
+    counts = np.diff(offsets)
+    ends = np.append(starts[1:], row_len)
+    ends[offsets[1:] - 1] = row_len  # a row's last document runs to the end of the row
+    index = np.arange(len(starts)) - np.repeat(offsets[:-1], counts)
+    return np.repeat(index.astype(np.min_scalar_type(int(counts.max()))), ends - starts).reshape(len(counts), row_len)
+
+
+def take_rows(groups_by_id: dict[int, DecodedGroup], groups: np.ndarray, within: np.ndarray) -> dict[str, np.ndarray]:
     """Gather rows (row ``within[i]`` of decoded group ``groups[i]``) in the given order.
 
-    Gathering from each block in place avoids concatenating row groups, which would copy every token
-    once more than needed. ``input_ids`` come out as int64, the dtype the model embeds; ``doc_ids`` is
-    the per-token document index within its row (cumulative count of doc starts - 1).
+    Gathering from each group in place avoids concatenating groups, which would copy every token once
+    more than needed. ``input_ids`` come out as int64, the dtype the model embeds; ``doc_ids`` as int32.
     """
-    row_len = next(iter(blocks.values())).input_ids.shape[1]
+    row_len = next(iter(groups_by_id.values())).input_ids.shape[1]
     shape = (len(groups), row_len)
-    input_ids = np.empty(shape, dtype=np.int64)
-    loss_mask = np.empty(shape, dtype=np.uint8)
-    doc_ids = np.zeros(shape, dtype=np.int32)
+    out = {"input_ids": np.empty(shape, dtype=np.int64), "loss_mask": np.empty(shape, dtype=np.uint8),
+           "doc_ids": np.empty(shape, dtype=np.int32)}
     for g, selected in runs(groups):
-        block, local = blocks[g], within[selected]
-        input_ids[selected] = block.input_ids[local]
-        loss_mask[selected] = block.loss_mask[local]
-        starts, counts = _selected_doc_starts(block, local)
-        doc_ids[np.repeat(selected, counts), starts] = 1
-    np.cumsum(doc_ids, axis=1, out=doc_ids)
-    doc_ids -= 1
-    return {"input_ids": input_ids, "loss_mask": loss_mask, "doc_ids": doc_ids}
+        decoded, local = groups_by_id[g], within[selected]
+        for name, array in out.items():
+            array[selected] = getattr(decoded, name)[local]
+    return out
 
 
 def _flat_values(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +123,7 @@ class PackedShards:
             handle = self._handles[shard] = open_shard(self.files[shard])
         return handle
 
-    def read_group(self, group: int) -> RowBlock:
+    def read_group(self, group: int) -> DecodedGroup:
         shard, index = int(self.group_shard[group]), int(self.group_index[group])
         file = self.files[shard]
         try:
@@ -128,7 +137,8 @@ class PackedShards:
         ids, _ = _flat_values(table, "input_ids")
         mask, _ = _flat_values(table, "loss_mask")
         starts, offsets = _flat_values(table, "doc_starts")
-        return RowBlock(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len), starts, offsets)
+        return DecodedGroup(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len),
+                            _doc_ids(starts, offsets, self.row_len))
 
     def origin(self, group: int) -> tuple[str, int]:
         """(shard file name, row group index within the shard) of a global row group id."""
