@@ -1,7 +1,10 @@
 """Loader cost per rank across world sizes, against a raw pyarrow read and the retrofitting reference loader.
 
-    python bench/bench_loader.py [--rows 40960] [--shards 8] [--row_group_size 512] [--rank_batch 32]
-                                 [--world_sizes 1,8,64,512] [--out bench/results/loader_scaling.json]
+    python bench/bench_loader.py [--rows 40960] [--shards 8] [--row_group_size 64] [--shuffle_window 1]
+                                 [--rank_batch 32] [--world_sizes 1,8,64,512] [--out bench/results/loader_scaling.json]
+
+A rank decodes whole row groups, so it cannot read fewer rows per epoch than one group: rank 0 of
+W = 512 gets 80 rows of each epoch of the default 40,960, hence the default groups of 64 rows.
 
 Writes synthetic packed shards to a temp dir, then measures in this one process:
   raw pyarrow  every row group read in storage order and flattened to numpy (no shuffle, no validation)
@@ -40,8 +43,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=40_960)
     parser.add_argument("--seq_len", type=int, default=2048)
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--row_group_size", type=int, default=512)
-    parser.add_argument("--shuffle_window", type=int, default=8)
+    parser.add_argument("--row_group_size", type=int, default=64)
+    parser.add_argument("--shuffle_window", type=int, default=1)
     parser.add_argument("--rank_batch", type=int, default=32, help="rows per rank per global batch")
     parser.add_argument("--world_sizes", default="1,8,64,512")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loader_scaling.json")

@@ -32,8 +32,9 @@ rows, so a rank decodes only the row groups of that range (plus the partly used 
 its decode work per delivered row does not grow with W. Each process plans its reads of an epoch in
 advance (``recur.data.read_plan``) and keeps decoded groups from their first use to their last
 (``recur.data.group_cache``); one background thread decodes upcoming groups while batches are gathered.
-Memory: each of a rank's G/W lanes holds about one window of decoded rows, so a large per-rank batch
-wants a small ``shuffle_window`` (the lanes already mix G groups into every batch). With
+Memory: each of a rank's G/W lanes holds about one window of decoded rows, hence the default
+``shuffle_window`` of 1 group (the lanes already mix G groups into every batch; the window only mixes
+the order inside a lane). With
 ``shuffle=False`` every rank decodes every group (consecutive rows are split between ranks).
 
 Epochs. ``infinite=True`` streams forever; ``infinite=False`` makes one pass of ``for batch in loader``
@@ -99,7 +100,7 @@ class StatefulParquetDataset(IterableDataset):
         world_size: int = 1,
         seed: int = 0,
         shuffle: bool = True,
-        shuffle_window: int = 8,
+        shuffle_window: int = 1,
         micro_batch_size: int | None = None,
         infinite: bool = True,
     ) -> None:
