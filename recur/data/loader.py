@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from recur.data.group_cache import GroupCache
 from recur.data.order import GlobalOrder
 from recur.data.packed_reader import PackedShards, take_rows
-from recur.data.read_plan import ReadPlan, Reads
+from recur.data.read_plan import EpochPlan, ReadPlan, Reads
 from recur.data.validate import open_packed_dataset
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ class StatefulParquetDataset(IterableDataset):
                               self.micro_batch_size, self.micro_batches_per_step, self.order.shuffle, reads)
         self._cache = GroupCache(self.shards, _DECODE_AHEAD)
 
-    def _rows(self, batch_index: int, micro: int) -> Iterator[tuple[Any, slice]]:
+    def _rows(self, batch_index: int, micro: int) -> Iterator[tuple[EpochPlan, slice]]:
         """(epoch plan, slice of its rows) for each epoch that item (batch_index, micro) takes rows from."""
         item = batch_index * self.micro_batches_per_step + micro
         if self._plan is None or not self._plan.reads.covers(item) or self._cache.forked():

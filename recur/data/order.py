@@ -33,7 +33,8 @@ _PIECE_TAG = 2  # 1 tagged the whole-window shuffles of loader state version 1
 class _EpochLayout:
     groups: np.ndarray  # global row-group ids in walk order (before the row shuffle)
     ends: np.ndarray  # walk position just past each of those groups
-    pieces: np.ndarray  # walk position where each shuffled piece starts, plus a final end
+    windows: np.ndarray  # walk position where each window starts, plus a final end
+    lanes: np.ndarray  # walk position where each lane starts, plus a final end
 
 
 class GlobalOrder:
@@ -62,22 +63,28 @@ class GlobalOrder:
                 groups = np.arange(len(self.group_sizes))
             ends = np.cumsum(self.group_sizes[groups])
             windows = np.concatenate([[0], ends[self.shuffle_window - 1 :: self.shuffle_window], [self.num_rows]])
-            pieces = np.union1d(windows, lane_starts(epoch, self.num_rows, self.global_batch_size))
+            lanes = lane_starts(epoch, self.num_rows, self.global_batch_size)
             # Two epochs are live at most (a batch straddling an epoch boundary).
             if len(self._layout_cache) >= 2:
                 self._layout_cache.pop(min(self._layout_cache))
-            layout = self._layout_cache[epoch] = _EpochLayout(groups, ends, pieces)
+            layout = self._layout_cache[epoch] = _EpochLayout(groups, ends, windows, lanes)
         return layout
 
     def _unshuffled(self, epoch: int, layout: _EpochLayout, positions: np.ndarray) -> np.ndarray:
         """Walk positions -> positions in the concatenation of the epoch's permuted groups."""
         if not self.shuffle:
             return positions
-        piece = np.searchsorted(layout.pieces, positions, side="right") - 1
+        # A piece is the intersection of the window and the lane that hold a position.
+        bounds = []
+        for cuts in (layout.windows, layout.lanes):
+            k = np.searchsorted(cuts, positions, side="right") - 1
+            bounds.append((cuts[k], cuts[k + 1]))
+        piece_lo = np.maximum(bounds[0][0], bounds[1][0])
+        piece_hi = np.minimum(bounds[0][1], bounds[1][1])
         out = np.empty_like(positions)
-        for k, selected in runs(piece):
+        for lo, selected in runs(piece_lo):
             # Each piece's permutation is drawn once per call: callers locate many positions at a time.
-            lo, hi = int(layout.pieces[k]), int(layout.pieces[k + 1])
+            hi = int(piece_hi[selected[0]])
             perm = np.random.default_rng([self.seed, epoch, _PIECE_TAG, lo]).permutation(hi - lo)
             out[selected] = lo + perm[positions[selected] - lo]
         return out

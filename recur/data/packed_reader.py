@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recur.data.grouping import runs
 from recur.data.shard_writer import MANIFEST_NAME, SCHEMA
 from recur.data.validate import check_row_group, open_packed_dataset, open_shard
 
@@ -43,17 +42,17 @@ def _doc_ids(starts: np.ndarray, offsets: np.ndarray, row_len: int) -> np.ndarra
 def take_rows(groups_by_id: dict[int, DecodedGroup], groups: np.ndarray, within: np.ndarray) -> dict[str, np.ndarray]:
     """Gather rows (row ``within[i]`` of decoded group ``groups[i]``) in the given order.
 
-    Gathering from each group in place avoids concatenating groups, which would copy every token once
-    more than needed. ``input_ids`` come out as int64, the dtype the model embeds; ``doc_ids`` as int32.
+    Each output array is one ``concatenate`` of single-row views, widening the dtype on the way: a batch
+    usually takes one row from each of many groups (lanes), where a fancy-indexed copy per group would
+    cost more Python than copying. ``input_ids`` come out as int64, the dtype the model embeds;
+    ``doc_ids`` as int32.
     """
-    row_len = next(iter(groups_by_id.values())).input_ids.shape[1]
-    shape = (len(groups), row_len)
-    out = {"input_ids": np.empty(shape, dtype=np.int64), "loss_mask": np.empty(shape, dtype=np.uint8),
-           "doc_ids": np.empty(shape, dtype=np.int32)}
-    for g, selected in runs(groups):
-        decoded, local = groups_by_id[g], within[selected]
-        for name, array in out.items():
-            array[selected] = getattr(decoded, name)[local]
+    decoded = [groups_by_id[g] for g in groups.tolist()]
+    rows = within.tolist()
+    out = {}
+    for name, dtype in (("input_ids", np.int64), ("loss_mask", np.uint8), ("doc_ids", np.int32)):
+        views = [getattr(d, name)[r : r + 1] for d, r in zip(decoded, rows)]
+        out[name] = np.concatenate(views, dtype=dtype)
     return out
 
 

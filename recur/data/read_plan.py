@@ -48,7 +48,7 @@ class EpochPlan:
 
 
 class ReadPlan:
-    """The epoch plans of one process's reads of rank ``first_row / rank_rows``'s share of each batch."""
+    """Epoch plans of one process: micro-batches of ``micro_rows`` rows from the rank's share of each batch."""
 
     def __init__(self, order: GlobalOrder, global_batch_size: int, first_row: int, micro_rows: int,
                  per_step: int, lanes: bool, reads: Reads) -> None:
