@@ -30,7 +30,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro_batch_size", type=int, default=None)
     parser.add_argument("--seed", type=int, help="order seed (default: the state's, else 0)")
     parser.add_argument(
-        "--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 8)"
+        "--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 1)"
     )
     parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
     parser.add_argument("--verify_sha256", action="store_true",
@@ -66,7 +66,7 @@ def _open(args: argparse.Namespace) -> StatefulParquetDataset:
         world_size=args.world_size,
         seed=args.seed if args.seed is not None else state.get("seed", 0),
         shuffle=not args.no_shuffle and state.get("shuffle", True),
-        shuffle_window=args.shuffle_window or state.get("shuffle_window", 8),
+        shuffle_window=args.shuffle_window or state.get("shuffle_window", 1),
         micro_batch_size=args.micro_batch_size,
     )
     if state:

@@ -1,124 +1,202 @@
-"""Throughput of the shuffling, stateful parquet loader vs a raw sequential pyarrow read of the same files.
+"""Loader cost per rank across world sizes, against a raw pyarrow read and the retrofitting reference loader.
 
-    python bench/bench_loader.py [--rows 100000] [--seq_len 2048] [--global_batch_size 64]
+    python bench/bench_loader.py [--rows 40960] [--shards 8] [--row_group_size 64] [--shuffle_window 1]
+                                 [--rank_batch 32] [--world_sizes 1,8,64,512] [--out bench/results/loader_scaling.json]
+
+A rank decodes whole row groups, so it cannot read fewer rows per epoch than one group: rank 0 of
+W = 512 gets 80 rows of each epoch of the default 40,960, hence the default groups of 64 rows.
 
 Writes synthetic packed shards to a temp dir, then measures in this one process:
-  reference  every row group read in storage order with pyarrow and flattened to numpy (no shuffle, no
-             validation, no torch)
-  loader     one epoch of StatefulParquetDataset (shuffle on, W=1): int64 input_ids, loss_mask, doc_ids tensors
-  loader W=8 rank 0 of 8: the same decoding work (every rank reads every row group), 1/8 of the rows delivered
-Rates are given per wall-clock second and per CPU-second of the process; ratios use CPU-seconds so that
-they hold on a busy machine.
+  raw pyarrow  every row group read in storage order and flattened to numpy (no shuffle, no validation)
+  retrofit     retrofitting-recurrence's stateful_parquet_dataset.py, one epoch on one rank (see
+               bench/loader_retrofit.py; skipped, and said so, when its file is absent)
+  sweep        rank 0 of W for each W, simulated in this process: global batch G = rank_batch * W, whole
+               epochs until rank 0 has delivered at least rows / 8 rows; int64 input_ids, loss_mask, doc_ids
+  mixing       distinct row groups and shards per global batch (W = 1) for G = rank_batch and each sweep G
+Rates are per wall-clock second and per CPU-second of the process (all its threads: the prefetch thread
+too); the CPU figures are what the loader costs and stay meaningful on a busy machine.
+--loader_root DIR imports the loader from another checkout (e.g. a worktree of an older commit) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import math
 import os
+import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-# Run as a plain script from any directory: make the repository's package importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.data.loader import StatefulParquetDataset  # noqa: E402
-from recur.data.shard_writer import SCHEMA, RowBlock, ShardWriter, build_manifest, finish_dataset  # noqa: E402
-
-BLOCK_ROWS = 4096
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_block(rng: np.random.Generator, pool: np.ndarray, rows: int, row_len: int) -> RowBlock:
-    # Slices of one random pool at random offsets: realistic-entropy tokens without generating each one.
-    starts = rng.integers(0, len(pool) - row_len, size=rows)
-    ids = pool[starts[:, None] + np.arange(row_len)[None, :]]
-    docs = rng.integers(1, 6, size=rows)
-    doc_starts = [np.concatenate([[0], np.sort(rng.choice(row_len - 1, size=d - 1, replace=False) + 1)]) for d in docs]
-    offsets = np.concatenate([[0], np.cumsum(docs)])
-    mask = np.ones((rows, row_len), dtype=np.uint8)
-    mask[:, :1] = 0
-    return RowBlock(ids, mask, np.concatenate(doc_starts).astype(np.int32), offsets)
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=40_960)
+    parser.add_argument("--seq_len", type=int, default=2048)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--row_group_size", type=int, default=64)
+    parser.add_argument("--shuffle_window", type=int, default=1)
+    parser.add_argument("--rank_batch", type=int, default=32, help="rows per rank per global batch")
+    parser.add_argument("--world_sizes", default="1,8,64,512")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement; the least CPU counts")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loader_scaling.json")
+    parser.add_argument("--loader_root", type=Path, help="checkout to import recur.data.loader from")
+    args = parser.parse_args(argv)
+    try:
+        args.world_sizes = [int(w) for w in args.world_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--world_sizes {args.world_sizes!r}: expected comma-separated integers like 1,8,64")
+    if min(args.world_sizes + [args.rows, args.seq_len, args.shards, args.row_group_size, args.rank_batch, args.repeats]) < 1:
+        parser.error("--rows, --seq_len, --shards, --row_group_size, --rank_batch, --repeats and --world_sizes must be >= 1")
+    if args.loader_root is not None and not (args.loader_root / "recur" / "data" / "loader.py").is_file():
+        parser.error(f"--loader_root {args.loader_root}: expected a checkout with recur/data/loader.py")
+    return args
 
 
-def write_synthetic(out: Path, rows: int, seq_len: int) -> None:
-    rng = np.random.default_rng(0)
-    pool = rng.integers(0, 50_000, size=1 << 22, dtype=np.int32)
-    writer = ShardWriter(out, seq_len, rows_per_shard=16 * 1024, row_group_size=1024)
-    for lo in tqdm(range(0, rows, BLOCK_ROWS), desc="writing shards", unit="block"):
-        writer.add(synthetic_block(rng, pool, min(BLOCK_ROWS, rows - lo), seq_len + 1).to_table())
-    manifest = build_manifest(
-        seq_len=seq_len,
-        tokenizer={"name": "synthetic", "vocab_size": 50_000, "pad_id": 0, "eos_id": 1, "fingerprint": "bench"},
-        shards=writer.close(),
-        num_tokens=rows * (seq_len + 1),
-        packing={"mode": "concat", "efficiency": 1.0},
-        sources=[],
-        created_by="bench/bench_loader.py",
-    )
-    finish_dataset(out, manifest)
+def cpu_line() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"
+
+
+def timed(repeats: int, make_run: Callable[[], Callable[[], int]]) -> dict[str, float]:
+    """The best (least CPU) of ``repeats`` runs, each made fresh: the machine may be shared."""
+    best = None
+    for _ in range(repeats):
+        run = make_run()
+        wall, cpu = time.perf_counter(), time.process_time()
+        tokens = run()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if best is None or cpu * 1e3 / (tokens / 1e6) < best["cpu_ms_per_m_tokens"]:
+            best = {"tokens": tokens, "tokens_per_s_wall": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
+                    "cpu_ms_per_m_tokens": cpu * 1e3 / (tokens / 1e6)}
+    return best
 
 
 def raw_read_tokens(path: Path) -> int:
+    from recur.data.shard_writer import SCHEMA
+
     tokens = 0
     for file in sorted(path.glob("shard-*.parquet")):
         parquet = pq.ParquetFile(file)
         for group in range(parquet.num_row_groups):
             # The loader's own read call (single-threaded decode of the three columns), minus everything else.
             table = parquet.read_row_group(group, columns=SCHEMA.names, use_threads=False)
-            ids = table.column("input_ids").combine_chunks().flatten().to_numpy()
-            table.column("loss_mask").combine_chunks().flatten().to_numpy()
-            table.column("doc_starts").combine_chunks().flatten().to_numpy()
-            tokens += len(ids)
+            for name in SCHEMA.names:
+                values = table.column(name).combine_chunks().flatten().to_numpy()
+                tokens += len(values) if name == "input_ids" else 0
     return tokens
 
 
-def loader_tokens(path: Path, global_batch_size: int, world_size: int) -> int:
-    dataset = StatefulParquetDataset(path, global_batch_size, rank=0, world_size=world_size, infinite=False)
-    return sum(batch["input_ids"].numel() for batch in dataset)
+def sweep_point(loader_cls, path: Path, world_size: int, args: argparse.Namespace, num_rows: int) -> dict:
+    """Rank 0 of ``world_size`` for whole epochs until it has delivered >= rows / 8 rows."""
+    g = args.rank_batch * world_size
+    epochs = math.ceil((num_rows / 8) / (num_rows / world_size))
+    steps = math.ceil(epochs * num_rows / g)
+    decoded: list[int] = []
+
+    def make_run() -> Callable[[], int]:
+        dataset = loader_cls(path, g, rank=0, world_size=world_size, shuffle_window=args.shuffle_window)
+        read_group, sizes = dataset.shards.read_group, dataset.shards.group_sizes
+        decoded.clear()
+        dataset.shards.read_group = lambda group: decoded.append(int(sizes[group])) or read_group(group)
+        return lambda: sum(batch["input_ids"].numel() for _, batch in zip(range(steps), dataset))
+
+    result = timed(args.repeats, make_run)
+    delivered_rows = result["tokens"] // (args.seq_len + 1)
+    return {"world_size": world_size, "global_batch_size": g, "epochs": epochs, "steps": steps, **result,
+            "rows_decoded_per_row_delivered": sum(decoded) / delivered_rows}
 
 
-def timed(label: str, run, baseline: float | None = None) -> float:
-    """Print tokens/s per wall-clock second and per CPU-second of this process (all its threads).
+def mixing(loader_cls, path: Path, global_batch_size: int, shuffle_window: int, num_rows: int) -> dict:
+    """Mean distinct row groups and shards per global batch over (up to 64 of) the first epoch's batches."""
+    dataset = loader_cls(path, global_batch_size, shuffle_window=shuffle_window)
+    batches = max(1, min(64, num_rows // global_batch_size))
+    groups, shards = [], []
+    for b in range(batches):
+        origins = dataset.origins(b)
+        groups.append(len({(f, g) for f, g, _ in origins}))
+        shards.append(len({f for f, _, _ in origins}))
+    return {"global_batch_size": global_batch_size, "batches": batches,
+            "row_groups_per_batch": float(np.mean(groups)), "shards_per_batch": float(np.mean(shards))}
 
-    The CPU-second rate is what the loader costs; the wall rate also reflects how busy the machine is.
-    Ratios compare CPU-second rates, which stay meaningful on a shared machine.
-    """
-    wall, cpu = time.perf_counter(), time.process_time()
-    tokens = run()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    rate = tokens / cpu
-    ratio = "" if baseline is None else f"  ({rate / baseline:.2f}x reference)"
-    print(
-        f"{label:<44} {tokens / 1e6:7.1f} M tokens  {tokens / wall / 1e6:6.1f} M tokens/s wall  "
-        f"{rate / 1e6:6.1f} M tokens/CPU-s{ratio}"
-    )
-    return rate
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--seq_len", type=int, default=2048)
-    parser.add_argument("--global_batch_size", type=int, default=64)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    # The loader under test: this checkout's, or --loader_root's (imported first so it wins).
+    sys.path.insert(0, str(args.loader_root.resolve() if args.loader_root else ROOT))
+    sys.path.insert(1, str(ROOT))
+    loader_cls = importlib.import_module("recur.data.loader").StatefulParquetDataset
+    from bench.loader_data import write_reference_copy, write_synthetic
+    from bench.loader_retrofit import load_reference, reference_epoch_tokens
+    from bench.perf_common import markdown_table
+    from recur.data.shard_writer import write_atomic_bytes
+
+    report: dict = {"command": " ".join(["python", "bench/bench_loader.py"] + (argv or sys.argv[1:])),
+                    "cpu": cpu_line(), "config": {k: str(v) if isinstance(v, Path) else v
+                                                  for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
-        path = Path(tmp) / "packed"
+        path, reference_path = Path(tmp) / "packed", Path(tmp) / "reference"
         path.mkdir()
-        write_synthetic(path, args.rows, args.seq_len)
-        raw_read_tokens(path)  # warm the page cache so both measurements read from memory
-        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        reference = timed("reference: raw pyarrow, storage order", lambda: raw_read_tokens(path))
-        timed("loader: shuffled, W=1", lambda: loader_tokens(path, args.global_batch_size, 1), reference)
-        timed(
-            "loader: shuffled, rank 0 of W=8 (delivered)",
-            lambda: loader_tokens(path, args.global_batch_size, 8),
-            reference,
-        )
+        reference_path.mkdir()
+        write_synthetic(path, args.rows, args.seq_len, -(-args.rows // args.shards), args.row_group_size)
+        module, missing = load_reference()
+        if module is not None:
+            write_reference_copy(path, reference_path)
+        raw_read_tokens(path)  # warm the page cache so every measurement reads from memory
+        print(report["cpu"])
+        report["raw_pyarrow"] = timed(args.repeats, lambda: lambda: raw_read_tokens(path))
+        if module is None:
+            print(f"retrofitting reference skipped: {missing}")
+            report["retrofitting_reference"] = {"skipped": missing}
+        else:
+            report["retrofitting_reference"] = timed(
+                args.repeats, lambda: lambda: reference_epoch_tokens(module, reference_path, args.rows, args.rank_batch))
+        report["sweep"] = [sweep_point(loader_cls, path, w, args, args.rows) for w in args.world_sizes]
+        sizes = sorted({args.rank_batch} | {p["global_batch_size"] for p in report["sweep"]})
+        report["mixing"] = [mixing(loader_cls, path, g, args.shuffle_window, args.rows) for g in sizes]
+    w1 = next((p for p in report["sweep"] if p["world_size"] == 1), None)
+    wmax = max(report["sweep"], key=lambda p: p["world_size"])
+    checks = {}
+    if w1 is not None:
+        checks[f"cpu_ms_per_m_tokens_w{wmax['world_size']}_over_w1"] = wmax["cpu_ms_per_m_tokens"] / w1["cpu_ms_per_m_tokens"]
+        if "tokens" in report["retrofitting_reference"]:
+            for rate in ("tokens_per_s_wall", "tokens_per_cpu_s"):
+                checks[f"w1_{rate}_over_retrofit"] = w1[rate] / report["retrofitting_reference"][rate]
+    report["checks"] = checks
+    rows = [["raw pyarrow, storage order", "-", "-", f"{report['raw_pyarrow']['tokens_per_s_wall'] / 1e6:.1f}",
+             f"{report['raw_pyarrow']['cpu_ms_per_m_tokens']:.0f}", "-"]]
+    if "tokens" in report["retrofitting_reference"]:
+        ref = report["retrofitting_reference"]
+        rows.append(["retrofitting-recurrence loader, W = 1", args.rank_batch, "-",
+                     f"{ref['tokens_per_s_wall'] / 1e6:.1f}", f"{ref['cpu_ms_per_m_tokens']:.0f}", "-"])
+    for p in report["sweep"]:
+        rows.append([f"loader, rank 0 of W = {p['world_size']}", p["global_batch_size"], p["epochs"],
+                     f"{p['tokens_per_s_wall'] / 1e6:.2f}", f"{p['cpu_ms_per_m_tokens']:.0f}",
+                     f"{p['rows_decoded_per_row_delivered']:.2f}"])
+    print(markdown_table(["config", "G", "epochs", "M tokens/s (wall)", "CPU ms per M tokens",
+                          "rows decoded per row delivered"], rows))
+    print(markdown_table(["G", "row groups per batch", "shards per batch"],
+                         [[m["global_batch_size"], f"{m['row_groups_per_batch']:.1f}", f"{m['shards_per_batch']:.1f}"]
+                          for m in report["mixing"]]))
+    print(json.dumps(checks))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

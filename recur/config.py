@@ -33,7 +33,7 @@ class DataConfig:
     micro_batch_size: int | None = None  # rows per forward on one rank; None = all of the rank's rows
     num_workers: int = 0
     verify_sha256: bool = False  # before training, check every shard's sha256 against the manifest (reads all data)
-    shuffle_window: int = 8
+    shuffle_window: int = 1  # row groups whose rows are shuffled together (memory: one window per rank row)
     seed: int = 0
     # ReLSM split curriculum: the first alg_tokens tokens come from the algorithmic data (generated from
     # --data.tasks), the rest from language data (--data.text_path, or generated stories). 0 = off.

@@ -295,3 +295,43 @@ def test_workers_fork_from_a_dataset_already_read_in_process(data_dir: Path, ref
     loader = make_dataloader(dataset, num_workers=2)
     shares = [batch["input_ids"][:, 0].numpy() for _, batch in zip(range(3), loader)]
     assert all(np.array_equal(s, r[:12]) for s, r in zip(shares, reference[1:4]))
+
+
+def test_a_version_1_state_refuses_naming_the_format_version(data_dir: Path) -> None:
+    # A state saved by the loader before lanes (format version 1) took batches in walk order.
+    state = {**make(data_dir).state_dict(), "version": 1, "batch_index": 3}
+    with pytest.raises(ValueError, match=r"^loader state format version 1 cannot be resumed exactly .*version 2[^\n]*$"):
+        make(data_dir).load_state_dict(state)
+
+
+def decoded_groups(monkeypatch: pytest.MonkeyPatch, dataset: StatefulParquetDataset) -> list[int]:
+    calls: list[int] = []
+    read_group = dataset.shards.read_group
+    monkeypatch.setattr(dataset.shards, "read_group", lambda g: calls.append(g) or read_group(g))
+    return calls
+
+
+@pytest.mark.parametrize("world_size,micro", [(1, None), (4, 3), (8, None), (24, None)])
+def test_a_rank_decodes_only_groups_holding_its_rows_once_per_epoch(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, world_size: int, micro: int | None
+) -> None:
+    decoded = 0
+    for rank in range(world_size):
+        dataset = make(data_dir, rank=rank, world_size=world_size, micro_batch_size=micro, infinite=False)
+        calls = decoded_groups(monkeypatch, dataset)
+        origins = set()
+        for step, _batch in enumerate(dataset):
+            batch, micro_index = divmod(step, dataset.micro_batches_per_step)
+            origins |= {(file, group) for file, group, _ in dataset.origins(batch, micro_index)}
+        assert len(calls) == len(set(calls)), "a row group was decoded twice in one epoch"
+        assert {dataset.shards.origin(g) for g in calls} == origins
+        decoded += len(calls)
+    # Ranks read adjacent stretches of the walk: only a group cut by a boundary between two is read twice.
+    assert decoded <= len(dataset.shards.group_sizes) + world_size - 1
+
+
+def test_windows_of_one_group_put_every_row_of_a_batch_in_its_own_group(data_dir: Path) -> None:
+    # Lanes are N/G = 10 walk rows apart and no group holds more than 10 rows.
+    dataset = make(data_dir, shuffle_window=1)
+    for batch in range(NUM_ROWS // G):
+        assert len({(file, group) for file, group, _ in dataset.origins(batch)}) == G

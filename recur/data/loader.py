@@ -1,11 +1,15 @@
 """Resumable, rank-aware, world-size-invariant loader over a packed parquet dataset.
 
-Order. Rows form an endless stream: epoch 0's order, then epoch 1's, ... (see ``recur.data.order``: a
-global row-group permutation per epoch, then a row shuffle inside windows of ``shuffle_window`` groups,
-all seeded by (seed, epoch[, window]) and nothing else). The stream is cut into global batches of
-``global_batch_size`` (G) rows: batch b is stream rows [b*G, (b+1)*G). Batches cut across epoch boundaries,
-so no row is ever dropped: when num_rows is divisible by G every epoch is exactly a whole number of
-batches; otherwise the batch that straddles a boundary finishes epoch e and starts epoch e+1.
+Order. Rows form an endless stream, cut into global batches of ``global_batch_size`` (G) rows: batch b is
+stream rows [b*G, (b+1)*G), and stream rows [e*N, (e+1)*N) hold every row of epoch e once. Which row a
+stream position takes comes from two pure functions of (data, seed, shuffle settings, G): the epoch's
+*walk* (``recur.data.order``: a global row-group permutation, then a row shuffle inside windows of
+``shuffle_window`` groups) and the *lanes* (``recur.data.lanes``: the stream positions of epoch e that sit
+at batch position p take a contiguous stretch of the walk, lanes end to end). A batch thus mixes rows
+from across the whole epoch (G row groups rather than one window's). ``shuffle=False`` uses neither:
+stream rows are storage order. Batches cut across epoch boundaries, so no row is ever dropped: when
+num_rows is divisible by G every epoch is exactly a whole number of batches; otherwise the batch that
+straddles a boundary finishes epoch e and starts epoch e+1.
 
 Ranks. Rank r of W reads rows [r*G/W, (r+1)*G/W) of every global batch, optionally split into
 micro-batches of ``micro_batch_size`` rows yielded in order. The global batch sequence therefore depends
@@ -23,9 +27,15 @@ process cannot see worker-side positions, so ``make_dataloader`` returns a wrapp
 items and owns the state. Each worker decodes the row groups it needs itself, so k workers read the
 data k times: one or two workers suffice to hide loading behind compute.
 
-Cost. A rank's rows of a window are spread over all of the window's row groups, so every rank decodes
-every row group (whole row groups, never single rows); one background thread per process decodes the
-next window while batches are gathered from the current one.
+Cost. Rank r's positions [r*G/W, (r+1)*G/W) take one contiguous range of each epoch's walk, about N/W
+rows, so a rank decodes only the row groups of that range (plus the partly used windows at its two ends):
+its decode work per delivered row does not grow with W. Each process plans its reads of an epoch in
+advance (``recur.data.read_plan``) and keeps decoded groups from their first use to their last
+(``recur.data.group_cache``); one background thread decodes upcoming groups while batches are gathered.
+Memory: each of a rank's G/W lanes holds about one window of decoded rows, hence the default
+``shuffle_window`` of 1 group (the lanes already mix G groups into every batch; the window only mixes
+the order inside a lane). With
+``shuffle=False`` every rank decodes every group (consecutive rows are split between ranks).
 
 Epochs. ``infinite=True`` streams forever; ``infinite=False`` makes one pass of ``for batch in loader``
 end with the batch that consumes the last row of the epoch the pass started in (a straddling final batch
@@ -34,8 +44,6 @@ is completed from the next epoch's order, so every batch has the full size).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -43,15 +51,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recur.data.order import GlobalOrder, Window
+from recur.data.group_cache import GroupCache
+from recur.data.order import GlobalOrder
 from recur.data.packed_reader import PackedShards, take_rows
-from recur.data.shard_writer import RowBlock
+from recur.data.read_plan import EpochPlan, ReadPlan, Reads
 from recur.data.validate import open_packed_dataset
 
 if TYPE_CHECKING:
     from recur.parallel.env import DistEnv
 
-STATE_VERSION = 1
+# 2: batch positions take lanes of the walk (recur.data.lanes); version 1 took the walk in order.
+STATE_VERSION = 2
+# Decoded row groups held ahead of the ones the current micro-batch needs.
+_DECODE_AHEAD = 4
 # Keys that define the batch sequence; a state saved under other values cannot be resumed exactly.
 _ORDER_KEYS = ("dataset_fingerprint", "global_batch_size", "seed", "shuffle", "shuffle_window")
 
@@ -88,7 +100,7 @@ class StatefulParquetDataset(IterableDataset):
         world_size: int = 1,
         seed: int = 0,
         shuffle: bool = True,
-        shuffle_window: int = 8,
+        shuffle_window: int = 1,
         micro_batch_size: int | None = None,
         infinite: bool = True,
     ) -> None:
@@ -99,7 +111,7 @@ class StatefulParquetDataset(IterableDataset):
         if seed < 0:
             raise ValueError(f"--seed must be >= 0, got {seed}")
         self.shards = PackedShards(path)
-        self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window)
+        self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window, global_batch_size)
         self.global_batch_size = global_batch_size
         self.rank = rank
         self.world_size = world_size
@@ -108,13 +120,12 @@ class StatefulParquetDataset(IterableDataset):
         self.micro_batches_per_step = rank_rows // micro
         self.infinite = infinite
         self._next_batch = 0
-        self._window_cache: tuple[tuple[int, int], list[RowBlock]] | None = None
-        self._prefetch: tuple[tuple[int, int], Future] | None = None
-        self._reader: tuple[int, ThreadPoolExecutor] | None = None  # (owning process id, executor)
+        self._plan: ReadPlan | None = None
+        self._cache: GroupCache | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Threads and decoded windows stay in the process that made them; DataLoader workers start fresh.
-        return {**self.__dict__, "_window_cache": None, "_prefetch": None, "_reader": None}
+        # Threads and decoded groups stay in the process that made them; DataLoader workers start fresh.
+        return {**self.__dict__, "_plan": None, "_cache": None}
 
     # ----- position and state -------------------------------------------------------------------------
     @property
@@ -165,7 +176,10 @@ class StatefulParquetDataset(IterableDataset):
         if missing:
             raise ValueError(f"loader state is missing keys {missing}; expected a dict from state_dict()")
         if state["version"] != STATE_VERSION:
-            raise ValueError(f"loader state version {state['version']} is not supported (expected {STATE_VERSION})")
+            raise ValueError(
+                f"loader state format version {state['version']} cannot be resumed exactly by this loader (format "
+                f"version {STATE_VERSION}: batch positions take lanes of the walk); restart the data order without it"
+            )
         for key in _ORDER_KEYS:
             if state[key] != expected[key]:
                 raise ValueError(
@@ -181,48 +195,39 @@ class StatefulParquetDataset(IterableDataset):
         self._next_batch = batch_index
 
     # ----- reading ------------------------------------------------------------------------------------
-    def _spans(self, batch_index: int, micro: int) -> Iterator[tuple[Window, np.ndarray]]:
-        start = batch_index * self.global_batch_size + self.rank * self.rank_batch_size + micro * self.micro_batch_size
-        for window, lo, hi in self.order.spans(start, start + self.micro_batch_size):
-            yield window, self.order.window_permutation(window)[lo:hi]
+    def _use(self, reads: Reads) -> None:
+        """Plan for this process's items ``reads`` and start a fresh cache of decoded groups for them."""
+        self._plan = ReadPlan(self.order, self.global_batch_size, self.rank * self.rank_batch_size,
+                              self.micro_batch_size, self.micro_batches_per_step, self.order.shuffle, reads)
+        self._cache = GroupCache(self.shards, _DECODE_AHEAD)
 
-    def _blocks(self, window: Window) -> list[RowBlock]:
-        """The decoded row groups of ``window``; the next window is decoded in the background meanwhile.
-
-        All reads run on one background thread (parquet file handles are not shared between threads),
-        so decoding the next window overlaps with gathering batches from this one.
-        """
-        key = (window.epoch, window.index)
-        if self._window_cache is not None and self._window_cache[0] == key:
-            return self._window_cache[1]
-        self._window_cache = None  # free the previous window before holding two new ones
-        if self._reader is None or self._reader[0] != os.getpid():
-            # A forked DataLoader worker inherits the executor object but not its thread: start anew.
-            self._reader = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch"))
-            self._prefetch = None
-        reader = self._reader[1]
-        if self._prefetch is not None and self._prefetch[0] == key:
-            current = self._prefetch[1]
-        else:
-            current = reader.submit(self.shards.read_groups, window.groups)
-        upcoming = self.order.next_window(window)
-        self._prefetch = ((upcoming.epoch, upcoming.index), reader.submit(self.shards.read_groups, upcoming.groups))
-        self._window_cache = (key, current.result())
-        return self._window_cache[1]
+    def _rows(self, batch_index: int, micro: int) -> Iterator[tuple[EpochPlan, slice]]:
+        """(epoch plan, slice of its rows) for each epoch that item (batch_index, micro) takes rows from."""
+        item = batch_index * self.micro_batches_per_step + micro
+        if self._plan is None or not self._plan.reads.covers(item) or self._cache.forked():
+            # A read outside the current plan (or in a forked worker): plan the reads from here on.
+            self._use(Reads(item, 1))
+        for epoch in self._plan.epochs_of(item):
+            plan = self._plan.epoch(epoch)
+            yield plan, plan.rows(item)
 
     def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:
         """This rank's micro-batch ``micro`` of global batch ``batch_index`` (no change of position)."""
-        parts = [take_rows(self._blocks(window), rows) for window, rows in self._spans(batch_index, micro)]
+        item = batch_index * self.micro_batches_per_step + micro
+        parts = [
+            take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows])
+            for plan, rows in self._rows(batch_index, micro)
+        ]
         arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
     def origins(self, batch_index: int, micro: int = 0) -> list[tuple[str, int, int]]:
         """(shard file, row group, row within group) of each row that ``read`` returns, in order."""
-        out = []
-        for window, rows in self._spans(batch_index, micro):
-            groups, within = self.order.origin(window, rows)
-            out.extend((*self.shards.origin(g), int(r)) for g, r in zip(groups, within))
-        return out
+        return [
+            (*self.shards.origin(g), int(r))
+            for plan, rows in self._rows(batch_index, micro)
+            for g, r in zip(plan.groups[rows].tolist(), plan.within[rows].tolist())
+        ]
 
     def _end_batch(self, start: int) -> int | None:
         if self.infinite:
@@ -235,6 +240,7 @@ class StatefulParquetDataset(IterableDataset):
         worker = get_worker_info()
         item, stride = (0, 1) if worker is None else (worker.id, worker.num_workers)
         per_step = self.micro_batches_per_step
+        self._use(Reads(start * per_step + item, stride))
         while True:
             batch_index, micro = start + item // per_step, item % per_step
             if end is not None and batch_index >= end:

@@ -1,54 +1,59 @@
-"""Open a packed dataset directory (see DATA_FORMAT.md) and read whole row groups into numpy."""
+"""Open a packed dataset directory (see DATA_FORMAT.md), read whole row groups into numpy, gather rows."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recur.data.shard_writer import MANIFEST_NAME, SCHEMA, RowBlock
+from recur.data.shard_writer import MANIFEST_NAME, SCHEMA
 from recur.data.validate import check_row_group, open_packed_dataset, open_shard
 
 
-def _selected_doc_starts(block: RowBlock, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(``doc_starts`` of the selected rows, concatenated; how many starts each row has)."""
-    lo = block.doc_offsets[rows]
-    counts = block.doc_offsets[rows + 1] - lo
-    # Flat index of every selected start, without a Python loop over rows.
-    first = np.repeat(lo - (np.cumsum(counts) - counts), counts)
-    return block.doc_starts[first + np.arange(int(counts.sum()))], counts
+@dataclass(frozen=True)
+class DecodedGroup:
+    """A row group ready to gather rows from, each array [rows, row_len]."""
+
+    input_ids: np.ndarray  # int32, as stored
+    loss_mask: np.ndarray  # uint8
+    doc_ids: np.ndarray  # document index of each token within its row, smallest unsigned dtype that fits
 
 
-def take_rows(blocks: list[RowBlock], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Gather rows (indices into the concatenation of ``blocks``) in the given order.
+def _doc_ids(starts: np.ndarray, offsets: np.ndarray, row_len: int) -> np.ndarray:
+    """Per-token document index within its row, for rows with these ``doc_starts``, as [rows, row_len].
 
-    Gathering from each block in place avoids concatenating a whole window of row groups, which would
-    copy every token once more than needed. ``input_ids`` come out as int64, the dtype the model embeds;
-    ``doc_ids`` is the per-token document index within its row (cumulative count of doc starts - 1).
+    Made once per decoded group, whole-array, on the decoding thread: gathering then copies it like the
+    tokens. Each document's index is repeated over its length; validation on read guarantees that every
+    row's starts begin with 0 and ascend below row_len, so the lengths of a row add up to row_len.
     """
-    sizes = np.array([len(b.input_ids) for b in blocks])
-    ends = np.cumsum(sizes)
-    member = np.searchsorted(ends, rows, side="right")
-    within = rows - (ends - sizes)[member]
-    shape = (len(rows), blocks[0].input_ids.shape[1])
-    input_ids = np.empty(shape, dtype=np.int64)
-    loss_mask = np.empty(shape, dtype=np.uint8)
-    doc_ids = np.zeros(shape, dtype=np.int32)
-    for m in np.unique(member):
-        selected = np.flatnonzero(member == m)
-        block, local = blocks[m], within[selected]
-        input_ids[selected] = block.input_ids[local]
-        loss_mask[selected] = block.loss_mask[local]
-        starts, counts = _selected_doc_starts(block, local)
-        doc_ids[np.repeat(selected, counts), starts] = 1
-    np.cumsum(doc_ids, axis=1, out=doc_ids)
-    doc_ids -= 1
-    return {"input_ids": input_ids, "loss_mask": loss_mask, "doc_ids": doc_ids}
+    counts = np.diff(offsets)
+    ends = np.append(starts[1:], row_len)
+    ends[offsets[1:] - 1] = row_len  # a row's last document runs to the end of the row
+    index = np.arange(len(starts)) - np.repeat(offsets[:-1], counts)
+    return np.repeat(index.astype(np.min_scalar_type(int(counts.max()))), ends - starts).reshape(len(counts), row_len)
+
+
+def take_rows(groups_by_id: dict[int, DecodedGroup], groups: np.ndarray, within: np.ndarray) -> dict[str, np.ndarray]:
+    """Gather rows (row ``within[i]`` of decoded group ``groups[i]``) in the given order.
+
+    Each output array is one ``concatenate`` of single-row views, widening the dtype on the way: a batch
+    usually takes one row from each of many groups (lanes), where a fancy-indexed copy per group would
+    cost more Python than copying. ``input_ids`` come out as int64, the dtype the model embeds;
+    ``doc_ids`` as int32.
+    """
+    decoded = [groups_by_id[g] for g in groups.tolist()]
+    rows = within.tolist()
+    out = {}
+    for name, dtype in (("input_ids", np.int64), ("loss_mask", np.uint8), ("doc_ids", np.int32)):
+        views = [getattr(d, name)[r : r + 1] for d, r in zip(decoded, rows)]
+        out[name] = np.concatenate(views, dtype=dtype)
+    return out
 
 
 def _flat_values(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +122,7 @@ class PackedShards:
             handle = self._handles[shard] = open_shard(self.files[shard])
         return handle
 
-    def read_group(self, group: int) -> RowBlock:
+    def read_group(self, group: int) -> DecodedGroup:
         shard, index = int(self.group_shard[group]), int(self.group_index[group])
         file = self.files[shard]
         try:
@@ -131,10 +136,8 @@ class PackedShards:
         ids, _ = _flat_values(table, "input_ids")
         mask, _ = _flat_values(table, "loss_mask")
         starts, offsets = _flat_values(table, "doc_starts")
-        return RowBlock(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len), starts, offsets)
-
-    def read_groups(self, groups: np.ndarray) -> list[RowBlock]:
-        return [self.read_group(int(g)) for g in groups]
+        return DecodedGroup(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len),
+                            _doc_ids(starts, offsets, self.row_len))
 
     def origin(self, group: int) -> tuple[str, int]:
         """(shard file name, row group index within the shard) of a global row group id."""

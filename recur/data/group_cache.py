@@ -1,0 +1,75 @@
+"""Decoded row groups of one process: each decoded once per epoch, ahead of use, freed after its last use.
+
+All decoding runs on one background thread (parquet file handles are not shared between threads), so
+decoding the next groups overlaps with gathering batches from the current ones. Which groups to decode
+and when to free them comes from the process's ``EpochPlan``s, so a group holding none of this process's
+rows is never decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from recur.data.packed_reader import DecodedGroup, PackedShards
+from recur.data.read_plan import EpochPlan
+
+
+class GroupCache:
+    def __init__(self, shards: PackedShards, ahead: int) -> None:
+        self.shards = shards
+        self.ahead = ahead  # groups decoded beyond those the current item needs
+        self._pid = os.getpid()
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch")
+        self._decoding: dict[tuple[int, int], Future] = {}  # (epoch, group id) -> DecodedGroup
+        self._plans: dict[int, EpochPlan] = {}
+        self._cursor: dict[int, int] = {}  # per epoch: groups of by_first_use submitted so far
+
+    def forked(self) -> bool:
+        """True in a forked DataLoader worker, which inherits this object but not its thread."""
+        return self._pid != os.getpid()
+
+    def blocks(self, plan: EpochPlan, item: int) -> dict[int, DecodedGroup]:
+        """The decoded groups that ``item``'s rows of ``plan.epoch`` come from, by group id."""
+        if self._plans.get(plan.epoch) is not plan:
+            self._forget(plan.epoch)
+            self._plans[plan.epoch] = plan
+        self._free_before(item)
+        self._submit_ahead(plan, item)
+        rows = plan.rows(item)
+        needed = set(plan.groups[rows].tolist()) if rows is not None else set()
+        return {g: self._decoded(plan.epoch, g).result() for g in sorted(needed)}
+
+    def _decoded(self, epoch: int, group: int) -> Future:
+        key = (epoch, group)
+        if key not in self._decoding:
+            self._decoding[key] = self._reader.submit(self.shards.read_group, group)
+        return self._decoding[key]
+
+    def _submit_ahead(self, plan: EpochPlan, item: int) -> None:
+        # Every group first used by now, plus `ahead` more in order of first use.
+        order, cursor = plan.by_first_use, self._cursor.get(plan.epoch, 0)
+        ready = 0
+        while cursor < len(order):
+            group = int(order[cursor])
+            if plan.first_use[group] > item:
+                if ready == self.ahead:
+                    break
+                ready += 1
+            if plan.last_use[group] >= item:  # skip groups whose reads all lie behind the start
+                self._decoded(plan.epoch, group)
+            cursor += 1
+        self._cursor[plan.epoch] = cursor
+
+    def _free_before(self, item: int) -> None:
+        for epoch, group in list(self._decoding):
+            plan = self._plans.get(epoch)
+            if plan is None or plan.last_use[group] < item:
+                del self._decoding[(epoch, group)]
+
+    def _forget(self, epoch: int) -> None:
+        self._decoding = {key: f for key, f in self._decoding.items() if key[0] != epoch}
+        self._cursor.pop(epoch, None)
+        # Plans of two epochs are live at most (an item straddling an epoch boundary).
+        for old in [e for e in self._plans if e < epoch - 1]:
+            del self._plans[old]

@@ -1,0 +1,114 @@
+"""Which rows, and so which row groups, one process reads in each epoch, and when it last needs each group.
+
+A process reads *items*: item q is micro-batch q % per_step of global batch q // per_step, and a process
+reads q = first, first + stride, ... (stride > 1 for DataLoader workers). Knowing the whole epoch's reads
+in advance is what lets the decoded-group cache (``recur.data.group_cache``) decode each row group once,
+ahead of time, and free it right after its last use, instead of guessing with an LRU that could thrash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recur.data.lanes import walk_positions
+from recur.data.order import GlobalOrder
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Items q = first + n * stride (n >= 0) of one process."""
+
+    first: int
+    stride: int
+
+    def covers(self, item: int) -> bool:
+        return item >= self.first and (item - self.first) % self.stride == 0
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch's rows read by one process, in reading order, and the row groups they come from."""
+
+    epoch: int
+    items: np.ndarray  # sorted items with rows in this epoch
+    offsets: np.ndarray  # rows of items[k] are [offsets[k], offsets[k + 1])
+    groups: np.ndarray  # global row-group id of each row
+    within: np.ndarray  # row within that group
+    by_first_use: np.ndarray  # the row groups read, in order of first use
+    first_use: np.ndarray  # per group id: first item reading it (-1: not read this epoch)
+    last_use: np.ndarray  # per group id: last item reading it (-1: not read this epoch)
+
+    def rows(self, item: int) -> slice | None:
+        k = int(np.searchsorted(self.items, item))
+        if k == len(self.items) or self.items[k] != item:
+            return None
+        return slice(int(self.offsets[k]), int(self.offsets[k + 1]))
+
+
+class ReadPlan:
+    """Epoch plans of one process: micro-batches of ``micro_rows`` rows from the rank's share of each batch."""
+
+    def __init__(self, order: GlobalOrder, global_batch_size: int, first_row: int, micro_rows: int,
+                 per_step: int, lanes: bool, reads: Reads) -> None:
+        self.order = order
+        self.global_batch_size = global_batch_size
+        self.first_row = first_row  # this rank's first position in every global batch
+        self.micro_rows = micro_rows
+        self.per_step = per_step
+        self.lanes = lanes  # False: walk order straight (shuffle off reads rows in storage order)
+        self.reads = reads
+        self._epochs: dict[int, EpochPlan] = {}
+
+    def stream_rows(self, items: np.ndarray) -> np.ndarray:
+        """[len(items), micro_rows] stream positions of the given items."""
+        batch, micro = np.divmod(np.asarray(items, dtype=np.int64), self.per_step)
+        start = batch * self.global_batch_size + self.first_row + micro * self.micro_rows
+        return start[:, None] + np.arange(self.micro_rows)
+
+    def epochs_of(self, item: int) -> range:
+        rows = self.stream_rows(np.array([item]))[0]
+        return range(int(rows[0]) // self.order.num_rows, int(rows[-1]) // self.order.num_rows + 1)
+
+    def epoch(self, epoch: int) -> EpochPlan:
+        plan = self._epochs.get(epoch)
+        if plan is None:
+            if len(self._epochs) >= 2:  # a straddling item needs two epochs at most
+                self._epochs.pop(min(self._epochs))
+            plan = self._epochs[epoch] = self._build(epoch)
+        return plan
+
+    def _build(self, epoch: int) -> EpochPlan:
+        n, g = self.order.num_rows, self.global_batch_size
+        lo_item = (epoch * n // g) * self.per_step
+        hi_item = (((epoch + 1) * n - 1) // g + 1) * self.per_step
+        first = max(lo_item, self.reads.first)
+        first += -(first - self.reads.first) % self.reads.stride  # the first of this process's items
+        items = np.arange(first, hi_item, self.reads.stride, dtype=np.int64)
+        stream = self.stream_rows(items)
+        inside = stream // n == epoch  # a straddling batch holds rows of two epochs
+        counts = inside.sum(axis=1)
+        items, counts, stream = items[counts > 0], counts[counts > 0], stream[inside]
+        if self.lanes:
+            _, walk = walk_positions(stream, n, g)
+        else:
+            walk = stream - epoch * n
+        groups, within = self.order.locate(epoch, walk)
+        item_of_row = np.repeat(items, counts)
+        used, first_row = np.unique(groups, return_index=True)
+        _, last_row = np.unique(groups[::-1], return_index=True)
+        first_use = np.full(len(self.order.group_sizes), -1, dtype=np.int64)
+        last_use = first_use.copy()
+        first_use[used] = item_of_row[first_row]
+        last_use[used] = item_of_row[len(groups) - 1 - last_row]
+        return EpochPlan(
+            epoch=epoch,
+            items=items,
+            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            groups=groups,
+            within=within,
+            by_first_use=used[np.argsort(first_use[used], kind="stable")],
+            first_use=first_use,
+            last_use=last_use,
+        )
