@@ -6,7 +6,7 @@ row groups:
 1. the row groups of all shards are permuted globally with an RNG seeded by (seed, epoch);
 2. the permuted groups are cut into windows of ``shuffle_window`` consecutive groups, each window is cut
    further at the epoch's lane boundaries (``recur.data.lanes``, which depend on G), and the rows of each
-   piece are permuted with an RNG seeded by (seed, epoch, piece start).
+   piece are permuted by sorting them on a hash of (seed, epoch, walk position).
 
 Cutting at lane boundaries keeps every lane's rows inside the row groups of its own stretch of the walk:
 a rank, which reads whole lanes, then decodes only the groups its stretch covers, never the rest of a
@@ -21,12 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
-from recur.data.grouping import runs
 from recur.data.lanes import lane_starts
 
-# Domain tags keep the (seed, epoch) group-permutation stream disjoint from the per-piece streams.
+# Domain tags keep the (seed, epoch) group-permutation stream disjoint from the row-shuffle keys.
 _GROUP_TAG = 0
-_PIECE_TAG = 2  # 1 tagged the whole-window shuffles of loader state version 1
+_ROW_TAG = 2  # 1 tagged the whole-window shuffles of loader state version 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,13 @@ class _EpochLayout:
     ends: np.ndarray  # walk position just past each of those groups
     windows: np.ndarray  # walk position where each window starts, plus a final end
     lanes: np.ndarray  # walk position where each lane starts, plus a final end
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (uint64 arithmetic wraps, which the mixing relies on)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 class GlobalOrder:
@@ -79,15 +85,21 @@ class GlobalOrder:
         for cuts in (layout.windows, layout.lanes):
             k = np.searchsorted(cuts, positions, side="right") - 1
             bounds.append((cuts[k], cuts[k + 1]))
-        piece_lo = np.maximum(bounds[0][0], bounds[1][0])
-        piece_hi = np.minimum(bounds[0][1], bounds[1][1])
-        out = np.empty_like(positions)
-        for lo, selected in runs(piece_lo):
-            # Each piece's permutation is drawn once per call: callers locate many positions at a time.
-            hi = int(piece_hi[selected[0]])
-            perm = np.random.default_rng([self.seed, epoch, _PIECE_TAG, lo]).permutation(hi - lo)
-            out[selected] = lo + perm[positions[selected] - lo]
-        return out
+        piece_lo, inverse = np.unique(np.maximum(bounds[0][0], bounds[1][0]), return_inverse=True)
+        piece_hi = np.minimum(bounds[0][1], bounds[1][1])[np.unique(inverse, return_index=True)[1]]
+        # Every position of the pieces touched, in walk order; each piece is permuted by sorting its
+        # positions on a hash of (seed, epoch, position): one vectorised sort for all pieces, and a piece's
+        # permutation does not depend on which of its positions were asked for.
+        lengths = piece_hi - piece_lo
+        piece_of = np.repeat(np.arange(len(lengths)), lengths)
+        walk = np.arange(int(lengths.sum())) + np.repeat(piece_lo - (np.cumsum(lengths) - lengths), lengths)
+        rows = walk[np.lexsort((self._hash(epoch, walk), piece_of))]
+        return rows[np.searchsorted(walk, positions)]
+
+    def _hash(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        """splitmix64 of (seed, epoch, position): a fixed pseudo-random key per walk position."""
+        key = _mix(np.array([(self.seed * 0x9E3779B97F4A7C15 + epoch * 4 + _ROW_TAG) % 2**64], dtype=np.uint64))
+        return _mix(positions.astype(np.uint64) ^ key)
 
     def locate(self, epoch: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(global row-group id, row within that group) of each position in ``epoch``'s walk."""
