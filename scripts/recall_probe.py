@@ -36,6 +36,8 @@ from recur.data.tokenizer import ByteTokenizer  # noqa: E402
 from recur.models.config import ModelConfig  # noqa: E402
 from recur.models.layers import Rotary, apply_rotary  # noqa: E402
 from recur.models import create_model  # noqa: E402
+from recur.models.config import LOOPED_VARIANTS  # noqa: E402
+from recur.recurrence import RecurrenceConfig, RecurrenceSampler  # noqa: E402
 
 TOKENIZER = ByteTokenizer()
 FORMATS = ("chat", "echo", "direct")
@@ -160,6 +162,12 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
     p.add_argument("--variant", default="baseline",
                    help="a recur variant, reference_gpt (the control arm) or hf_llama (transformers' Llama)")
+    p.add_argument("--mean_recurrence", type=int, default=4, help="looped variants: r̄ of the sampled depth")
+    p.add_argument("--backprop_depth", type=int, default=4, help="looped variants: iterations with gradients")
+    p.add_argument("--eval_hops", type=int, nargs="+",
+                   help="final grid: hop counts to score (default 0..max_hops and 2x max_hops)")
+    p.add_argument("--eval_depths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
+                   help="final grid: recurrence depths to score (looped variants)")
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--n_layers", type=int, default=2)
     p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
@@ -175,8 +183,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="append the result as one JSON line")
     args = p.parse_args()
-    if args.pairs < 1 or args.pairs * (args.max_hops + 1) > len(string.ascii_letters) or args.pairs > 10:
-        p.error(f"--pairs {args.pairs} x (--max_hops {args.max_hops} + 1) must fit 52 names and 10 root digits")
+    args.eval_hops = args.eval_hops or sorted({*range(args.max_hops + 1), 2 * args.max_hops})
+    most_hops = max(args.max_hops, *args.eval_hops)
+    if args.pairs < 1 or args.pairs * (most_hops + 1) > len(string.ascii_letters) or args.pairs > 10:
+        p.error(f"--pairs {args.pairs} x (hops {most_hops} + 1) must fit 52 names and 10 root digits")
     torch.manual_seed(args.seed)
     rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
     if args.variant == "reference_gpt":
@@ -194,8 +204,20 @@ def main() -> None:
                              vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
                              tie_embeddings=not args.untied).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
-    eval_x, eval_m = batch(eval_rng, args, 512, 1, args.max_hops, args.device)
-    digits = (eval_m[:, 1:] > 0) & (eval_x[:, 1:] >= ord("0")) & (eval_x[:, 1:] <= ord("9"))
+    looped = args.variant in LOOPED_VARIANTS
+    sampler = RecurrenceSampler(RecurrenceConfig(mean_recurrence=args.mean_recurrence,
+                                                 backprop_depth=args.backprop_depth, seed=args.seed), args.steps)
+    eval_sets = {hops: batch(eval_rng, args, 512, 1, hops, args.device) for hops in args.eval_hops}
+
+    def score(hops: int, depth: int | None) -> float:
+        """Exact match of the root digit on 512 fresh prompts of `hops` hops at recurrence `depth`."""
+        x, m = eval_sets[hops]
+        digits = (m[:, 1:] > 0) & (x[:, 1:] >= ord("0")) & (x[:, 1:] <= ord("9"))
+        with torch.no_grad():
+            kwargs = {"num_steps": depth} if looped else {}
+            predicted = model(x[:, :-1], **kwargs).logits.argmax(-1)
+        return (predicted[digits] == x[:, 1:][digits]).float().mean().item()
+
     start, accuracy, first_090 = time.time(), 0.0, None
     for step in range(1, args.steps + 1):
         if args.time_limit_s is not None and time.time() - start > args.time_limit_s:
@@ -203,7 +225,9 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100)
         x, m = batch(rng, args, args.batch_size, args.queries, None, args.device, args.copy_fraction)
-        logits = model(x[:, :-1]).logits
+        depth = sampler(step)
+        logits = model(x[:, :-1], num_steps=(depth.no_grad_steps, depth.grad_steps)).logits if looped \
+            else model(x[:, :-1]).logits
         losses = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
         loss = (losses * m[:, 1:].flatten()).sum() / m[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
@@ -211,14 +235,17 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % args.eval_interval == 0:
-            with torch.no_grad():
-                predicted = model(eval_x[:, :-1]).logits.argmax(-1)
-            accuracy = (predicted[digits] == eval_x[:, 1:][digits]).float().mean().item()
+            accuracy = score(args.max_hops, args.mean_recurrence if looped else None)
             first_090 = first_090 or (step if accuracy >= 0.9 else None)
             print(f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
                   f"{time.time() - start:.0f}s", flush=True)
+    depths = args.eval_depths if looped else [None]
+    grid = {str(hops): {str(d or "-"): round(score(hops, d), 4) for d in depths} for hops in args.eval_hops}
+    for hops, row in grid.items():
+        print(f"hops {hops}: " + " ".join(f"r={d} {a:.3f}" for d, a in row.items()), flush=True)
     result = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "steps_run": step,
-              "accuracy": accuracy, "first_step_acc_0.9": first_090, "seconds": round(time.time() - start, 1)}
+              "accuracy": accuracy, "first_step_acc_0.9": first_090, "seconds": round(time.time() - start, 1),
+              "grid": grid}
     print(json.dumps(result))
     if args.out:
         with args.out.open("a") as f:
