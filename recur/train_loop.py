@@ -162,11 +162,15 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(inputs, targets, loss mask, doc_ids) on `device`; doc_ids is None when every input row is one
+    document, so attention runs as plain causal SDPA (flash/cuDNN) instead of a document-masked kernel.
+    Decided on the host copy before the transfer: no device sync."""
     ids = batch["input_ids"].to(device, non_blocking=True)
     mask = batch["loss_mask"].to(device, non_blocking=True)
-    docs = batch["doc_ids"].to(device, non_blocking=True)
-    return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs[:, :-1]
+    docs = batch["doc_ids"][:, :-1]
+    docs = docs.to(device, non_blocking=True) if bool(docs.any()) else None
+    return ids[:, :-1], ids[:, 1:], mask[:, 1:], docs
 
 
 def build_data(cfg: TrainConfig, run_dir: Path, env: DistEnv, resuming: bool):
@@ -190,13 +194,16 @@ def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int):
     """The model of --model.* (with --init_from the parser filled it from the saved model's config)."""
     model_cfg = cfg.model.resolved()
     if env.device.type == "cuda" and model_cfg.attn_backend == "auto":
-        # Time the kernels once on this run's shape; `auto` then means the fastest correct one.
-        name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,
-                                       model_cfg.n_kv_heads, model_cfg.head_dim, doc_masking=True,
-                                       dtype=_compute_dtype(cfg, env.device))
-        if env.is_main:
-            times = ", ".join(f"{k} {v['seconds'] * 1e3:.2f}ms" for k, v in timings.items() if v["seconds"])
-            print(f"[attention] auto -> {name} ({times})", file=sys.stderr)
+        # Time the kernels once on this run's shape; `auto` then means the fastest correct one, chosen
+        # apart for batches of packed documents and for batches whose rows are single documents.
+        for doc_masking in (True, False):
+            name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,
+                                           model_cfg.n_kv_heads, model_cfg.head_dim, doc_masking=doc_masking,
+                                           dtype=_compute_dtype(cfg, env.device))
+            if env.is_main:
+                times = ", ".join(f"{k} {v['seconds'] * 1e3:.2f}ms" for k, v in timings.items() if v["seconds"])
+                kind = "packed documents" if doc_masking else "one document per row"
+                print(f"[attention] auto -> {name} for {kind} ({times})", file=sys.stderr)
     return model_cfg, create_model(model_cfg).to(env.device)
 
 

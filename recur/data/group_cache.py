@@ -8,8 +8,11 @@ rows is never decoded.
 
 from __future__ import annotations
 
+import heapq
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
 
 from recur.data.packed_reader import DecodedGroup, PackedShards
 from recur.data.read_plan import EpochPlan
@@ -24,6 +27,7 @@ class GroupCache:
         self._decoding: dict[tuple[int, int], Future] = {}  # (epoch, group id) -> DecodedGroup
         self._plans: dict[int, EpochPlan] = {}
         self._cursor: dict[int, int] = {}  # per epoch: groups of by_first_use submitted so far
+        self._expiry: list[tuple[int, int, int]] = []  # heap of (last use, epoch, group) of held groups
 
     def forked(self) -> bool:
         """True in a forked DataLoader worker, which inherits this object but not its thread."""
@@ -38,34 +42,30 @@ class GroupCache:
         self._submit_ahead(plan, item)
         rows = plan.rows(item)
         needed = set(plan.groups[rows].tolist()) if rows is not None else set()
-        return {g: self._decoded(plan.epoch, g).result() for g in sorted(needed)}
+        return {g: self._decoded(plan, g).result() for g in needed}
 
-    def _decoded(self, epoch: int, group: int) -> Future:
-        key = (epoch, group)
-        if key not in self._decoding:
-            self._decoding[key] = self._reader.submit(self.shards.read_group, group)
-        return self._decoding[key]
+    def _decoded(self, plan: EpochPlan, group: int) -> Future:
+        key = (plan.epoch, group)
+        future = self._decoding.get(key)
+        if future is None:
+            future = self._decoding[key] = self._reader.submit(self.shards.read_group, group)
+            heapq.heappush(self._expiry, (int(plan.last_use[group]), plan.epoch, group))
+        return future
 
     def _submit_ahead(self, plan: EpochPlan, item: int) -> None:
         # Every group first used by now, plus `ahead` more in order of first use.
         order, cursor = plan.by_first_use, self._cursor.get(plan.epoch, 0)
-        ready = 0
-        while cursor < len(order):
-            group = int(order[cursor])
-            if plan.first_use[group] > item:
-                if ready == self.ahead:
-                    break
-                ready += 1
+        stop = min(len(order), int(np.searchsorted(plan.first_use_sorted, item, side="right")) + self.ahead)
+        for group in order[cursor:stop].tolist():
             if plan.last_use[group] >= item:  # skip groups whose reads all lie behind the start
-                self._decoded(plan.epoch, group)
-            cursor += 1
-        self._cursor[plan.epoch] = cursor
+                self._decoded(plan, group)
+        self._cursor[plan.epoch] = max(cursor, stop)
 
     def _free_before(self, item: int) -> None:
-        for epoch, group in list(self._decoding):
-            plan = self._plans.get(epoch)
-            if plan is None or plan.last_use[group] < item:
-                del self._decoding[(epoch, group)]
+        # O(1) amortised: pop held groups in order of last use (stale entries of forgotten plans pop harmlessly).
+        while self._expiry and self._expiry[0][0] < item:
+            _, epoch, group = heapq.heappop(self._expiry)
+            self._decoding.pop((epoch, group), None)
 
     def _forget(self, epoch: int) -> None:
         self._decoding = {key: f for key, f in self._decoding.items() if key[0] != epoch}
@@ -73,3 +73,8 @@ class GroupCache:
         # Plans of two epochs are live at most (an item straddling an epoch boundary).
         for old in [e for e in self._plans if e < epoch - 1]:
             del self._plans[old]
+
+    def close(self) -> None:
+        """Drop queued decodes; the running one finishes on the old thread, which then exits."""
+        self._reader.shutdown(wait=False, cancel_futures=True)
+        self._decoding.clear()

@@ -197,6 +197,8 @@ class StatefulParquetDataset(IterableDataset):
     # ----- reading ------------------------------------------------------------------------------------
     def _use(self, reads: Reads) -> None:
         """Plan for this process's items ``reads`` and start a fresh cache of decoded groups for them."""
+        if self._cache is not None and not self._cache.forked():
+            self._cache.close()
         self._plan = ReadPlan(self.order, self.global_batch_size, self.rank * self.rank_batch_size,
                               self.micro_batch_size, self.micro_batches_per_step, self.order.shuffle, reads)
         self._cache = GroupCache(self.shards, _DECODE_AHEAD)

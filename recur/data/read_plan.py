@@ -37,6 +37,7 @@ class EpochPlan:
     groups: np.ndarray  # global row-group id of each row
     within: np.ndarray  # row within that group
     by_first_use: np.ndarray  # the row groups read, in order of first use
+    first_use_sorted: np.ndarray  # first_use[by_first_use] (ascending), for searchsorted
     first_use: np.ndarray  # per group id: first item reading it (-1: not read this epoch)
     last_use: np.ndarray  # per group id: last item reading it (-1: not read this epoch)
 
@@ -102,13 +103,15 @@ class ReadPlan:
         last_use = first_use.copy()
         first_use[used] = item_of_row[first_row]
         last_use[used] = item_of_row[len(groups) - 1 - last_row]
+        by_first_use = used[np.argsort(first_use[used], kind="stable")]
         return EpochPlan(
             epoch=epoch,
             items=items,
             offsets=np.concatenate([[0], np.cumsum(counts)]),
             groups=groups,
             within=within,
-            by_first_use=used[np.argsort(first_use[used], kind="stable")],
+            by_first_use=by_first_use,
+            first_use_sorted=first_use[by_first_use],
             first_use=first_use,
             last_use=last_use,
         )
