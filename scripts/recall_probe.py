@@ -182,6 +182,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="append the result as one JSON line")
+    p.add_argument("--checkpoint", type=Path,
+                   help="resume from this file if it exists and save to it at the end (chains device calls)")
     args = p.parse_args()
     args.eval_hops = args.eval_hops or sorted({*range(args.max_hops + 1), 2 * args.max_hops})
     most_hops = max(args.max_hops, *args.eval_hops)
@@ -218,9 +220,19 @@ def main() -> None:
             predicted = model(x[:, :-1], **kwargs).logits.argmax(-1)
         return (predicted[digits] == x[:, 1:][digits]).float().mean().item()
 
-    start, accuracy, first_090 = time.time(), 0.0, None
-    for step in range(1, args.steps + 1):
+    start, accuracy, first_090, first_step = time.time(), 0.0, None, 1
+    if args.checkpoint and args.checkpoint.exists():
+        saved = torch.load(args.checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        first_step, first_090 = saved["step"] + 1, saved["first_090"]
+        print(f"resumed from {args.checkpoint} at step {saved['step']}", flush=True)
+    step = first_step - 1
+    for step in range(first_step, args.steps + 1):
         if args.time_limit_s is not None and time.time() - start > args.time_limit_s:
+            step -= 1  # this step did not run
             break
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100)
@@ -239,6 +251,11 @@ def main() -> None:
             first_090 = first_090 or (step if accuracy >= 0.9 else None)
             print(f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
                   f"{time.time() - start:.0f}s", flush=True)
+    if args.checkpoint:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "first_090": first_090},
+                   args.checkpoint.with_suffix(".tmp"))
+        args.checkpoint.with_suffix(".tmp").replace(args.checkpoint)
     depths = args.eval_depths if looped else [None]
     grid = {str(hops): {str(d or "-"): round(score(hops, d), 4) for d in depths} for hops in args.eval_hops}
     for hops, row in grid.items():

@@ -34,3 +34,21 @@ def test_supervised_digits_follow_the_bindings(fmt):
         allowed = {TOKENIZER.end_id, *range(ord("0"), ord("9") + 1)} | ({ord("=")} | set(map(ord, questions))
                                                                            if fmt == "echo" else set())
         assert {i for i, m in zip(ids, mask) if m} <= allowed
+
+
+def test_checkpoint_resume_continues_the_same_run(tmp_path):
+    """Three steps, save, three more, equals six straight: device calls can be chained without drift."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "recall_probe.py"
+    base = [sys.executable, str(script), "--variant", "recurrent", "--d_model", "32", "--n_layers", "3",
+            "--eval_interval", "3", "--eval_depths", "1", "--batch_size", "4", "--eval_hops", "0"]
+
+    def last_step_line(steps: int, checkpoint: Path) -> str:
+        out = subprocess.run(base + ["--steps", str(steps), "--checkpoint", str(checkpoint)], check=True,
+                             capture_output=True, text=True).stdout
+        return [line.rsplit(" ", 1)[0] for line in out.splitlines() if line.startswith("step ")][-1]
+
+    straight = last_step_line(6, tmp_path / "a.pt")
+    last_step_line(3, tmp_path / "b.pt")
+    assert last_step_line(6, tmp_path / "b.pt") == straight

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recur.data.task_audit import SHORTCUT_LIMIT, shortcut_accuracy
-from recur.data.tasks import (CHAIN_FOLLOW_UPS, MIN_CHAINS, TASKS, Task, chain_count, get_task, iter_samples,
+from recur.data.tasks import (CHAIN_FOLLOW_UPS, CHAINS, TASKS, Task, get_task, iter_samples,
                               make_task_documents, sample_to_messages)
 
 
@@ -60,7 +60,7 @@ KNOB_LENGTH = {
     "copy": lambda s: len(s.answer),
     "reverse": lambda s: len(s.answer),
     "dyck": lambda s: len(s.answer),
-    "chain": lambda s: (len(s.prompt.split()) - 2) // chain_count(s.difficulty) - 1,
+    "chain": lambda s: (len(s.prompt.split()) - 2) // CHAINS - 1,
     "compare": lambda s: len(s.prompt.split()[2]),
     "successor": lambda s: len(s.prompt.split()[1]),
 }
@@ -161,12 +161,12 @@ def test_chain_chains_are_distinct_and_training_mixes_hop_counts():
         sample = TASKS["chain"].generate(random.Random(seed), 16)
         statements = sample.prompt.split()[1:-1]
         roots = [s[-1] for s in statements if s[-1].isdigit()]
-        assert len(roots) == MIN_CHAINS == len(set(roots)) and sample.answer in roots
+        assert len(roots) == CHAINS == len(set(roots)) and sample.answer in roots
         names = [s.split("=")[0] for s in statements]
-        assert len(names) == len(set(names)) == MIN_CHAINS * 17
-    # OOD levels ask for more pointer steps, not for longer prompts than training had.
-    train_longest = max(len(TASKS["chain"].generate(random.Random(0), h).prompt) for h in range(1, 5))
-    assert all(len(TASKS["chain"].generate(random.Random(0), h).prompt) <= train_longest + 8 for h in (6, 8))
+        assert len(names) == len(set(names)) == CHAINS * 17
+    # Every level has three chains of hops + 1 statements: harder levels are longer chains, not more of them.
+    for h in (0, 4, 8):
+        assert len(TASKS["chain"].generate(random.Random(0), h).prompt.split()) == 2 + CHAINS * (h + 1)
 
 
 def test_chain_follow_ups_are_correct_turns_after_the_first_answer():

@@ -132,17 +132,11 @@ def _dyck(rng: random.Random, depth: int) -> tuple[str, str]:
 
 
 CHAIN_NAMES = string.ascii_lowercase + string.ascii_uppercase  # one byte per variable name
-CHAIN_STATEMENTS = 27  # statements per prompt up to 8 hops (as many equal chains as fit): length ~ constant
-MIN_CHAINS, MAX_CHAINS = 3, 10  # roots are distinct digits, so at most 10 chains
+# Three chains per prompt at every level, so a harder level is longer chains, and chance is 1/3. With the
+# earlier 5-10 short chains per prompt (a constant prompt length) no nano arm learned even hop 0 in 6k GPU
+# steps, while three chains are learned to hop 0 in ~1k and hop 1 in ~8k (docs/recurrence.md, probe 5).
+CHAINS = 3
 CHAIN_FOLLOW_UPS = 7  # extra queries per training prompt, about any variable of any chain
-
-
-def chain_count(hops: int) -> int:
-    """Chains in a `hops`-hop prompt: as many as CHAIN_STATEMENTS allows, within [MIN_CHAINS, MAX_CHAINS].
-    Filling the prompt with more, shorter chains at low hop counts keeps every prompt up to 8 hops near one
-    length, so a harder level asks for more pointer steps, not for attention over longer distances than
-    training saw. Beyond 8 hops the prompt grows (three chains of hops + 1 statements)."""
-    return max(MIN_CHAINS, min(MAX_CHAINS, CHAIN_STATEMENTS // (hops + 1)))
 
 
 def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str]]]:
@@ -154,7 +148,7 @@ def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str
     # from the root, drawn with replacement so earlier answers never rule a root out. With a single
     # answer per prompt a nano model stayed at chance on every level, hop 0 included, after 3,000 steps
     # (docs/recurrence.md); multi-query recall is how associative-recall tasks are usually made learnable.
-    count = chain_count(hops)
+    count = CHAINS
     names = rng.sample(CHAIN_NAMES, count * (hops + 1))
     roots = rng.sample(string.digits, count)
     statements = []
@@ -206,7 +200,7 @@ TASKS: dict[str, Task] = {
         Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
         Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
         Task("chain", "hops", 4, [4, 6, 8, 16], _chain, min_difficulty=0,
-             max_difficulty=len(CHAIN_NAMES) // MIN_CHAINS - 1, train_min_difficulty=0),
+             max_difficulty=len(CHAIN_NAMES) // CHAINS - 1, train_min_difficulty=0),
         Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
         Task("successor", "digits", 4, [4, 8, 16, 32], _successor),
     ]
