@@ -24,7 +24,7 @@ def test_groups_held_stay_bounded(many_groups: Path, world_size: int, global_bat
     most_held = 0
     for item, _ in enumerate(ds):
         plan = ds._plan.epoch(0)
-        held = list(ds._cache._decoding)
+        held = list(ds._cache._held)
         ahead = [g for _, g in held if plan.first_use[g] > item]
         assert len(ahead) <= _DECODE_AHEAD, f"item {item}: {len(ahead)} groups decoded ahead"
         assert all(plan.last_use[g] >= item for _, g in held), "a group is kept after its last use"
@@ -41,4 +41,4 @@ def test_a_replaced_cache_stops_decoding(many_groups: Path) -> None:
     old = ds._cache
     ds.seek(50)
     next(iter(ds))
-    assert old._reader._shutdown and not old._decoding  # queued decodes were cancelled with it
+    assert old._reader._shutdown and not old._held  # queued decodes were cancelled with it

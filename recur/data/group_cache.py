@@ -24,7 +24,7 @@ class GroupCache:
         self.ahead = ahead  # groups decoded beyond those the current item needs
         self._pid = os.getpid()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch")
-        self._decoding: dict[tuple[int, int], Future] = {}  # (epoch, group id) -> DecodedGroup
+        self._held: dict[tuple[int, int], Future] = {}  # (epoch, group id) -> its DecodedGroup, queued or done
         self._plans: dict[int, EpochPlan] = {}
         self._cursor: dict[int, int] = {}  # per epoch: groups of by_first_use submitted so far
         self._expiry: list[tuple[int, int, int]] = []  # heap of (last use, epoch, group) of held groups
@@ -40,15 +40,14 @@ class GroupCache:
             self._plans[plan.epoch] = plan
         self._free_before(item)
         self._submit_ahead(plan, item)
-        rows = plan.rows(item)
-        needed = set(plan.groups[rows].tolist()) if rows is not None else set()
+        needed = set(plan.groups[plan.rows(item)].tolist())
         return {g: self._decoded(plan, g).result() for g in needed}
 
     def _decoded(self, plan: EpochPlan, group: int) -> Future:
         key = (plan.epoch, group)
-        future = self._decoding.get(key)
+        future = self._held.get(key)
         if future is None:
-            future = self._decoding[key] = self._reader.submit(self.shards.read_group, group)
+            future = self._held[key] = self._reader.submit(self.shards.read_group, group)
             heapq.heappush(self._expiry, (int(plan.last_use[group]), plan.epoch, group))
         return future
 
@@ -65,16 +64,16 @@ class GroupCache:
         # O(1) amortised: pop held groups in order of last use (stale entries of forgotten plans pop harmlessly).
         while self._expiry and self._expiry[0][0] < item:
             _, epoch, group = heapq.heappop(self._expiry)
-            self._decoding.pop((epoch, group), None)
+            self._held.pop((epoch, group), None)
 
     def _forget(self, epoch: int) -> None:
-        self._decoding = {key: f for key, f in self._decoding.items() if key[0] != epoch}
-        self._cursor.pop(epoch, None)
+        """A new plan for ``epoch``: drop its groups held for an older plan, and the bookkeeping of past epochs."""
+        self._held = {key: f for key, f in self._held.items() if key[0] != epoch}
         # Plans of two epochs are live at most (an item straddling an epoch boundary).
-        for old in [e for e in self._plans if e < epoch - 1]:
-            del self._plans[old]
+        self._plans = {e: plan for e, plan in self._plans.items() if e >= epoch - 1}
+        self._cursor = {e: c for e, c in self._cursor.items() if e in self._plans and e != epoch}
 
     def close(self) -> None:
         """Drop queued decodes; the running one finishes on the old thread, which then exits."""
         self._reader.shutdown(wait=False, cancel_futures=True)
-        self._decoding.clear()
+        self._held.clear()

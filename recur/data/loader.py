@@ -199,27 +199,24 @@ class StatefulParquetDataset(IterableDataset):
         """Plan for this process's items ``reads`` and start a fresh cache of decoded groups for them."""
         if self._cache is not None and not self._cache.forked():
             self._cache.close()
-        self._plan = ReadPlan(self.order, self.global_batch_size, self.rank * self.rank_batch_size,
-                              self.micro_batch_size, self.micro_batches_per_step, self.order.shuffle, reads)
+        self._plan = ReadPlan(self.order, self.rank * self.rank_batch_size, self.micro_batch_size,
+                              self.micro_batches_per_step, reads)
         self._cache = GroupCache(self.shards, _DECODE_AHEAD)
 
-    def _rows(self, batch_index: int, micro: int) -> Iterator[tuple[EpochPlan, slice]]:
-        """(epoch plan, slice of its rows) for each epoch that item (batch_index, micro) takes rows from."""
+    def _rows(self, batch_index: int, micro: int) -> tuple[int, list[tuple[EpochPlan, slice]]]:
+        """Item number of (batch_index, micro), and (epoch plan, slice of its rows) for each epoch it reads."""
         item = batch_index * self.micro_batches_per_step + micro
         if self._plan is None or not self._plan.reads.covers(item) or self._cache.forked():
             # A read outside the current plan (or in a forked worker): plan the reads from here on.
             self._use(Reads(item, 1))
-        for epoch in self._plan.epochs_of(item):
-            plan = self._plan.epoch(epoch)
-            yield plan, plan.rows(item)
+        plans = [self._plan.epoch(epoch) for epoch in self._plan.epochs_of(item)]
+        return item, [(plan, plan.rows(item)) for plan in plans]
 
     def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:
         """This rank's micro-batch ``micro`` of global batch ``batch_index`` (no change of position)."""
-        item = batch_index * self.micro_batches_per_step + micro
-        parts = [
-            take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows])
-            for plan, rows in self._rows(batch_index, micro)
-        ]
+        item, plans = self._rows(batch_index, micro)
+        parts = [take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows])
+                 for plan, rows in plans]
         arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
@@ -227,7 +224,7 @@ class StatefulParquetDataset(IterableDataset):
         """(shard file, row group, row within group) of each row that ``read`` returns, in order."""
         return [
             (*self.shards.origin(g), int(r))
-            for plan, rows in self._rows(batch_index, micro)
+            for plan, rows in self._rows(batch_index, micro)[1]
             for g, r in zip(plan.groups[rows].tolist(), plan.within[rows].tolist())
         ]
 

@@ -41,36 +41,38 @@ class EpochPlan:
     first_use: np.ndarray  # per group id: first item reading it (-1: not read this epoch)
     last_use: np.ndarray  # per group id: last item reading it (-1: not read this epoch)
 
-    def rows(self, item: int) -> slice | None:
+    def rows(self, item: int) -> slice:
+        """Where ``item``'s rows of this epoch lie in ``groups``/``within``; raises for an item the plan lacks."""
         k = int(np.searchsorted(self.items, item))
         if k == len(self.items) or self.items[k] != item:
-            return None
+            raise LookupError(f"item {item} reads no rows of epoch {self.epoch} in this process's plan")
         return slice(int(self.offsets[k]), int(self.offsets[k + 1]))
 
 
 class ReadPlan:
     """Epoch plans of one process: micro-batches of ``micro_rows`` rows from the rank's share of each batch."""
 
-    def __init__(self, order: GlobalOrder, global_batch_size: int, first_row: int, micro_rows: int,
-                 per_step: int, lanes: bool, reads: Reads) -> None:
-        self.order = order
-        self.global_batch_size = global_batch_size
+    def __init__(self, order: GlobalOrder, first_row: int, micro_rows: int, per_step: int, reads: Reads) -> None:
+        self.order = order  # also fixes the global batch size and whether lanes are used (shuffle)
         self.first_row = first_row  # this rank's first position in every global batch
         self.micro_rows = micro_rows
         self.per_step = per_step
-        self.lanes = lanes  # False: walk order straight (shuffle off reads rows in storage order)
         self.reads = reads
         self._epochs: dict[int, EpochPlan] = {}
 
+    def start_row(self, items: int | np.ndarray) -> int | np.ndarray:
+        """Stream position of the first row of each item; its rows are the next ``micro_rows`` positions."""
+        batch, micro = np.divmod(items, self.per_step)
+        return batch * self.order.global_batch_size + self.first_row + micro * self.micro_rows
+
     def stream_rows(self, items: np.ndarray) -> np.ndarray:
         """[len(items), micro_rows] stream positions of the given items."""
-        batch, micro = np.divmod(np.asarray(items, dtype=np.int64), self.per_step)
-        start = batch * self.global_batch_size + self.first_row + micro * self.micro_rows
-        return start[:, None] + np.arange(self.micro_rows)
+        return self.start_row(np.asarray(items, dtype=np.int64))[:, None] + np.arange(self.micro_rows)
 
     def epochs_of(self, item: int) -> range:
-        rows = self.stream_rows(np.array([item]))[0]
-        return range(int(rows[0]) // self.order.num_rows, int(rows[-1]) // self.order.num_rows + 1)
+        """The epochs that ``item``'s rows lie in: one, or several for an item straddling an epoch boundary."""
+        start = self.start_row(item)
+        return range(start // self.order.num_rows, (start + self.micro_rows - 1) // self.order.num_rows + 1)
 
     def epoch(self, epoch: int) -> EpochPlan:
         plan = self._epochs.get(epoch)
@@ -81,7 +83,7 @@ class ReadPlan:
         return plan
 
     def _build(self, epoch: int) -> EpochPlan:
-        n, g = self.order.num_rows, self.global_batch_size
+        n, g = self.order.num_rows, self.order.global_batch_size
         lo_item = (epoch * n // g) * self.per_step
         hi_item = (((epoch + 1) * n - 1) // g + 1) * self.per_step
         first = max(lo_item, self.reads.first)
@@ -91,7 +93,7 @@ class ReadPlan:
         inside = stream // n == epoch  # a straddling batch holds rows of two epochs
         counts = inside.sum(axis=1)
         items, counts, stream = items[counts > 0], counts[counts > 0], stream[inside]
-        if self.lanes:
+        if self.order.shuffle:  # lanes; without shuffling stream rows are storage order
             _, walk = walk_positions(stream, n, g)
         else:
             walk = stream - epoch * n
