@@ -34,8 +34,8 @@ class EpochPlan:
     epoch: int
     items: np.ndarray  # sorted items with rows in this epoch
     offsets: np.ndarray  # rows of items[k] are [offsets[k], offsets[k + 1])
-    groups: np.ndarray  # global row-group id of each row
-    within: np.ndarray  # row within that group
+    groups: np.ndarray  # global row-group id of each row, int32 (half the memory of int64)
+    within: np.ndarray  # row within that group, int32
     by_first_use: np.ndarray  # the row groups read, in order of first use
     first_use_sorted: np.ndarray  # first_use[by_first_use] (ascending), for searchsorted
     first_use: np.ndarray  # per group id: first item reading it (-1: not read this epoch)
@@ -65,10 +65,6 @@ class ReadPlan:
         batch, micro = np.divmod(items, self.per_step)
         return batch * self.order.global_batch_size + self.first_row + micro * self.micro_rows
 
-    def stream_rows(self, items: np.ndarray) -> np.ndarray:
-        """[len(items), micro_rows] stream positions of the given items."""
-        return self.start_row(np.asarray(items, dtype=np.int64))[:, None] + np.arange(self.micro_rows)
-
     def epochs_of(self, item: int) -> range:
         """The epochs that ``item``'s rows lie in: one, or several for an item straddling an epoch boundary."""
         start = self.start_row(item)
@@ -89,27 +85,32 @@ class ReadPlan:
         first = max(lo_item, self.reads.first)
         first += -(first - self.reads.first) % self.reads.stride  # the first of this process's items
         items = np.arange(first, hi_item, self.reads.stride, dtype=np.int64)
-        stream = self.stream_rows(items)
-        inside = stream // n == epoch  # a straddling batch holds rows of two epochs
-        counts = inside.sum(axis=1)
-        items, counts, stream = items[counts > 0], counts[counts > 0], stream[inside]
+        # An item's rows are micro_rows consecutive stream positions, so its rows inside the epoch are one
+        # range (clipped only for the items straddling a boundary), laid out without a per-row mask.
+        start = self.start_row(items)
+        lo = np.clip(start, epoch * n, (epoch + 1) * n)
+        counts = np.clip(start + self.micro_rows, epoch * n, (epoch + 1) * n) - lo
+        items, lo, counts = items[counts > 0], lo[counts > 0], counts[counts > 0]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        stream = np.arange(offsets[-1]) + np.repeat(lo - offsets[:-1], counts)
         if self.order.shuffle:  # lanes; without shuffling stream rows are storage order
             _, walk = walk_positions(stream, n, g)
         else:
             walk = stream - epoch * n
         groups, within = self.order.locate(epoch, walk)
+        # First and last item reading each group: unbuffered min/max scatters, where np.unique would sort.
         item_of_row = np.repeat(items, counts)
-        used, first_row = np.unique(groups, return_index=True)
-        _, last_row = np.unique(groups[::-1], return_index=True)
-        first_use = np.full(len(self.order.group_sizes), -1, dtype=np.int64)
-        last_use = first_use.copy()
-        first_use[used] = item_of_row[first_row]
-        last_use[used] = item_of_row[len(groups) - 1 - last_row]
+        first_use = np.full(len(self.order.group_sizes), np.iinfo(np.int64).max)
+        last_use = np.full(len(self.order.group_sizes), -1)
+        np.minimum.at(first_use, groups, item_of_row)
+        np.maximum.at(last_use, groups, item_of_row)
+        used = np.flatnonzero(last_use >= 0)
+        first_use[last_use < 0] = -1
         by_first_use = used[np.argsort(first_use[used], kind="stable")]
         return EpochPlan(
             epoch=epoch,
             items=items,
-            offsets=np.concatenate([[0], np.cumsum(counts)]),
+            offsets=offsets,
             groups=groups,
             within=within,
             by_first_use=by_first_use,
