@@ -3,7 +3,8 @@
 All decoding runs on one background thread (parquet file handles are not shared between threads), so
 decoding the next groups overlaps with gathering batches from the current ones. Which groups to decode
 and when to free them comes from the process's ``EpochPlan``s, so a group holding none of this process's
-rows is never decoded.
+rows is never decoded. Once every group of an epoch is queued, the same thread builds the next epoch's
+plan, behind those decodes.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from recur.data.packed_reader import DecodedGroup, PackedShards
-from recur.data.read_plan import EpochPlan
+from recur.data.read_plan import EpochPlan, ReadPlan
 
 
 class GroupCache:
-    def __init__(self, shards: PackedShards, ahead: int) -> None:
+    def __init__(self, shards: PackedShards, read_plan: ReadPlan, ahead: int) -> None:
         self.shards = shards
+        self.read_plan = read_plan  # whose epoch plans this cache serves; builds the next one on our thread
         self.ahead = ahead  # groups decoded beyond those the current item needs
         self._pid = os.getpid()
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-prefetch")
@@ -59,6 +61,8 @@ class GroupCache:
             if plan.last_use[group] >= item:  # skip groups whose reads all lie behind the start
                 self._decoded(plan, group)
         self._cursor[plan.epoch] = max(cursor, stop)
+        if stop == len(order):
+            self.read_plan.build_ahead(plan.epoch + 1, self._reader)
 
     def _free_before(self, item: int) -> None:
         # O(1) amortised: pop held groups in order of last use (stale entries of forgotten plans pop harmlessly).

@@ -201,7 +201,7 @@ class StatefulParquetDataset(IterableDataset):
             self._cache.close()
         self._plan = ReadPlan(self.order, self.rank * self.rank_batch_size, self.micro_batch_size,
                               self.micro_batches_per_step, reads)
-        self._cache = GroupCache(self.shards, _DECODE_AHEAD)
+        self._cache = GroupCache(self.shards, self._plan, _DECODE_AHEAD)
 
     def _rows(self, batch_index: int, micro: int) -> tuple[int, list[tuple[EpochPlan, slice]]]:
         """Item number of (batch_index, micro), and (epoch plan, slice of its rows) for each epoch it reads."""

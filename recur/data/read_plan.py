@@ -4,10 +4,13 @@ A process reads *items*: item q is micro-batch q % per_step of global batch q //
 reads q = first, first + stride, ... (stride > 1 for DataLoader workers). Knowing the whole epoch's reads
 in advance is what lets the decoded-group cache (``recur.data.group_cache``) decode each row group once,
 ahead of time, and free it right after its last use, instead of guessing with an LRU that could thrash.
+Building a plan sorts about N/W rows, so the next epoch's is built ahead on the decoding thread
+(``build_ahead``) and the first read of an epoch does not wait for it.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +61,7 @@ class ReadPlan:
         self.micro_rows = micro_rows
         self.per_step = per_step
         self.reads = reads
-        self._epochs: dict[int, EpochPlan] = {}
+        self._epochs: dict[int, EpochPlan | Future] = {}  # a Future: being built by build_ahead
 
     def start_row(self, items: int | np.ndarray) -> int | np.ndarray:
         """Stream position of the first row of each item; its rows are the next ``micro_rows`` positions."""
@@ -71,11 +74,21 @@ class ReadPlan:
         return range(start // self.order.num_rows, (start + self.micro_rows - 1) // self.order.num_rows + 1)
 
     def epoch(self, epoch: int) -> EpochPlan:
+        """This process's plan of ``epoch``: built here, unless ``build_ahead`` started it (then waited for)."""
         plan = self._epochs.get(epoch)
         if plan is None:
-            if len(self._epochs) >= 2:  # a straddling item needs two epochs at most
-                self._epochs.pop(min(self._epochs))
-            plan = self._epochs[epoch] = self._build(epoch)
+            plan = self._keep(epoch, self._build(epoch))
+        return plan.result() if isinstance(plan, Future) else plan
+
+    def build_ahead(self, epoch: int, executor: Executor) -> None:
+        """Start building ``epoch``'s plan on ``executor`` unless it is built or under way."""
+        if epoch not in self._epochs:
+            self._keep(epoch, executor.submit(self._build, epoch))
+
+    def _keep(self, epoch: int, plan: EpochPlan | Future) -> EpochPlan | Future:
+        if len(self._epochs) >= 2:  # a straddling item needs two epochs at most
+            self._epochs.pop(min(self._epochs))
+        self._epochs[epoch] = plan
         return plan
 
     def _build(self, epoch: int) -> EpochPlan:
