@@ -51,26 +51,37 @@ def _load_state(path: Path) -> dict:
     return state
 
 
+def _saved(state: dict, key: str, path: Path | None, default: int | bool | None) -> int | bool | None:
+    """The --state file's value of ``key`` (checked, naming the file and key), else ``default``."""
+    if key not in state:
+        return default
+    value, kind = state[key], bool if isinstance(default, bool) else int
+    if type(value) is not kind:
+        expected = "true or false" if kind is bool else "an integer"
+        raise ValueError(f"--state {path}: {key} must be {expected}, got {value!r}")
+    return value
+
+
 def _open(args: argparse.Namespace) -> StatefulParquetDataset:
     state = _load_state(args.state) if args.state else {}
     if args.verify_sha256:
         open_packed_dataset(args.path, check_rows=False, verify_sha256=True)
     # Order settings default to the state's so that `--state` alone reproduces the saved run.
-    global_batch_size = args.global_batch_size or state.get("global_batch_size")
-    if global_batch_size is None:
-        raise ValueError("--global_batch_size is required when no --state is given")
-    dataset = StatefulParquetDataset(
-        args.path,
-        global_batch_size=global_batch_size,
-        rank=args.rank,
-        world_size=args.world_size,
-        seed=args.seed if args.seed is not None else state.get("seed", 0),
-        shuffle=not args.no_shuffle and state.get("shuffle", True),
-        shuffle_window=args.shuffle_window or state.get("shuffle_window", 1),
-        micro_batch_size=args.micro_batch_size,
-    )
-    if state:
-        dataset.load_state_dict(state)
+    settings = {key: given if given is not None else _saved(state, key, args.state, default)
+                for key, given, default in (("global_batch_size", args.global_batch_size, None),
+                                            ("seed", args.seed, 0),
+                                            ("shuffle", False if args.no_shuffle else None, True),
+                                            ("shuffle_window", args.shuffle_window, 1))}
+    if settings["global_batch_size"] is None:
+        where = f": --state {args.state} holds none" if args.state else " when no --state is given"
+        raise ValueError(f"--global_batch_size is required{where}")
+    dataset = StatefulParquetDataset(args.path, rank=args.rank, world_size=args.world_size,
+                                     micro_batch_size=args.micro_batch_size, **settings)
+    if args.state:
+        try:
+            dataset.load_state_dict(state)
+        except ValueError as err:
+            raise ValueError(f"--state {args.state}: {err}") from None
     return dataset
 
 
@@ -106,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if args.show < 0 or args.tokens < 0:
             raise ValueError("--show and --tokens must be >= 0")
+        # Checked here to name the flags: in the trainer, rank and world size come from the launcher.
+        if args.world_size < 1:
+            raise ValueError(f"--world_size must be >= 1, got {args.world_size}")
+        if not 0 <= args.rank < args.world_size:
+            raise ValueError(f"--rank {args.rank} must lie in [0, --world_size {args.world_size})")
         _report(_open(args), args.show, args.tokens)
         return 0
 

@@ -139,7 +139,7 @@ def validate_config(cfg: TrainConfig) -> None:
     """Fail fast, before anything is written, with one message naming the offending flag."""
     from pathlib import Path
 
-    from recur.data.loader import split_batch
+    from recur.data.loader import check_settings, split_batch
     from recur.data.tasks import get_task
     from recur.optim.schedules import check_schedule
 
@@ -156,6 +156,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_schedule(cfg.optim.schedule, cfg.steps)
     _check_intervals(cfg)
     split_batch(cfg.data.global_batch_size, 1, cfg.data.micro_batch_size, "--data.")  # world size: at start-up
+    check_settings("--data.", seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
+                   num_workers=cfg.data.num_workers)
     if cfg.stop_at is not None and not 0 < cfg.stop_at < cfg.steps:
         raise ValueError(f"--stop_at {cfg.stop_at} must lie in (0, --steps {cfg.steps})")
     if cfg.data.alg_tokens < 0:

@@ -64,8 +64,19 @@ if TYPE_CHECKING:
 STATE_VERSION = 2
 # Decoded row groups held ahead of the ones the current micro-batch needs.
 _DECODE_AHEAD = 4
-# Keys that define the batch sequence; a state saved under other values cannot be resumed exactly.
+# Keys that define the batch sequence; a state saved under other values cannot be resumed exactly
+# (shuffle_window only while shuffling: storage order has no windows).
 _ORDER_KEYS = ("dataset_fingerprint", "global_batch_size", "seed", "shuffle", "shuffle_window")
+# The lowest value of each integer setting that ``check_settings`` checks.
+_LOWEST = {"seed": 0, "shuffle_window": 1, "num_workers": 0}
+
+
+def check_settings(flags: str = "--", **settings: int) -> None:
+    """Raise naming the flag for a seed, shuffle_window or num_workers the loader cannot use.
+    Called by the trainer before anything is written (its flags are `--data.*`), and by every loader."""
+    for name, value in settings.items():
+        if value < _LOWEST[name]:
+            raise ValueError(f"{flags}{name} must be >= {_LOWEST[name]}, got {value}")
 
 
 def split_batch(global_batch_size: int, world_size: int, micro_batch_size: int | None,
@@ -103,13 +114,14 @@ class StatefulParquetDataset(IterableDataset):
         shuffle_window: int = 1,
         micro_batch_size: int | None = None,
         infinite: bool = True,
+        flags: str = "--",
     ) -> None:
         super().__init__()
-        rank_rows, micro = split_batch(global_batch_size, world_size, micro_batch_size)
+        rank_rows, micro = split_batch(global_batch_size, world_size, micro_batch_size, flags)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, world size {world_size})")
-        if seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {seed}")
+        check_settings(flags, seed=seed, shuffle_window=shuffle_window)
+        self.flags = flags  # how the caller spells the settings in errors: "--" or the trainer's "--data."
         self.shards = PackedShards(path)
         self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window, global_batch_size)
         self.global_batch_size = global_batch_size
@@ -181,12 +193,16 @@ class StatefulParquetDataset(IterableDataset):
                 f"version {STATE_VERSION}: batch positions take lanes of the walk); restart the data order without it"
             )
         for key in _ORDER_KEYS:
+            if key == "shuffle_window" and not self.order.shuffle:
+                continue
             if state[key] != expected[key]:
                 raise ValueError(
                     f"loader state was saved with {key}={state[key]!r} but this loader has {key}={expected[key]!r} "
                     f"(dataset {self.shards.path}); resuming would not continue the same batch sequence"
                 )
-        batch_index = int(state["batch_index"])
+        batch_index = state["batch_index"]
+        if type(batch_index) is not int:  # not bool, not a float that int() would truncate
+            raise ValueError(f"loader state key batch_index must be an integer, got {batch_index!r}")
         if batch_index < 0 or state["epoch"] != self.epoch_of(batch_index):
             raise ValueError(
                 f"loader state is inconsistent: batch_index {state['batch_index']} is in epoch "
@@ -256,8 +272,7 @@ class StatefulDataLoader:
     """A DataLoader over a ``StatefulParquetDataset`` whose state is counted in the main process."""
 
     def __init__(self, dataset: StatefulParquetDataset, num_workers: int = 0, pin_memory: bool = False) -> None:
-        if num_workers < 0:
-            raise ValueError(f"--num_workers must be >= 0, got {num_workers}")
+        check_settings(dataset.flags, num_workers=num_workers)
         self.dataset = dataset
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -307,5 +322,6 @@ def open_rank_loader(path: str | Path, data, env: DistEnv) -> tuple[StatefulParq
         # One full read per machine: enough for shared storage, and it also covers a copy on each node's disk.
         open_packed_dataset(path, check_rows=False, verify_sha256=True)
     dataset = StatefulParquetDataset(path, data.global_batch_size, env.rank, env.world_size, seed=data.seed,
-                                     shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size)
+                                     shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size,
+                                     flags="--data.")
     return dataset, make_dataloader(dataset, data.num_workers, env.device.type == "cuda")

@@ -68,8 +68,6 @@ class GlobalOrder:
                  global_batch_size: int) -> None:
         if len(group_sizes) == 0 or min(group_sizes) <= 0:
             raise ValueError(f"row group sizes must be positive and non-empty, got {list(group_sizes)[:8]}...")
-        if shuffle_window < 1:
-            raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
         self.group_sizes = np.asarray(group_sizes, dtype=np.int64)
         self.num_rows = int(self.group_sizes.sum())
         self.seed = int(seed)
