@@ -29,9 +29,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--global_batch_size", type=int, help="rows per optimizer step over all ranks")
     parser.add_argument("--micro_batch_size", type=int, default=None)
     parser.add_argument("--seed", type=int, help="order seed (default: the state's, else 0)")
-    parser.add_argument(
-        "--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 1)"
-    )
+    parser.add_argument("--shuffle_window", type=int,
+                        help="row groups whose rows are shuffled together, cut where a lane (batch position) "
+                             "ends, so a lane shorter than a window mixes fewer (default: the state's, else 1)")
     parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
     parser.add_argument("--verify_sha256", action="store_true",
                         help="first check every shard's sha256 against the manifest (reads all the data)")

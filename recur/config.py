@@ -31,9 +31,9 @@ class DataConfig:
     seq_len: int = 128  # generated data only (a packed dataset records its own)
     global_batch_size: int = 32  # rows per optimizer step, over all ranks and micro-batches
     micro_batch_size: int | None = None  # rows per forward on one rank; None = all of the rank's rows
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers; pick 0, 1 or a divisor of the micro-batches per step (docs/data.md)
     verify_sha256: bool = False  # before training, check every shard's sha256 against the manifest (reads all data)
-    shuffle_window: int = 1  # row groups whose rows are shuffled together (memory: one window per rank row)
+    shuffle_window: int = 1  # row groups whose rows are shuffled together, cut at lane ends (memory: a window per lane)
     seed: int = 0
     # ReLSM split curriculum: the first alg_tokens tokens come from the algorithmic data (generated from
     # --data.tasks), the rest from language data (--data.text_path, or generated stories). 0 = off.

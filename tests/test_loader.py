@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.read_plan import ReadPlan, Reads
 from recur.data.shard_writer import RowBlock, ShardWriter, build_manifest, finish_dataset
 
 ROW_LEN = 17
@@ -389,3 +390,19 @@ def test_cli_bad_input_is_one_line_naming_the_flag_and_exit_2(
         argv, message = [*argv, "--state", str(path)], message.replace("STATE", str(path))
     assert main([str(data_dir), *argv, "--show", "0"]) == 2
     assert capsys.readouterr().err.splitlines() == [f"stateful_parquet_dataset.py: error: {message}"]
+
+
+@pytest.mark.parametrize("micro, workers", [(3, 2), (3, 4), (1, 4), (3, 3), (None, 2)])
+def test_workers_dividing_the_micro_batches_per_step_decode_disjoint_groups(
+    data_dir: Path, micro: int | None, workers: int
+) -> None:
+    # The claim of recur/data/loader.py "Workers" and docs/data.md: k | per_step gives each worker its own lanes.
+    dataset = make(data_dir, micro_batch_size=micro, shuffle_window=1)
+    per_step = dataset.micro_batches_per_step
+    decoded = [set(ReadPlan(dataset.order, 0, dataset.micro_batch_size, per_step, Reads(w, workers)).epoch(0)
+                   .groups.tolist()) for w in range(workers)]
+    groups = len(dataset.shards.group_sizes)
+    if per_step % workers == 0:
+        assert sum(map(len, decoded)) <= groups + per_step - 1  # shared only where two workers' lanes meet
+    else:
+        assert all(len(d) == groups for d in decoded)

@@ -4,12 +4,12 @@ Order. Rows form an endless stream, cut into global batches of ``global_batch_si
 stream rows [b*G, (b+1)*G), and stream rows [e*N, (e+1)*N) hold every row of epoch e once. Which row a
 stream position takes comes from two pure functions of (data, seed, shuffle settings, G): the epoch's
 *walk* (``recur.data.order``: a global row-group permutation, then a row shuffle inside windows of
-``shuffle_window`` groups) and the *lanes* (``recur.data.lanes``: the stream positions of epoch e that sit
-at batch position p take a contiguous stretch of the walk, lanes end to end). A batch thus mixes rows
-from across the whole epoch (G row groups rather than one window's). ``shuffle=False`` uses neither:
-stream rows are storage order. Batches cut across epoch boundaries, so no row is ever dropped: when
-num_rows is divisible by G every epoch is exactly a whole number of batches; otherwise the batch that
-straddles a boundary finishes epoch e and starts epoch e+1.
+``shuffle_window`` groups, cut at lane boundaries) and the *lanes* (``recur.data.lanes``: the stream
+positions of epoch e that sit at batch position p take a contiguous stretch of the walk, lanes end to
+end). A batch thus mixes rows from across the whole epoch (G row groups rather than one window's).
+``shuffle=False`` uses neither: stream rows are storage order. Batches cut across epoch boundaries, so
+no row is ever dropped: when num_rows is divisible by G every epoch is exactly a whole number of batches;
+otherwise the batch that straddles a boundary finishes epoch e and starts epoch e+1.
 
 Ranks. Rank r of W reads rows [r*G/W, (r+1)*G/W) of every global batch, optionally split into
 micro-batches of ``micro_batch_size`` rows yielded in order. The global batch sequence therefore depends
@@ -24,18 +24,23 @@ checkpoint without the partial gradients needs.
 Workers. With ``torch.utils.data.DataLoader(num_workers=k)`` worker w produces items w, w+k, ... of the
 remaining (batch, micro-batch) sequence, so DataLoader's round-robin returns them in order. The main
 process cannot see worker-side positions, so ``make_dataloader`` returns a wrapper that counts received
-items and owns the state. Each worker decodes the row groups it needs itself, so k workers read the
-data k times: one or two workers suffice to hide loading behind compute.
+items and owns the state. Each worker decodes the row groups of its own items. When k divides
+``micro_batches_per_step``, worker w takes the same micro-batches of every step, hence the same lanes,
+and the k workers decode disjoint row groups (a group is read twice only where the lanes of two workers
+meet inside it); otherwise every worker reads every lane and the rank's data is decoded k times. One or
+two workers suffice to hide loading behind compute: pick k = 1, or 2 with an even number of micro-batches
+per step.
 
 Cost. Rank r's positions [r*G/W, (r+1)*G/W) take one contiguous range of each epoch's walk, about N/W
-rows, so a rank decodes only the row groups of that range (plus the partly used windows at its two ends):
-its decode work per delivered row does not grow with W. Each process plans its reads of an epoch in
-advance (``recur.data.read_plan``) and keeps decoded groups from their first use to their last
-(``recur.data.group_cache``); one background thread decodes upcoming groups while batches are gathered.
-Memory: each of a rank's G/W lanes holds about one window of decoded rows, hence the default
-``shuffle_window`` of 1 group (the lanes already mix G groups into every batch; the window only mixes
-the order inside a lane). With
-``shuffle=False`` every rank decodes every group (consecutive rows are split between ranks).
+rows, and windows are cut at lane boundaries, so a rank decodes exactly the row groups of that range
+(a group cut by either end is shared with the neighbouring rank): its decode work per delivered row does
+not grow with W. Each process plans its reads of an epoch in advance (``recur.data.read_plan``) and keeps
+decoded groups from their first use to their last (``recur.data.group_cache``); one background thread
+decodes upcoming groups while batches are gathered, and then builds the next epoch's plan. Memory: each
+of a rank's G/W lanes holds up to one window of decoded rows (less where the lane is shorter), hence the
+default ``shuffle_window`` of 1 group (the lanes already mix G groups into every batch; the window only
+mixes the order inside a lane). With ``shuffle=False`` every rank decodes every group (consecutive rows
+are split between ranks).
 
 Epochs. ``infinite=True`` streams forever; ``infinite=False`` makes one pass of ``for batch in loader``
 end with the batch that consumes the last row of the epoch the pass started in (a straddling final batch

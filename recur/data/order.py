@@ -23,9 +23,11 @@ import numpy as np
 
 from recur.data.lanes import lane_starts
 
-# Domain tags keep the (seed, epoch) group-permutation stream disjoint from the row-shuffle keys.
+# Constants in the seeds of the group permutation (numpy's SeedSequence) and of the row-shuffle keys
+# (splitmix64). The two generators are unrelated, so the tags separate nothing; they stay because every
+# saved state's order depends on them.
 _GROUP_TAG = 0
-_ROW_TAG = 2  # 1 tagged the whole-window shuffles of loader state version 1
+_ROW_TAG = 2  # 1 keyed the whole-window shuffles of loader state version 1
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Open a packed dataset directory (see DATA_FORMAT.md), read whole row groups into numpy, gather rows."""
+"""Open a packed dataset directory (format: docs/data.md), read whole row groups into numpy, gather rows."""
 
 from __future__ import annotations
 
