@@ -20,6 +20,10 @@ from recur.data.read_plan import EpochPlan, ReadPlan
 
 
 class GroupCache:
+    """One process's decoded row groups for the epochs of a ``ReadPlan``. ``blocks`` hands out what an item
+    needs; decoding only ``ahead`` groups beyond that and freeing each after its last use bounds memory to
+    about one window of groups per lane, while every group is still decoded once per epoch."""
+
     def __init__(self, shards: PackedShards, read_plan: ReadPlan, ahead: int) -> None:
         self.shards = shards
         self.read_plan = read_plan  # whose epoch plans this cache serves; builds the next one on our thread

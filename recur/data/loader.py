@@ -63,6 +63,7 @@ from recur.data.read_plan import EpochPlan, ReadPlan, Reads
 from recur.data.validate import open_packed_dataset
 
 if TYPE_CHECKING:
+    from recur.config import DataConfig
     from recur.parallel.env import DistEnv
 
 # 2: batch positions take lanes of the walk (recur.data.lanes); version 1 took the walk in order.
@@ -164,9 +165,11 @@ class StatefulParquetDataset(IterableDataset):
         return self.epoch_of(self._next_batch)
 
     def epoch_of(self, batch_index: int) -> int:
+        """Epoch of the first row of global batch ``batch_index`` (a straddling batch ends in the next one)."""
         return batch_index * self.global_batch_size // self.num_rows
 
     def seek(self, batch_index: int) -> None:
+        """Make ``batch_index`` the next batch to read; how the wrapper restarts workers at its own count."""
         if batch_index < 0:
             raise ValueError(f"batch index must be >= 0, got {batch_index}")
         self._next_batch = batch_index
@@ -188,6 +191,7 @@ class StatefulParquetDataset(IterableDataset):
         return self.state_at(self._next_batch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after a saved state; refuses one whose batch sequence differs from this loader's."""
         expected = self.state_at(0)
         missing = sorted(set(expected) - set(state))
         if missing:
@@ -320,7 +324,9 @@ def make_dataloader(
     return StatefulDataLoader(dataset, num_workers, pin_memory)
 
 
-def open_rank_loader(path: str | Path, data, env: DistEnv) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
+def open_rank_loader(
+    path: str | Path, data: DataConfig, env: DistEnv
+) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
     """This rank's dataset and loader over a packed directory, configured by a trainer `DataConfig`
     (global/micro batch size, seed, shuffle window, workers, --data.verify_sha256)."""
     if data.verify_sha256 and env.local_rank == 0:

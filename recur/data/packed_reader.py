@@ -123,6 +123,7 @@ class PackedShards:
         return handle
 
     def read_group(self, group: int) -> DecodedGroup:
+        """Decode and check one row group (by global id); a bad one fails naming its shard and row group."""
         shard, index = int(self.group_shard[group]), int(self.group_index[group])
         file = self.files[shard]
         try:

@@ -27,6 +27,7 @@ class Reads:
     stride: int
 
     def covers(self, item: int) -> bool:
+        """Whether this process reads ``item``; any other read needs a new plan."""
         return item >= self.first and (item - self.first) % self.stride == 0
 
 
