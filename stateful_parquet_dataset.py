@@ -51,14 +51,16 @@ def _load_state(path: Path) -> dict:
     return state
 
 
-def _saved(state: dict, key: str, path: Path | None, default: int | bool | None) -> int | bool | None:
+def _saved(state: dict, key: str, path: Path | None, default: int | bool | None,
+           lowest: int | None) -> int | bool | None:
     """The --state file's value of ``key`` (checked, naming the file and key), else ``default``."""
     if key not in state:
         return default
-    value, kind = state[key], bool if isinstance(default, bool) else int
-    if type(value) is not kind:
-        expected = "true or false" if kind is bool else "an integer"
-        raise ValueError(f"--state {path}: {key} must be {expected}, got {value!r}")
+    value = state[key]
+    if lowest is None and type(value) is not bool:
+        raise ValueError(f"--state {path}: {key} must be true or false, got {value!r}")
+    if lowest is not None and (type(value) is not int or value < lowest):
+        raise ValueError(f"--state {path}: {key} must be an integer >= {lowest}, got {value!r}")
     return value
 
 
@@ -66,12 +68,13 @@ def _open(args: argparse.Namespace) -> StatefulParquetDataset:
     state = _load_state(args.state) if args.state else {}
     if args.verify_sha256:
         open_packed_dataset(args.path, check_rows=False, verify_sha256=True)
-    # Order settings default to the state's so that `--state` alone reproduces the saved run.
-    settings = {key: given if given is not None else _saved(state, key, args.state, default)
-                for key, given, default in (("global_batch_size", args.global_batch_size, None),
-                                            ("seed", args.seed, 0),
-                                            ("shuffle", False if args.no_shuffle else None, True),
-                                            ("shuffle_window", args.shuffle_window, 1))}
+    # Order settings default to the state's so that `--state` alone reproduces the saved run. Each is
+    # (name, flag value, default, lowest value or None for true/false); the loader checks flag values.
+    settings = {key: given if given is not None else _saved(state, key, args.state, default, lowest)
+                for key, given, default, lowest in (("global_batch_size", args.global_batch_size, None, 1),
+                                                    ("seed", args.seed, 0, 0),
+                                                    ("shuffle", False if args.no_shuffle else None, True, None),
+                                                    ("shuffle_window", args.shuffle_window, 1, 1))}
     if settings["global_batch_size"] is None:
         where = f": --state {args.state} holds none" if args.state else " when no --state is given"
         raise ValueError(f"--global_batch_size is required{where}")
