@@ -29,9 +29,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--global_batch_size", type=int, help="rows per optimizer step over all ranks")
     parser.add_argument("--micro_batch_size", type=int, default=None)
     parser.add_argument("--seed", type=int, help="order seed (default: the state's, else 0)")
-    parser.add_argument(
-        "--shuffle_window", type=int, help="row groups shuffled together (default: the state's, else 1)"
-    )
+    parser.add_argument("--shuffle_window", type=int,
+                        help="row groups whose rows are shuffled together, cut where a lane (batch position) "
+                             "ends, so a lane shorter than a window mixes fewer (default: the state's, else 1)")
     parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
     parser.add_argument("--verify_sha256", action="store_true",
                         help="first check every shard's sha256 against the manifest (reads all the data)")
@@ -51,26 +51,40 @@ def _load_state(path: Path) -> dict:
     return state
 
 
+def _saved(state: dict, key: str, path: Path | None, default: int | bool | None,
+           lowest: int | None) -> int | bool | None:
+    """The --state file's value of ``key`` (checked, naming the file and key), else ``default``."""
+    if key not in state:
+        return default
+    value = state[key]
+    if lowest is None and type(value) is not bool:
+        raise ValueError(f"--state {path}: {key} must be true or false, got {value!r}")
+    if lowest is not None and (type(value) is not int or value < lowest):
+        raise ValueError(f"--state {path}: {key} must be an integer >= {lowest}, got {value!r}")
+    return value
+
+
 def _open(args: argparse.Namespace) -> StatefulParquetDataset:
     state = _load_state(args.state) if args.state else {}
     if args.verify_sha256:
         open_packed_dataset(args.path, check_rows=False, verify_sha256=True)
-    # Order settings default to the state's so that `--state` alone reproduces the saved run.
-    global_batch_size = args.global_batch_size or state.get("global_batch_size")
-    if global_batch_size is None:
-        raise ValueError("--global_batch_size is required when no --state is given")
-    dataset = StatefulParquetDataset(
-        args.path,
-        global_batch_size=global_batch_size,
-        rank=args.rank,
-        world_size=args.world_size,
-        seed=args.seed if args.seed is not None else state.get("seed", 0),
-        shuffle=not args.no_shuffle and state.get("shuffle", True),
-        shuffle_window=args.shuffle_window or state.get("shuffle_window", 1),
-        micro_batch_size=args.micro_batch_size,
-    )
-    if state:
-        dataset.load_state_dict(state)
+    # Order settings default to the state's so that `--state` alone reproduces the saved run. Each is
+    # (name, flag value, default, lowest value or None for true/false); the loader checks flag values.
+    settings = {key: given if given is not None else _saved(state, key, args.state, default, lowest)
+                for key, given, default, lowest in (("global_batch_size", args.global_batch_size, None, 1),
+                                                    ("seed", args.seed, 0, 0),
+                                                    ("shuffle", False if args.no_shuffle else None, True, None),
+                                                    ("shuffle_window", args.shuffle_window, 1, 1))}
+    if settings["global_batch_size"] is None:
+        where = f": --state {args.state} holds none" if args.state else " when no --state is given"
+        raise ValueError(f"--global_batch_size is required{where}")
+    dataset = StatefulParquetDataset(args.path, rank=args.rank, world_size=args.world_size,
+                                     micro_batch_size=args.micro_batch_size, **settings)
+    if args.state:
+        try:
+            dataset.load_state_dict(state)
+        except ValueError as err:
+            raise ValueError(f"--state {args.state}: {err}") from None
     return dataset
 
 
@@ -106,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if args.show < 0 or args.tokens < 0:
             raise ValueError("--show and --tokens must be >= 0")
+        # Checked here to name the flags: in the trainer, rank and world size come from the launcher.
+        if args.world_size < 1:
+            raise ValueError(f"--world_size must be >= 1, got {args.world_size}")
+        if not 0 <= args.rank < args.world_size:
+            raise ValueError(f"--rank {args.rank} must lie in [0, --world_size {args.world_size})")
         _report(_open(args), args.show, args.tokens)
         return 0
 

@@ -31,9 +31,9 @@ class DataConfig:
     seq_len: int = 128  # generated data only (a packed dataset records its own)
     global_batch_size: int = 32  # rows per optimizer step, over all ranks and micro-batches
     micro_batch_size: int | None = None  # rows per forward on one rank; None = all of the rank's rows
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers; pick 0, 1 or a divisor of the micro-batches per step (docs/data.md)
     verify_sha256: bool = False  # before training, check every shard's sha256 against the manifest (reads all data)
-    shuffle_window: int = 1  # row groups whose rows are shuffled together (memory: one window per rank row)
+    shuffle_window: int = 1  # row groups whose rows are shuffled together, cut at lane ends (memory: a window per lane)
     seed: int = 0
     # ReLSM split curriculum: the first alg_tokens tokens come from the algorithmic data (generated from
     # --data.tasks), the rest from language data (--data.text_path, or generated stories). 0 = off.
@@ -139,7 +139,7 @@ def validate_config(cfg: TrainConfig) -> None:
     """Fail fast, before anything is written, with one message naming the offending flag."""
     from pathlib import Path
 
-    from recur.data.loader import split_batch
+    from recur.data.loader import check_settings, split_batch
     from recur.data.tasks import get_task
     from recur.optim.schedules import check_schedule
 
@@ -156,6 +156,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_schedule(cfg.optim.schedule, cfg.steps)
     _check_intervals(cfg)
     split_batch(cfg.data.global_batch_size, 1, cfg.data.micro_batch_size, "--data.")  # world size: at start-up
+    check_settings("--data.", seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
+                   num_workers=cfg.data.num_workers)
     if cfg.stop_at is not None and not 0 < cfg.stop_at < cfg.steps:
         raise ValueError(f"--stop_at {cfg.stop_at} must lie in (0, --steps {cfg.steps})")
     if cfg.data.alg_tokens < 0:

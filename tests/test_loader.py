@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from recur.data.loader import StatefulParquetDataset, make_dataloader
+from recur.data.read_plan import ReadPlan, Reads
 from recur.data.shard_writer import RowBlock, ShardWriter, build_manifest, finish_dataset
 
 ROW_LEN = 17
@@ -335,3 +336,74 @@ def test_windows_of_one_group_put_every_row_of_a_batch_in_its_own_group(data_dir
     dataset = make(data_dir, shuffle_window=1)
     for batch in range(NUM_ROWS // G):
         assert len({(file, group) for file, group, _ in dataset.origins(batch)}) == G
+
+
+def test_shuffle_window_is_compared_on_resume_only_while_shuffling(data_dir: Path) -> None:
+    # Storage order has no windows, so a state saved with another window resumes exactly.
+    unshuffled = make(data_dir, shuffle=False, shuffle_window=1)
+    unshuffled.load_state_dict(make(data_dir, shuffle=False, shuffle_window=3).state_at(4))
+    assert np.array_equal(next(iter(unshuffled))["input_ids"][:, 0].numpy(), np.arange(4 * G, 5 * G))
+    with pytest.raises(ValueError, match="saved with shuffle_window=3 but this loader has shuffle_window=1"):
+        make(data_dir, shuffle_window=1).load_state_dict(make(data_dir, shuffle_window=3).state_at(4))
+
+
+def test_errors_name_the_settings_as_the_caller_spells_them(data_dir: Path) -> None:
+    # The trainer passes its prefix; its flags are --data.seed etc.
+    with pytest.raises(ValueError, match=r"^--data\.seed must be >= 0, got -1$"):
+        make(data_dir, seed=-1, flags="--data.")
+    with pytest.raises(ValueError, match=r"^--data\.shuffle_window must be >= 1, got 0$"):
+        make(data_dir, shuffle_window=0, flags="--data.")
+    with pytest.raises(ValueError, match=r"^--data\.micro_batch_size 5 must divide"):
+        make(data_dir, micro_batch_size=5, flags="--data.")
+    with pytest.raises(ValueError, match=r"^--data\.num_workers must be >= 0, got -1$"):
+        make_dataloader(make(data_dir, flags="--data."), num_workers=-1)
+    with pytest.raises(ValueError, match=r"^loader state key batch_index must be an integer, got 3\.0$"):
+        make(data_dir).load_state_dict({**make(data_dir).state_at(3), "batch_index": 3.0})
+
+
+_DROP = object()  # a state key to leave out
+
+
+@pytest.mark.parametrize("argv, state_edit, message", [
+    (["--global_batch_size", "24", "--shuffle_window", "0"], None, "--shuffle_window must be >= 1, got 0"),
+    (["--global_batch_size", "0"], None, "--global_batch_size (0) and world size (1) must be >= 1"),
+    ([], None, "--global_batch_size is required when no --state is given"),
+    (["--global_batch_size", "24", "--seed", "-1"], None, "--seed must be >= 0, got -1"),
+    (["--global_batch_size", "24", "--world_size", "4", "--rank", "4"], None,
+     "--rank 4 must lie in [0, --world_size 4)"),
+    ([], {"global_batch_size": _DROP}, "--global_batch_size is required: --state STATE holds none"),
+    ([], {"seed": "x"}, "--state STATE: seed must be an integer >= 0, got 'x'"),
+    ([], {"shuffle_window": 0}, "--state STATE: shuffle_window must be an integer >= 1, got 0"),
+    ([], {"shuffle": "yes"}, "--state STATE: shuffle must be true or false, got 'yes'"),
+    ([], {"batch_index": "x"}, "--state STATE: loader state key batch_index must be an integer, got 'x'"),
+    ([], {"batch_index": 3.7}, "--state STATE: loader state key batch_index must be an integer, got 3.7"),
+])
+def test_cli_bad_input_is_one_line_naming_the_flag_and_exit_2(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], state_edit: dict | None,
+    message: str,
+) -> None:
+    from stateful_parquet_dataset import main
+
+    if state_edit is not None:
+        state = {k: v for k, v in {**make(data_dir).state_at(3), **state_edit}.items() if v is not _DROP}
+        path = tmp_path / "state.json"
+        path.write_text(json.dumps(state))
+        argv, message = [*argv, "--state", str(path)], message.replace("STATE", str(path))
+    assert main([str(data_dir), *argv, "--show", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"stateful_parquet_dataset.py: error: {message}"]
+
+
+@pytest.mark.parametrize("micro, workers", [(3, 2), (3, 4), (1, 4), (3, 3), (None, 2)])
+def test_workers_dividing_the_micro_batches_per_step_decode_disjoint_groups(
+    data_dir: Path, micro: int | None, workers: int
+) -> None:
+    # The claim of recur/data/loader.py "Workers" and docs/data.md: k | per_step gives each worker its own lanes.
+    dataset = make(data_dir, micro_batch_size=micro, shuffle_window=1)
+    per_step = dataset.micro_batches_per_step
+    decoded = [set(ReadPlan(dataset.order, 0, dataset.micro_batch_size, per_step, Reads(w, workers)).epoch(0)
+                   .groups.tolist()) for w in range(workers)]
+    groups = len(dataset.shards.group_sizes)
+    if per_step % workers == 0:
+        assert sum(map(len, decoded)) <= groups + per_step - 1  # shared only where two workers' lanes meet
+    else:
+        assert all(len(d) == groups for d in decoded)

@@ -124,6 +124,9 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, d
     (["--model.variant", "latent", "--model.extra", "{n_thougts: 3}"], "--model.extra: unknown keys ['n_thougts']"),
     (["--model.extra", "{n_thoughts: 3}"], "--model.extra: variant 'recurrent' takes no extra knobs"),
     (["--log.interval", "0"], "--log.interval must be >= 1, got 0"),
+    (["--data.shuffle_window", "0"], "--data.shuffle_window must be >= 1, got 0"),
+    (["--data.seed", "-1"], "--data.seed must be >= 0, got -1"),
+    (["--data.num_workers", "-1"], "--data.num_workers must be >= 0, got -1"),
 ])
 def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message):
     run_dir = tmp_path / "runs" / "bad"

@@ -4,12 +4,12 @@ Order. Rows form an endless stream, cut into global batches of ``global_batch_si
 stream rows [b*G, (b+1)*G), and stream rows [e*N, (e+1)*N) hold every row of epoch e once. Which row a
 stream position takes comes from two pure functions of (data, seed, shuffle settings, G): the epoch's
 *walk* (``recur.data.order``: a global row-group permutation, then a row shuffle inside windows of
-``shuffle_window`` groups) and the *lanes* (``recur.data.lanes``: the stream positions of epoch e that sit
-at batch position p take a contiguous stretch of the walk, lanes end to end). A batch thus mixes rows
-from across the whole epoch (G row groups rather than one window's). ``shuffle=False`` uses neither:
-stream rows are storage order. Batches cut across epoch boundaries, so no row is ever dropped: when
-num_rows is divisible by G every epoch is exactly a whole number of batches; otherwise the batch that
-straddles a boundary finishes epoch e and starts epoch e+1.
+``shuffle_window`` groups, cut at lane boundaries) and the *lanes* (``recur.data.lanes``: the stream
+positions of epoch e that sit at batch position p take a contiguous stretch of the walk, lanes end to
+end). A batch thus mixes rows from across the whole epoch (G row groups rather than one window's).
+``shuffle=False`` uses neither: stream rows are storage order. Batches cut across epoch boundaries, so
+no row is ever dropped: when num_rows is divisible by G every epoch is exactly a whole number of batches;
+otherwise the batch that straddles a boundary finishes epoch e and starts epoch e+1.
 
 Ranks. Rank r of W reads rows [r*G/W, (r+1)*G/W) of every global batch, optionally split into
 micro-batches of ``micro_batch_size`` rows yielded in order. The global batch sequence therefore depends
@@ -24,18 +24,23 @@ checkpoint without the partial gradients needs.
 Workers. With ``torch.utils.data.DataLoader(num_workers=k)`` worker w produces items w, w+k, ... of the
 remaining (batch, micro-batch) sequence, so DataLoader's round-robin returns them in order. The main
 process cannot see worker-side positions, so ``make_dataloader`` returns a wrapper that counts received
-items and owns the state. Each worker decodes the row groups it needs itself, so k workers read the
-data k times: one or two workers suffice to hide loading behind compute.
+items and owns the state. Each worker decodes the row groups of its own items. When k divides
+``micro_batches_per_step``, worker w takes the same micro-batches of every step, hence the same lanes,
+and the k workers decode disjoint row groups (a group is read twice only where the lanes of two workers
+meet inside it); otherwise every worker reads every lane and the rank's data is decoded k times. One or
+two workers suffice to hide loading behind compute: pick k = 1, or 2 with an even number of micro-batches
+per step.
 
 Cost. Rank r's positions [r*G/W, (r+1)*G/W) take one contiguous range of each epoch's walk, about N/W
-rows, so a rank decodes only the row groups of that range (plus the partly used windows at its two ends):
-its decode work per delivered row does not grow with W. Each process plans its reads of an epoch in
-advance (``recur.data.read_plan``) and keeps decoded groups from their first use to their last
-(``recur.data.group_cache``); one background thread decodes upcoming groups while batches are gathered.
-Memory: each of a rank's G/W lanes holds about one window of decoded rows, hence the default
-``shuffle_window`` of 1 group (the lanes already mix G groups into every batch; the window only mixes
-the order inside a lane). With
-``shuffle=False`` every rank decodes every group (consecutive rows are split between ranks).
+rows, and windows are cut at lane boundaries, so a rank decodes exactly the row groups of that range
+(a group cut by either end is shared with the neighbouring rank): its decode work per delivered row does
+not grow with W. Each process plans its reads of an epoch in advance (``recur.data.read_plan``) and keeps
+decoded groups from their first use to their last (``recur.data.group_cache``); one background thread
+decodes upcoming groups while batches are gathered, and then builds the next epoch's plan. Memory: each
+of a rank's G/W lanes holds up to one window of decoded rows (less where the lane is shorter), hence the
+default ``shuffle_window`` of 1 group (the lanes already mix G groups into every batch; the window only
+mixes the order inside a lane). With ``shuffle=False`` every rank decodes every group (consecutive rows
+are split between ranks).
 
 Epochs. ``infinite=True`` streams forever; ``infinite=False`` makes one pass of ``for batch in loader``
 end with the batch that consumes the last row of the epoch the pass started in (a straddling final batch
@@ -58,14 +63,26 @@ from recur.data.read_plan import EpochPlan, ReadPlan, Reads
 from recur.data.validate import open_packed_dataset
 
 if TYPE_CHECKING:
+    from recur.config import DataConfig
     from recur.parallel.env import DistEnv
 
 # 2: batch positions take lanes of the walk (recur.data.lanes); version 1 took the walk in order.
 STATE_VERSION = 2
 # Decoded row groups held ahead of the ones the current micro-batch needs.
 _DECODE_AHEAD = 4
-# Keys that define the batch sequence; a state saved under other values cannot be resumed exactly.
+# Keys that define the batch sequence; a state saved under other values cannot be resumed exactly
+# (shuffle_window only while shuffling: storage order has no windows).
 _ORDER_KEYS = ("dataset_fingerprint", "global_batch_size", "seed", "shuffle", "shuffle_window")
+# The lowest value of each integer setting that ``check_settings`` checks.
+_LOWEST = {"seed": 0, "shuffle_window": 1, "num_workers": 0}
+
+
+def check_settings(flags: str = "--", **settings: int) -> None:
+    """Raise naming the flag for a seed, shuffle_window or num_workers the loader cannot use.
+    Called by the trainer before anything is written (its flags are `--data.*`), and by every loader."""
+    for name, value in settings.items():
+        if value < _LOWEST[name]:
+            raise ValueError(f"{flags}{name} must be >= {_LOWEST[name]}, got {value}")
 
 
 def split_batch(global_batch_size: int, world_size: int, micro_batch_size: int | None,
@@ -103,13 +120,14 @@ class StatefulParquetDataset(IterableDataset):
         shuffle_window: int = 1,
         micro_batch_size: int | None = None,
         infinite: bool = True,
+        flags: str = "--",
     ) -> None:
         super().__init__()
-        rank_rows, micro = split_batch(global_batch_size, world_size, micro_batch_size)
+        rank_rows, micro = split_batch(global_batch_size, world_size, micro_batch_size, flags)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, world size {world_size})")
-        if seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {seed}")
+        check_settings(flags, seed=seed, shuffle_window=shuffle_window)
+        self.flags = flags  # how the caller spells the settings in errors: "--" or the trainer's "--data."
         self.shards = PackedShards(path)
         self.order = GlobalOrder(self.shards.group_sizes, seed, shuffle, shuffle_window, global_batch_size)
         self.global_batch_size = global_batch_size
@@ -147,9 +165,11 @@ class StatefulParquetDataset(IterableDataset):
         return self.epoch_of(self._next_batch)
 
     def epoch_of(self, batch_index: int) -> int:
+        """Epoch of the first row of global batch ``batch_index`` (a straddling batch ends in the next one)."""
         return batch_index * self.global_batch_size // self.num_rows
 
     def seek(self, batch_index: int) -> None:
+        """Make ``batch_index`` the next batch to read; how the wrapper restarts workers at its own count."""
         if batch_index < 0:
             raise ValueError(f"batch index must be >= 0, got {batch_index}")
         self._next_batch = batch_index
@@ -171,6 +191,7 @@ class StatefulParquetDataset(IterableDataset):
         return self.state_at(self._next_batch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after a saved state; refuses one whose batch sequence differs from this loader's."""
         expected = self.state_at(0)
         missing = sorted(set(expected) - set(state))
         if missing:
@@ -181,12 +202,16 @@ class StatefulParquetDataset(IterableDataset):
                 f"version {STATE_VERSION}: batch positions take lanes of the walk); restart the data order without it"
             )
         for key in _ORDER_KEYS:
+            if key == "shuffle_window" and not self.order.shuffle:
+                continue
             if state[key] != expected[key]:
                 raise ValueError(
                     f"loader state was saved with {key}={state[key]!r} but this loader has {key}={expected[key]!r} "
                     f"(dataset {self.shards.path}); resuming would not continue the same batch sequence"
                 )
-        batch_index = int(state["batch_index"])
+        batch_index = state["batch_index"]
+        if type(batch_index) is not int:  # not bool, not a float that int() would truncate
+            raise ValueError(f"loader state key batch_index must be an integer, got {batch_index!r}")
         if batch_index < 0 or state["epoch"] != self.epoch_of(batch_index):
             raise ValueError(
                 f"loader state is inconsistent: batch_index {state['batch_index']} is in epoch "
@@ -199,27 +224,24 @@ class StatefulParquetDataset(IterableDataset):
         """Plan for this process's items ``reads`` and start a fresh cache of decoded groups for them."""
         if self._cache is not None and not self._cache.forked():
             self._cache.close()
-        self._plan = ReadPlan(self.order, self.global_batch_size, self.rank * self.rank_batch_size,
-                              self.micro_batch_size, self.micro_batches_per_step, self.order.shuffle, reads)
-        self._cache = GroupCache(self.shards, _DECODE_AHEAD)
+        self._plan = ReadPlan(self.order, self.rank * self.rank_batch_size, self.micro_batch_size,
+                              self.micro_batches_per_step, reads)
+        self._cache = GroupCache(self.shards, self._plan, _DECODE_AHEAD)
 
-    def _rows(self, batch_index: int, micro: int) -> Iterator[tuple[EpochPlan, slice]]:
-        """(epoch plan, slice of its rows) for each epoch that item (batch_index, micro) takes rows from."""
+    def _rows(self, batch_index: int, micro: int) -> tuple[int, list[tuple[EpochPlan, slice]]]:
+        """Item number of (batch_index, micro), and (epoch plan, slice of its rows) for each epoch it reads."""
         item = batch_index * self.micro_batches_per_step + micro
         if self._plan is None or not self._plan.reads.covers(item) or self._cache.forked():
             # A read outside the current plan (or in a forked worker): plan the reads from here on.
             self._use(Reads(item, 1))
-        for epoch in self._plan.epochs_of(item):
-            plan = self._plan.epoch(epoch)
-            yield plan, plan.rows(item)
+        plans = [self._plan.epoch(epoch) for epoch in self._plan.epochs_of(item)]
+        return item, [(plan, plan.rows(item)) for plan in plans]
 
     def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:
         """This rank's micro-batch ``micro`` of global batch ``batch_index`` (no change of position)."""
-        item = batch_index * self.micro_batches_per_step + micro
-        parts = [
-            take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows])
-            for plan, rows in self._rows(batch_index, micro)
-        ]
+        item, plans = self._rows(batch_index, micro)
+        parts = [take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows])
+                 for plan, rows in plans]
         arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
@@ -227,7 +249,7 @@ class StatefulParquetDataset(IterableDataset):
         """(shard file, row group, row within group) of each row that ``read`` returns, in order."""
         return [
             (*self.shards.origin(g), int(r))
-            for plan, rows in self._rows(batch_index, micro)
+            for plan, rows in self._rows(batch_index, micro)[1]
             for g, r in zip(plan.groups[rows].tolist(), plan.within[rows].tolist())
         ]
 
@@ -259,8 +281,7 @@ class StatefulDataLoader:
     """A DataLoader over a ``StatefulParquetDataset`` whose state is counted in the main process."""
 
     def __init__(self, dataset: StatefulParquetDataset, num_workers: int = 0, pin_memory: bool = False) -> None:
-        if num_workers < 0:
-            raise ValueError(f"--num_workers must be >= 0, got {num_workers}")
+        check_settings(dataset.flags, num_workers=num_workers)
         self.dataset = dataset
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -303,12 +324,15 @@ def make_dataloader(
     return StatefulDataLoader(dataset, num_workers, pin_memory)
 
 
-def open_rank_loader(path: str | Path, data, env: DistEnv) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
+def open_rank_loader(
+    path: str | Path, data: DataConfig, env: DistEnv
+) -> tuple[StatefulParquetDataset, StatefulDataLoader]:
     """This rank's dataset and loader over a packed directory, configured by a trainer `DataConfig`
     (global/micro batch size, seed, shuffle window, workers, --data.verify_sha256)."""
     if data.verify_sha256 and env.local_rank == 0:
         # One full read per machine: enough for shared storage, and it also covers a copy on each node's disk.
         open_packed_dataset(path, check_rows=False, verify_sha256=True)
     dataset = StatefulParquetDataset(path, data.global_batch_size, env.rank, env.world_size, seed=data.seed,
-                                     shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size)
+                                     shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size,
+                                     flags="--data.")
     return dataset, make_dataloader(dataset, data.num_workers, env.device.type == "cuda")

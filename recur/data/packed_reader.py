@@ -1,4 +1,4 @@
-"""Open a packed dataset directory (see DATA_FORMAT.md), read whole row groups into numpy, gather rows."""
+"""Open a packed dataset directory (format: docs/data.md), read whole row groups into numpy, gather rows."""
 
 from __future__ import annotations
 
@@ -123,6 +123,7 @@ class PackedShards:
         return handle
 
     def read_group(self, group: int) -> DecodedGroup:
+        """Decode and check one row group (by global id); a bad one fails naming its shard and row group."""
         shard, index = int(self.group_shard[group]), int(self.group_index[group])
         file = self.files[shard]
         try:
