@@ -150,6 +150,22 @@ def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int,
     return x.to(device), m.to(device)
 
 
+def retrofit(model: torch.nn.Module, baseline: dict[str, torch.Tensor]) -> None:
+    """Load a baseline's weights into a looped model of the same unique layers: layer i goes to the prelude,
+    core or coda in order, and everything outside the layers (embeddings, final norm, head) as is."""
+    sections = [f"{name}.{i}" for name in ("prelude", "core", "coda")
+                for i in range(len(getattr(model, name)))]
+    mapped = {}
+    for key, value in baseline.items():
+        if key.startswith("layers."):
+            index, rest = key[len("layers."):].split(".", 1)
+            key = f"{sections[int(index)]}.{rest}"
+        mapped[key] = value
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected or set(missing) - {"adapter.weight"}:
+        sys.exit(f"--retrofit_from: layers do not match the model (missing {missing}, unexpected {unexpected})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--format", choices=FORMATS, default="chat")
@@ -182,6 +198,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="append the result as one JSON line")
+    p.add_argument("--block_norm", choices=("pre", "post", "sandwich"),
+                   help="recur variants: block norm placement (default: the variant's)")
+    p.add_argument("--retrofit_from", type=Path,
+                   help="a --checkpoint of a trained recur baseline: a recurrent model starts from its layers "
+                        "(first | middle | last n_coda as prelude | core | coda, passthrough adapter)")
     p.add_argument("--checkpoint", type=Path,
                    help="resume from this file if it exists and save to it at the end (chains device calls)")
     args = p.parse_args()
@@ -202,9 +223,14 @@ def main() -> None:
             num_hidden_layers=args.n_layers, num_attention_heads=4, max_position_embeddings=1024,
             initializer_range=args.init_std, tie_word_embeddings=not args.untied)).to(args.device)
     else:
+        extra = {"block_norm": args.block_norm} if args.block_norm else {}
+        if args.retrofit_from:  # the retrofitting paper's start: r = 1 reproduces the baseline
+            extra.update(block_norm=args.block_norm or "pre", adapter_init="passthrough")
         model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
                              vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
-                             tie_embeddings=not args.untied).to(args.device)
+                             tie_embeddings=not args.untied, **extra).to(args.device)
+        if args.retrofit_from:
+            retrofit(model, torch.load(args.retrofit_from, weights_only=False)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     looped = args.variant in LOOPED_VARIANTS
     sampler = RecurrenceSampler(RecurrenceConfig(mean_recurrence=args.mean_recurrence,

@@ -52,3 +52,23 @@ def test_checkpoint_resume_continues_the_same_run(tmp_path):
     straight = last_step_line(6, tmp_path / "a.pt")
     last_step_line(3, tmp_path / "b.pt")
     assert last_step_line(6, tmp_path / "b.pt") == straight
+
+
+def test_retrofit_reproduces_the_baseline_at_one_iteration(tmp_path):
+    """A 4-layer baseline loaded into recurrent 1/2/1 (pre-norm blocks, passthrough adapter) gives the same
+    logits at r = 1: the loop starts from the trained model, as in the retrofitting paper. The passthrough
+    adapter ignores the state, so every depth starts equal; training gives the state half its weights."""
+    import torch
+
+    from recall_probe import retrofit
+    from recur.models import create_model
+
+    shape = dict(d_model=32, n_layers=4, n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=64)
+    baseline = create_model("tiny", variant="baseline", **shape).eval()
+    looped = create_model("tiny", variant="recurrent", block_norm="pre", adapter_init="passthrough",
+                          init_state="zeros", **shape).eval()
+    retrofit(looped, baseline.state_dict())
+    x = torch.randint(0, TOKENIZER.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(looped(x, num_steps=1).logits, baseline(x).logits)
+        torch.testing.assert_close(looped(x, num_steps=3).logits, baseline(x).logits)
