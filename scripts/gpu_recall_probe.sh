@@ -9,7 +9,7 @@ set -uo pipefail
 ARMS=$1 SECONDS_PER_ARM=${2:-420}
 OUT=${OUT:-bench/out}
 LOGS=$(mktemp -d)
-mkdir -p "$OUT" probe_ck
+mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>/dev/null
 n=0

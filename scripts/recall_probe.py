@@ -253,6 +253,8 @@ def main() -> None:
         opt.load_state_dict(saved["optimizer"])
         rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"]:  # the looped models' initial-state noise is drawn on the device
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         first_step, first_090 = saved["step"] + 1, saved["first_090"]
         print(f"resumed from {args.checkpoint} at step {saved['step']}", flush=True)
     step = first_step - 1
@@ -278,8 +280,10 @@ def main() -> None:
             print(f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
                   f"{time.time() - start:.0f}s", flush=True)
     if args.checkpoint:
+        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
-                    "torch_rng": torch.get_rng_state(), "step": step, "first_090": first_090},
+                    "torch_rng": torch.get_rng_state(), "step": step, "first_090": first_090,
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    args.checkpoint.with_suffix(".tmp"))
         args.checkpoint.with_suffix(".tmp").replace(args.checkpoint)
     depths = args.eval_depths if looped else [None]

@@ -69,10 +69,13 @@ class GroupCache:
             self.read_plan.build_ahead(plan.epoch + 1, self._reader)
 
     def _free_before(self, item: int) -> None:
-        # O(1) amortised: pop held groups in order of last use (stale entries of forgotten plans pop harmlessly).
+        # O(1) amortised: pop held groups in order of last use. An entry pushed under an older plan of the
+        # same epoch may be stale; the current plan decides whether the group it names is still needed.
         while self._expiry and self._expiry[0][0] < item:
             _, epoch, group = heapq.heappop(self._expiry)
-            self._held.pop((epoch, group), None)
+            plan = self._plans.get(epoch)
+            if plan is None or plan.last_use[group] < item:
+                self._held.pop((epoch, group), None)
 
     def _forget(self, epoch: int) -> None:
         """A new plan for ``epoch``: drop its groups held for an older plan, and the bookkeeping of past epochs."""
