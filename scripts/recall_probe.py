@@ -19,7 +19,10 @@ key; `direct` drops the template tokens between query and answer. Results: docs/
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import multiprocessing
 import random
 import string
 import sys
@@ -37,6 +40,7 @@ from recur.models.config import ModelConfig  # noqa: E402
 from recur.models.layers import Rotary, apply_rotary  # noqa: E402
 from recur.models import create_model  # noqa: E402
 from recur.models.config import LOOPED_VARIANTS  # noqa: E402
+from recur.parallel.compile import compile_model  # noqa: E402
 from recur.recurrence import RecurrenceConfig, RecurrenceSampler  # noqa: E402
 
 TOKENIZER = ByteTokenizer()
@@ -138,16 +142,24 @@ def copy_document(rng: random.Random, length: int) -> tuple[list[int], list[int]
 
 
 def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int, hops: int | None, device: str,
-          copy_fraction: float = 0.0):
+          copy_fraction: float = 0.0, multiple: int = 1):
+    """`rows` documents padded to a common width (rounded up to `multiple`, so a compiled model sees few shapes)."""
     docs = [copy_document(rng, rng.randint(8, args.copy_length)) if rng.random() < copy_fraction else
             chain_document(rng, args.pairs, rng.randint(0, args.max_hops) if hops is None else hops, queries,
                            args.format, args.max_offset) for _ in range(rows)]
-    width = max(len(ids) for ids, _ in docs)
+    width = -(-max(len(ids) for ids, _ in docs) // multiple) * multiple
     x = torch.full((rows, width), TOKENIZER.pad_id, dtype=torch.long)
     m = torch.zeros(rows, width)
     for i, (ids, mask) in enumerate(docs):
         x[i, : len(ids)], m[i, : len(mask)] = torch.tensor(ids), torch.tensor(mask, dtype=torch.float)
     return x.to(device), m.to(device)
+
+
+def training_batch(args: argparse.Namespace, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step `step`'s batch, drawn from its own seed: worker processes can build it ahead of the GPU and a
+    resumed run sees the same data without carrying a generator state."""
+    return batch(random.Random(args.seed * 1_000_003 + step), args, args.batch_size, args.queries, None, "cpu",
+                 args.copy_fraction, multiple=32)
 
 
 def retrofit(model: torch.nn.Module, baseline: dict[str, torch.Tensor]) -> None:
@@ -203,6 +215,9 @@ def main() -> None:
     p.add_argument("--retrofit_from", type=Path,
                    help="a --checkpoint of a trained recur baseline: a recurrent model starts from its layers "
                         "(first | middle | last n_coda as prelude | core | coda, passthrough adapter)")
+    p.add_argument("--compile", action="store_true", help="recur variants: torch.compile every block")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--data_workers", type=int, default=2, help="processes drawing training batches ahead")
     p.add_argument("--checkpoint", type=Path,
                    help="resume from this file if it exists and save to it at the end (chains device calls)")
     args = p.parse_args()
@@ -211,7 +226,7 @@ def main() -> None:
     if args.pairs < 1 or args.pairs * (most_hops + 1) > len(string.ascii_letters) or args.pairs > 10:
         p.error(f"--pairs {args.pairs} x (hops {most_hops} + 1) must fit 52 names and 10 root digits")
     torch.manual_seed(args.seed)
-    rng, eval_rng = random.Random(args.seed), random.Random(args.seed + 1)
+    eval_rng = random.Random(args.seed + 1)
     if args.variant == "reference_gpt":
         model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers,
                              positions=args.positions).to(args.device)
@@ -231,6 +246,9 @@ def main() -> None:
                              tie_embeddings=not args.untied, **extra).to(args.device)
         if args.retrofit_from:
             retrofit(model, torch.load(args.retrofit_from, weights_only=False)["model"])
+    if args.compile and args.variant not in ("reference_gpt", "hf_llama"):
+        compile_model(model)
+    autocast = torch.autocast("cuda", torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     looped = args.variant in LOOPED_VARIANTS
     sampler = RecurrenceSampler(RecurrenceConfig(mean_recurrence=args.mean_recurrence,
@@ -241,9 +259,11 @@ def main() -> None:
         """Exact match of the root digit on 512 fresh prompts of `hops` hops at recurrence `depth`."""
         x, m = eval_sets[hops]
         digits = (m[:, 1:] > 0) & (x[:, 1:] >= ord("0")) & (x[:, 1:] <= ord("9"))
-        with torch.no_grad():
+        model.eval()  # looped models start from their fixed evaluation state, not training noise
+        with torch.no_grad(), autocast:
             kwargs = {"num_steps": depth} if looped else {}
             predicted = model(x[:, :-1], **kwargs).logits.argmax(-1)
+        model.train()
         return (predicted[digits] == x[:, 1:][digits]).float().mean().item()
 
     start, accuracy, first_090, first_step = time.time(), 0.0, None, 1
@@ -251,23 +271,27 @@ def main() -> None:
         saved = torch.load(args.checkpoint, weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"]:  # the looped models' initial-state noise is drawn on the device
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         first_step, first_090 = saved["step"] + 1, saved["first_090"]
         print(f"resumed from {args.checkpoint} at step {saved['step']}", flush=True)
     step = first_step - 1
-    for step in range(first_step, args.steps + 1):
+    pool = multiprocessing.get_context("spawn").Pool(args.data_workers) if args.data_workers else None
+    steps = range(first_step, args.steps + 1)
+    make = functools.partial(training_batch, args)
+    batches = pool.imap(make, steps, chunksize=4) if pool else map(make, steps)
+    for step, (x, m) in zip(steps, batches):
         if args.time_limit_s is not None and time.time() - start > args.time_limit_s:
             step -= 1  # this step did not run
             break
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100)
-        x, m = batch(rng, args, args.batch_size, args.queries, None, args.device, args.copy_fraction)
+        x, m = x.to(args.device, non_blocking=True), m.to(args.device, non_blocking=True)
         depth = sampler(step)
-        logits = model(x[:, :-1], num_steps=(depth.no_grad_steps, depth.grad_steps)).logits if looped \
-            else model(x[:, :-1]).logits
+        with autocast:
+            logits = model(x[:, :-1], num_steps=(depth.no_grad_steps, depth.grad_steps)).logits if looped \
+                else model(x[:, :-1]).logits
         losses = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
         loss = (losses * m[:, 1:].flatten()).sum() / m[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
@@ -279,9 +303,11 @@ def main() -> None:
             first_090 = first_090 or (step if accuracy >= 0.9 else None)
             print(f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
                   f"{time.time() - start:.0f}s", flush=True)
+    if pool:
+        pool.terminate()
     if args.checkpoint:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng.getstate(),
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "torch_rng": torch.get_rng_state(), "step": step, "first_090": first_090,
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    args.checkpoint.with_suffix(".tmp"))
