@@ -2,8 +2,9 @@
 
 Looped models reuse their core blocks r times per step with r drawn per step. That is no problem for DDP:
 its reducer hooks the parameters' gradient accumulators, which autograd runs once per backward with the
-sum over all uses (checked against one process on 2 gloo ranks with sampled (n, k) draws, keyed noise,
-activation checkpointing and no_sync accumulation; tests/test_distributed_runs.py repeats it).
+sum over all uses. Two gloo ranks match one process to ~5e-7 per step with sampled (n, k) draws, keyed
+noise, no_sync accumulation (tests/test_distributed_runs.py) and per-block activation checkpointing, which
+is the non-reentrant kind: a reentrant one would run a second backward per block and fire the hooks twice.
 """
 
 from __future__ import annotations
