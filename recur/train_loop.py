@@ -349,17 +349,18 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None, run_dir: Pat
             if looped:  # initial-state noise keyed by (seed, step, global row): world-size invariant
                 first_row = env.rank * rank_rows + micro * micro_rows
                 backend.raw.noise_key = NoiseKey(cfg.seed * 1_000_003 + step, first_row)
-            with _autocast(cfg, env.device):
-                out = backend.model(inputs, targets=targets, loss_mask=mask,
-                                    num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs)
-            loss = out.loss * weights[micro]
-            if out.aux_loss is not None:
-                loss = loss + out.aux_loss / accum
-            backend.backward(loss, last_micro_batch=micro == accum - 1)
+            last = micro == accum - 1
+            with backend.micro_batch(last):
+                with _autocast(cfg, env.device):
+                    out = backend.model(inputs, targets=targets, loss_mask=mask,
+                                        num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs)
+                loss = out.loss * weights[micro]
+                if out.aux_loss is not None:
+                    loss = loss + out.aux_loss / accum
+                backend.backward(loss, last_micro_batch=last)
             loss_sum += out.loss.detach().double() * mask.sum()
             checksum += _data_checksum(inputs)
             step_tokens += inputs.numel()
-        backend.reduce_gradients()
         # One collective carries the global loss, the NaN verdict, the preemption vote and the data checksum,
         # so every rank takes the same decision on the same step.
         total_loss, nonfinite, preempted, checksum = all_reduce_sum(torch.stack([

@@ -96,6 +96,28 @@ def test_ddp_on_two_torchrun_nodes_matches_single(data, out, reference):
     assert_same_run(metrics(out, "ddp_2nodes"), reference)
 
 
+def test_ddp_accumulation_and_resume_match_single(data, out, reference):
+    """Two micro-batches of 3 rows per rank (the first under no_sync) and a resume from the step-10
+    checkpoint reproduce the single process's one 12-row micro-batch per step."""
+    flags = ["--dist.backend", "ddp", "--data.micro_batch_size", "3"]
+    run_training(data, out, "ddp_accum", 2, *flags, "--checkpoint.interval", "10")
+    assert_same_run(metrics(out, "ddp_accum"), reference)
+    shutil.rmtree(out / "ddp_accum" / "checkpoints" / "step_00000020")  # resuming step 10 would save over it
+    checkpoint = out / "ddp_accum" / "checkpoints" / "step_00000010"
+    run_training(data, out, "ddp_accum", 2, *flags, "--checkpoint.resume", str(checkpoint))
+    assert_same_run(metrics(out, "ddp_accum")[10:], reference, first_step=10)
+
+
+def test_ddp_with_parameters_unused_on_some_steps_matches_single(data, out):
+    """ACT's learned thoughts get no gradient on steps with no-grad iterations (n > 0), and halting can skip
+    its thought core on one rank only: DDP must find the unused parameters every step, and leave a
+    gradient unused on every rank as None, as one process does (AdamW then skips it)."""
+    flags = ["--model.variant", "act", "--model.extra", "{n_thoughts: 4, thought_chunk: 4}"]
+    run_training(data, out, "act_single", 1, *flags)
+    run_training(data, out, "act_ddp2", 2, *flags, "--dist.backend", "ddp")
+    assert_same_run(metrics(out, "act_ddp2"), metrics(out, "act_single"))
+
+
 @pytest.mark.parametrize("nproc, option", [(1, "--dist.activation_checkpointing"), (3, "--dist.reshard_core")])
 def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_run, nproc, option):
     """Resharded resume: continues with exactly the uninterrupted run's data and losses. The resumed runs

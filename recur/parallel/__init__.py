@@ -4,7 +4,7 @@
     env.py        rank/world/device from torchrun or slurm (nodelist parser), process-group start-up
     backend.py    none | ddp | fsdp | deepspeed behind the verbs the training loop uses
     fsdp.py       FSDP2 fully_shard per block + root, mixed precision, activation checkpointing
-    ddp.py        replicated parameters, one bucketed gradient all-reduce per step
+    ddp.py        torch DistributedDataParallel, configured for parameters unused on some steps
     deepspeed.py  ZeRO config reconciliation with our config, engine start-up, checkpoint state
     export.py     any checkpoint -> model.pt / model.safetensors / config.json
 """

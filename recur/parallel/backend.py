@@ -1,9 +1,9 @@
 """One training backend (none | ddp | fsdp | deepspeed) behind the few verbs the training loop needs.
 
     backend = build_backend(cfg, model, env, accumulation_steps, micro_batch_size, make_optimizer)
-    out = backend.model(...)                       # the callable (wrapped) model
-    backend.backward(loss, last_micro_batch)       # per micro-batch
-    backend.reduce_gradients()                     # after the last micro-batch
+    with backend.micro_batch(last_micro_batch):    # per micro-batch, around its forward and backward
+        out = backend.model(...)                   # the callable (wrapped) model
+        backend.backward(loss, last_micro_batch)
     grad_norm = backend.clip_and_step(max_norm)    # or backend.skip_step() on a non-finite loss
     backend.zero_grad()
     backend.checkpoint_state()                     # what Checkpointer saves/loads for this backend
@@ -14,6 +14,7 @@ micro-batches, *averaged* over ranks, is the global-batch loss. Every backend av
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
@@ -40,11 +41,12 @@ class Backend:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv):
         self.model, self.raw, self.optimizer, self.env = model, model, optimizer, env
 
+    def micro_batch(self, last_micro_batch: bool) -> AbstractContextManager:
+        """Context for one micro-batch's forward and backward."""
+        return nullcontext()
+
     def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
         loss.backward()
-
-    def reduce_gradients(self) -> None:
-        pass
 
     def clip_and_step(self, max_norm: float | None) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm or float("inf"))
@@ -62,18 +64,22 @@ class Backend:
 
 
 class DDPBackend(Backend):
+    """torch DDP: gradients are all-reduced (averaged) during the last micro-batch's backward."""
+
     name = "ddp"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv):
-        from recur.parallel.ddp import broadcast_parameters
+        from recur.parallel.ddp import wrap_ddp
 
-        super().__init__(model, optimizer, env)
-        broadcast_parameters(model)
+        super().__init__(wrap_ddp(model, env.device), optimizer, env)
+        self.raw = model  # attributes the trainer sets (noise_key) and evaluation go to the model itself
 
-    def reduce_gradients(self) -> None:
-        from recur.parallel.ddp import allreduce_gradients
+    def micro_batch(self, last_micro_batch: bool) -> AbstractContextManager:
+        # Accumulate the earlier micro-batches' gradients locally; no_sync must cover their forward too.
+        return nullcontext() if last_micro_batch else self.model.no_sync()
 
-        allreduce_gradients(self.model)
+    def checkpoint_state(self):
+        return DCPState(self.raw, self.optimizer)  # the model's own names, without DDP's "module." prefix
 
 
 class FSDPBackend(Backend):
