@@ -43,6 +43,7 @@ from recur.data.packing import TokenizedDoc, pack_concat  # noqa: E402
 from recur.data.shard_writer import ShardWriter, build_manifest, finish_dataset, staged_dir  # noqa: E402
 
 GPT2_VOCAB = 50257  # tokens are drawn from GPT-2's real vocabulary; both models pad their tables to 50304
+PROGRESS_LINE = re.compile(r"^step\s+(\d+)/(\d+) \|")  # train.py's progress line (recur.metrics)
 NANOGPT_LINE = re.compile(r"^iter (\d+): loss ([-\d.naif]+), time ([\d.]+)ms, mfu ([-\d.]+)%", re.M)
 
 
@@ -225,9 +226,15 @@ def read_recur_metrics(run_dir: Path) -> list[dict]:
     return read_metrics(run_dir / "metrics.jsonl")
 
 
-def count_recompiles(stderr: str) -> int:
-    """Lines of TORCH_LOGS=recompiles output: each is one recompilation of a compiled region."""
-    return sum("Recompiling" in line for line in stderr.splitlines())
+def count_recompiles(stderr: str) -> dict[str, int]:
+    """Lines of TORCH_LOGS=recompiles output (each one recompilation of a compiled region), split at
+    train.py's progress line of its last step: before it training (fixed r), after it the final evaluation
+    (depths 1 and 4, no_grad). Both go to the same stderr stream, so the order is the order of events."""
+    lines = stderr.splitlines()
+    last = [i for i, line in enumerate(lines) if (m := PROGRESS_LINE.match(line)) and m[1] == m[2]]
+    split = last[-1] if last else len(lines)
+    count = lambda part: sum("Recompiling" in line for line in part)  # noqa: E731
+    return {"training": count(lines[:split]), "evaluation": count(lines[split:])}
 
 
 def steady(values: list[float], warmup: int) -> float | None:
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         try:  # one failing run must not cost the others' GPU time
             runs[name] = run()
             log(f"{name}: {runs[name]['tokens_per_s'] or 0:,.0f} tokens/s, {runs[name]['wall_s']:.0f}s wall"
-                + (f", {runs[name]['recompiles']} recompiles" if runs[name].get("recompiles") is not None else ""))
+                + (f", recompiles {runs[name]['recompiles']}" if runs[name].get("recompiles") is not None else ""))
         except RuntimeError as error:
             runs[name] = {"error": str(error)}
             log(f"{name}: FAILED: {error}")

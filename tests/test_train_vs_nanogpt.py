@@ -100,10 +100,12 @@ def test_recur_metrics_summary_and_recompile_count():
     assert summary["tokens_per_s"] == 4096.0 and summary["mfu"] == 0.5 and summary["median_step_ms"] == 1000.0
     assert summary["r"] == [4] and summary["k"] == [4] and summary["steps_timed"] == 3
     assert tvn.summarize_recur([{**r, "mfu": None} for r in records], warmup=1)["mfu"] is None  # CPU: no MFU
-    stderr = ("V1202 torch/_dynamo/guards.py:3000] [0/1] [__recompiles] Recompiling function forward in block.py:10\n"
-              "V1202 [__recompiles]     triggered by the following guard failure(s):\n"
-              "V1202 [0/2] [__recompiles] Recompiling function forward in block.py:10\nstep 1/2 | loss 1.0\n")
-    assert tvn.count_recompiles(stderr) == 2
+    recompiling = "V1202 torch/_dynamo/guards.py:3000] [0/1] [__recompiles] Recompiling function forward in block.py:10\n"
+    stderr = (recompiling + "V1202 [__recompiles]     triggered by the following guard failure(s):\n"
+              + "step      1/2 | loss 1.0 | lr 1e-3\n" + recompiling + "step      2/2 | loss 1.0 | lr 1e-3\n"
+              + recompiling * 3 + "[done] final loss 1.0\n")
+    assert tvn.count_recompiles(stderr) == {"training": 2, "evaluation": 3}
+    assert tvn.count_recompiles(recompiling) == {"training": 1, "evaluation": 0}  # a run that never finished
 
 
 def test_headline_tolerates_a_failed_run():
@@ -133,4 +135,6 @@ def test_smoke_runs_both_trainers_end_to_end(tmp_path):
     assert "recurrent_mfu_over_baseline_mfu_r1" in result and "torch" in result["environment"]
     assert result["runs"]["recurrent_r4"]["r"] == [4] and result["runs"]["recurrent_r1"]["k"] == [1]
     assert all(result["runs"][name]["command"] for name in ("nanogpt", "recur_baseline", "recurrent_r1", "recurrent_r4"))
-    assert result["recompiles"] == {"recur_baseline": 0, "recurrent_r1": 0, "recurrent_r4": 0}
+    no_recompiles = {"training": 0, "evaluation": 0}  # compile is off in the smoke run
+    assert result["recompiles"] == {"recur_baseline": no_recompiles, "recurrent_r1": no_recompiles,
+                                    "recurrent_r4": no_recompiles}
