@@ -80,7 +80,8 @@ class SSMBlock(nn.Module):
                 y_t, *state = self.mixer.step(u[:, t], *state)
                 outputs.append(y_t)
             y = torch.stack(outputs, dim=1)
-        slot.state = tuple(state)
+        # Contiguous: the scan and the step return states of different strides, which compiled blocks guard on.
+        slot.state = tuple(t.contiguous() for t in state)
         return y
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
