@@ -61,7 +61,7 @@ def test_adaptive_exit_uses_fewer_steps_and_fills_the_cache():
         _, steps = adaptive_decode_step(model, torch.tensor([[token]]), cache, 6, rule)
         assert 1 <= int(steps) <= 6
         # Every (step, layer) slot holds exactly one entry per position, whatever step the token exited at.
-        assert {k.shape[1] for k, _ in cache.store.values()} == {cache.seen_tokens}
+        assert {slot.filled for slot in cache.kv.values()} == {cache.seen_tokens}
 
 
 def test_decoding_is_bounded_by_max_new_tokens_and_context():

@@ -1,5 +1,9 @@
 """Greedy decoding at a chosen recurrence depth, with a per-step KV cache and optional adaptive exit.
 
+The model owns the decoding step (`DecoderLM.decode_step`, `LoopedLM.decode_step_with_exit`) and the
+cache layout; this module batches prompts, sizes one preallocated KVCache per batch and decides when rows
+stop. With static cache shapes, decoding through compiled blocks (--compile) does not recompile per token.
+
 Decoding always stops: after `max_new_tokens`, at the end of the model's context, at a stop token, or when
 a caller's test on the ids so far (`stop_when`, e.g. "the text contains a stop string") holds.
 
@@ -9,36 +13,26 @@ divergence between the next-token distributions read out after steps i−1 and i
 `num_steps` is then the maximum depth. A token that exits at step j computes no keys/values for steps
 j+1..r, yet later tokens iterating deeper attend to those steps' caches; we fill the missing slots with a
 copy of the token's step-j keys/values (Huginn's choice: its converged state stands in for the steps it
-skipped). With ε = 0 no token ever exits and decoding equals fixed-depth decoding exactly.
+skipped; see LoopedLM.fill_exited). With ε = 0 no token ever exits and decoding equals fixed-depth
+decoding exactly.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from recur.models.layers import AttentionContext, KVCache
+from recur.models.layers import KVCache
 from recur.models.lm import DecoderLM, NumSteps
-from recur.models.looped import LoopedLM, split_steps
+from recur.models.looped import EXIT_CRITERIA, ExitRule, LoopedLM, split_steps
 
-EXIT_CRITERIA = ("delta", "kl")
+__all__ = ["EXIT_CRITERIA", "ExitRule", "Generation", "adaptive_decode_step", "depth_of", "generate",
+           "greedy_generate"]
+
 StopWhen = Callable[[int, list[int]], bool]  # (prompt index, ids generated so far) -> the row is complete
-
-
-@dataclass(frozen=True)
-class ExitRule:
-    criterion: str  # "delta" (relative state change) or "kl" (successive next-token distributions)
-    eps: float
-
-    def __post_init__(self) -> None:
-        if self.criterion not in EXIT_CRITERIA:
-            raise ValueError(f"--exit_criterion: got '{self.criterion}'; expected one of {', '.join(EXIT_CRITERIA)}")
-        if not self.eps >= 0:
-            raise ValueError(f"--exit_eps must be >= 0, got {self.eps}")
 
 
 @dataclass
@@ -61,73 +55,11 @@ def depth_of(model: DecoderLM, num_steps: NumSteps) -> int:
     return sum(split_steps(num_steps, model.cfg.default_num_steps))
 
 
-def _copy_step_kv(cache: KVCache, n_core: int, step: int, source: torch.Tensor, rows: torch.Tensor) -> None:
-    """Make the newest position of recurrence step `step` hold, for `rows`, the keys/values that step
-    `source[row]` computed for it; appends the position if step `step` did not run for it at all."""
-    for layer in range(n_core):
-        key = (("core", step), layer)
-        k, v = cache.store[key]
-        complete = k.shape[1] == cache.seen_tokens + 1
-        new_k, new_v = (k[:, -1].clone(), v[:, -1].clone()) if complete else (torch.zeros_like(k[:, -1]),
-                                                                               torch.zeros_like(v[:, -1]))
-        for row in rows.nonzero().flatten().tolist():
-            src_k, src_v = cache.store[(("core", int(source[row])), layer)]
-            new_k[row], new_v[row] = src_k[row, -1], src_v[row, -1]
-        if complete:
-            cache.store[key] = (torch.cat([k[:, :-1], new_k[:, None]], 1), torch.cat([v[:, :-1], new_v[:, None]], 1))
-        else:
-            cache.store[key] = (torch.cat([k, new_k[:, None]], 1), torch.cat([v, new_v[:, None]], 1))
-
-
-def _readout(model: LoopedLM, s: torch.Tensor, ctx: AttentionContext, commit: bool) -> torch.Tensor:
-    """Next-token log-probabilities from state s. A probe (commit=False) runs the coda on a shallow copy
-    of the cache, so the real coda entries are written once, by the final readout."""
-    if not commit and ctx.cache is not None:
-        probe = KVCache()
-        probe.store, probe.seen_tokens = dict(ctx.cache.store), ctx.cache.seen_tokens
-        ctx = replace(ctx, cache=probe)
-    hidden = model.norm(model.run_blocks(model.coda, s, ctx, "coda"))
-    return F.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)
-
-
 @torch.no_grad()
 def adaptive_decode_step(model: LoopedLM, token: torch.Tensor, cache: KVCache, max_steps: int,
                          rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
     """One cached decoding step of tokens [B, 1] with per-row early exit -> (log-probs [B, V], steps [B])."""
-    start = cache.seen_tokens
-    if start + 1 > model.cfg.max_seq_len:
-        raise ValueError(f"sequence of {start + 1} tokens exceeds --model.max_seq_len {model.cfg.max_seq_len}")
-    cos, sin = model.rotary(torch.arange(start, start + 1, device=token.device))
-    ctx = AttentionContext(cos=cos, sin=sin, cache=cache, start_pos=start)
-    e = model.run_blocks(model.prelude, model.tok_embeddings(token), ctx, "prelude")
-    s = model.initial_state(e)
-    batch = token.shape[0]
-    exited = torch.zeros(batch, dtype=torch.bool, device=token.device)
-    exit_step = torch.full((batch,), max_steps - 1, dtype=torch.long, device=token.device)
-    previous = None
-    for step in range(max_steps):
-        new = model.iterate(s, e, ctx, step)
-        if exited.any():  # exited rows keep their converged state and their exit step's cache entries
-            new = torch.where(exited[:, None, None], s, new)
-            _copy_step_kv(cache, model.cfg.n_core, step, exit_step, exited)
-        if rule.criterion == "delta":
-            metric = (new - s).flatten(1).norm(dim=-1) / new.flatten(1).norm(dim=-1).clamp(min=1e-12)
-        else:
-            current = _readout(model, new, ctx, commit=False)
-            metric = (F.kl_div(current, previous, log_target=True, reduction="none").sum(-1)
-                      if previous is not None else torch.full((batch,), float("inf"), device=token.device))
-            previous = current
-        s = new
-        converged = (metric < rule.eps) & ~exited
-        exit_step = torch.where(converged, step, exit_step)
-        exited |= converged
-        if exited.all():
-            for later in range(step + 1, max_steps):
-                _copy_step_kv(cache, model.cfg.n_core, later, exit_step, exited)
-            break
-    log_probs = _readout(model, s, ctx, commit=True)
-    cache.seen_tokens += 1
-    return log_probs, exit_step + 1
+    return model.decode_step_with_exit(token, cache, max_steps, rule)
 
 
 def _batches(prompts: list[list[int]], batch_size: int, padded: bool) -> list[list[int]]:
@@ -224,13 +156,17 @@ def _decode_batch(model: DecoderLM, prompts: list[list[int]], max_new_tokens: in
     device = next(model.parameters()).device
     ids, doc_ids = _left_pad(prompts, pad_id, budget, device)
 
-    def forward(new: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        seen = (cache.seen_tokens if cache is not None else 0) + new.shape[1]
-        docs = doc_ids[:, :seen] if doc_ids is not None else None
-        return model(new, num_steps=num_steps, cache=cache, doc_ids=docs).logits[:, -1]
+    # Sized for the whole batch's decoding up front, so the cache never grows while decoding.
+    cache = KVCache(capacity=width + budget) if use_cache else None
 
-    cache = KVCache() if use_cache else None
-    logits = forward(ids, cache)
+    def forward(new: torch.Tensor) -> torch.Tensor:
+        if cache is None:
+            docs = doc_ids[:, :new.shape[1]] if doc_ids is not None else None
+            return model(new, num_steps=num_steps, doc_ids=docs).logits[:, -1]
+        docs = doc_ids[:, :cache.seen_tokens + new.shape[1]] if doc_ids is not None else None
+        return model.decode_step(new, cache, num_steps, docs)
+
+    logits = forward(ids)
     depth = depth_of(model, num_steps)
     used = torch.full((len(prompts),), depth, device=device)
     stops = torch.tensor(sorted(stop_ids), device=device)
@@ -250,12 +186,12 @@ def _decode_batch(model: DecoderLM, prompts: list[list[int]], max_new_tokens: in
         if done.all() or t == budget - 1:
             break
         if exit_rule is not None:
-            logits, used = adaptive_decode_step(model, token[:, None], cache, depth, exit_rule)
+            logits, used = model.decode_step_with_exit(token[:, None], cache, depth, exit_rule)
         elif use_cache:
-            logits = forward(token[:, None], cache)
+            logits = forward(token[:, None])
         else:
             ids = torch.cat([ids, token[:, None]], dim=1)
-            logits = forward(ids, None)
+            logits = forward(ids)
     rows, step_rows = torch.stack(tokens, 1).tolist(), torch.stack(steps, 1).tolist()
     return [_finish(row, step_row, hit, stop_ids, max_new_tokens)
             for row, step_row, hit in zip(rows, step_rows, hit_at.tolist())]

@@ -129,6 +129,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Ten
     return out.transpose(1, 2)
 
 
+def attend_cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of new queries q [B, T, H, D] over a preallocated KV cache k, v [B, capacity, KV, D] under
+    `mask` [B|1, 1, T, capacity] (see KVCache.attention_mask). Plain SDPA whatever the backend: a dense mask
+    over a fixed-size cache is what keeps decoding shapes static, and flash/flex take no such mask."""
+    k, v = k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=q.shape[2] != k.shape[1])
+    return out.transpose(1, 2)
+
+
 def _time_fwd_bwd(fn: Callable[[], torch.Tensor], iters: int) -> float:
     """Median seconds of one forward + backward."""
     times = []

@@ -191,8 +191,8 @@ class ThoughtStream(nn.Module):
         """Keys/values of every position so far: this forward's, appended to the cache when there is one."""
         k, v = self.core.cross_attn.keys(self.read_norm(h))
         if ctx.cache is not None:
-            ctx.cache.cursor = ("thoughts",)
-            k, v = ctx.cache.update(k, v)
+            k, v = ctx.cache.kv_slot(("thoughts",), k, *k.shape[2:]).write(k, v, ctx.positions)
+            k, v = k[:, :ctx.cache.end], v[:, :ctx.cache.end]  # eager code: the filled part is all it reads
         return k, v
 
     def initial(self, batch: int, units: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recur.models.attention import attend
+from recur.models.attention import attend, attend_cached
 from recur.models.config import ModelConfig
 
 
@@ -78,27 +78,92 @@ class AttentionContext:
     doc_ids: torch.Tensor | None = None  # [B, T] document index per token: attention stays within a document
     cache: "KVCache | None" = None
     start_pos: int = 0
+    positions: torch.Tensor | None = None  # [T] positions this forward writes into the cache
+    cache_mask: torch.Tensor | None = None  # [B|1, 1, T, capacity] which cache positions each query may see
+    slot: "KVSlot | StateSlot | None" = None  # the running block's own cache entry, set by run_blocks
+
+
+@dataclass
+class KVSlot:
+    """Preallocated keys/values [B, capacity, heads, head_dim] of one layer application. Written in place
+    at the forward's positions, so inside a compiled block the shapes never change from token to token."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    filled: int = 0  # positions written so far (bookkeeping outside the compiled blocks)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(1, positions, k.to(self.k.dtype))
+        self.v.index_copy_(1, positions, v.to(self.v.dtype))
+        return self.k, self.v
+
+    def resize(self, capacity: int) -> None:
+        grown = [t.new_zeros(t.shape[0], capacity, *t.shape[2:]) for t in (self.k, self.v)]
+        for new, old in zip(grown, (self.k, self.v)):
+            new[:, :old.shape[1]] = old
+        self.k, self.v = grown
+
+
+@dataclass
+class StateSlot:
+    """A recurrent layer's carried state (e.g. Mamba's conv and SSM states); None before the prompt."""
+
+    state: tuple[torch.Tensor, ...] | None = None
 
 
 class KVCache:
-    """Keys/values per layer application. A looped model keys entries by (layer, recurrence step), so each
-    recurrence step keeps its own cache: exact for any depth, since step i at position t sees only the
-    step-i keys of earlier positions, exactly as in an uncached forward."""
+    """Cache of one decoding run, one slot per layer application. A looped model keys slots by (recurrence
+    step, layer), so each step keeps its own cache: exact for any depth, since step i at position t sees
+    only the step-i keys of earlier positions, exactly as in an uncached forward.
 
-    def __init__(self) -> None:
-        self.store: dict[object, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.cursor: object = None  # set by the model before each layer application
+    Key/value slots are preallocated for `capacity` positions and attention masks the unwritten tail, so
+    a compiled block sees the same shapes at every decoding step and its guards never depend on how many
+    slots exist or how many tokens are cached (see recur/parallel/compile.py). Without a capacity, the
+    first forward sets it and a longer sequence doubles it (up to max_seq_len): a few shapes, not one per
+    token."""
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.kv: dict[object, KVSlot] = {}
+        self.states: dict[object, StateSlot] = {}
         self.seen_tokens = 0  # positions already cached; the next forward starts here
+        self.end = 0  # positions cached once the running forward completes
 
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cursor in self.store:
-            pk, pv = self.store[self.cursor]
-            k, v = torch.cat([pk, k], dim=1), torch.cat([pv, v], dim=1)
-        self.store[self.cursor] = (k, v)
-        return k, v
+    def begin(self, new_tokens: int, limit: int) -> None:
+        """Make room for a forward over `new_tokens` positions after the cached ones."""
+        self.end = self.seen_tokens + new_tokens
+        if self.capacity is None or self.end > self.capacity:
+            self.capacity = min(limit, max(self.end, 2 * (self.capacity or 0)))
+            for slot in self.kv.values():
+                slot.resize(self.capacity)
 
-    def past_length(self, key: object) -> int:
-        return self.store[key][0].shape[1] if key in self.store else 0
+    def kv_slot(self, key: object, like: torch.Tensor, heads: int, head_dim: int) -> KVSlot:
+        """The slot `key`, allocated on first use for the batch and dtype of `like`; it will hold this forward."""
+        slot = self.kv.get(key)
+        if slot is None:
+            shape = (like.shape[0], self.capacity, heads, head_dim)
+            slot = self.kv[key] = KVSlot(like.new_zeros(shape), like.new_zeros(shape))
+        if slot.filled < self.seen_tokens:  # a gap would be attended to as zero keys
+            raise RuntimeError(f"KV cache slot {key} holds {slot.filled} of {self.seen_tokens} cached positions")
+        slot.filled = self.end
+        return slot
+
+    def state_slot(self, key: object) -> StateSlot:
+        return self.states.setdefault(key, StateSlot())
+
+    def attention_mask(self, positions: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        """[B|1, 1, T, capacity]: causal over the cache (the unwritten tail lies after every query) and,
+        with doc_ids [B, cached + new], within the query's document."""
+        keys = torch.arange(self.capacity, device=positions.device)
+        mask = keys[None, :] <= positions[:, None]
+        if doc_ids is None:
+            return mask[None, None]
+        docs = F.pad(doc_ids, (0, self.capacity - doc_ids.shape[1]), value=-1)
+        same_doc = doc_ids[:, positions, None] == docs[:, None, :]
+        return (mask[None] & same_doc)[:, None]
+
+    def advance(self) -> None:
+        self.seen_tokens = self.end
 
 
 class Attention(nn.Module):
@@ -121,9 +186,11 @@ class Attention(nn.Module):
         q = apply_rotary(q.view(B, T, self.n_heads, self.head_dim), ctx.cos, ctx.sin)
         k = apply_rotary(k.view(B, T, self.n_kv_heads, self.head_dim), ctx.cos, ctx.sin)
         v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        if ctx.cache is not None:
-            k, v = ctx.cache.update(k, v)
-        out = attend(q, k, v, doc_ids=ctx.doc_ids, backend=self.backend)
+        if ctx.slot is not None:  # decoding: attend over the whole preallocated cache under its mask
+            k, v = ctx.slot.write(k, v, ctx.positions)
+            out = attend_cached(q, k, v, ctx.cache_mask)
+        else:
+            out = attend(q, k, v, doc_ids=ctx.doc_ids, backend=self.backend)
         return self.wo(out.reshape(B, T, -1))
 
 
@@ -157,6 +224,9 @@ class Block(nn.Module):
         if self.kind == "sandwich":
             self.attn_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
             self.mlp_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def cache_slot(self, cache: KVCache, key: object, x: torch.Tensor) -> KVSlot:
+        return cache.kv_slot(key, x, self.attn.n_kv_heads, self.attn.head_dim)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if self.kind == "post":

@@ -65,26 +65,45 @@ class DecoderLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, num_steps: NumSteps = None,
                 doc_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
-        T = input_ids.shape[1]
-        start = cache.seen_tokens if cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds --model.max_seq_len {self.cfg.max_seq_len}")
-        cos, sin = self.rotary(torch.arange(start, start + T, device=input_ids.device))
-        ctx = AttentionContext(cos=cos, sin=sin, doc_ids=doc_ids, cache=cache, start_pos=start)
+        ctx = self.context(input_ids, doc_ids, cache)
         hidden, out = self.trunk(self.tok_embeddings(input_ids), ctx, num_steps)
         hidden = self.norm(hidden)
         if cache is not None:
-            cache.seen_tokens += T
+            cache.advance()
         if targets is not None:
             out.loss = lm_loss(hidden, self.lm_head, targets, loss_mask)
         else:
             out.logits = self.lm_head(hidden)
         return out
 
+    def context(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None,
+                cache: KVCache | None) -> AttentionContext:
+        """Rotary tables and, when decoding with a cache, the positions to write and the cache's mask; all
+        built here, outside the compiled blocks, so these see only tensors of fixed shapes."""
+        T = input_ids.shape[1]
+        start = cache.seen_tokens if cache is not None else 0
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds --model.max_seq_len {self.cfg.max_seq_len}")
+        positions = torch.arange(start, start + T, device=input_ids.device)
+        cos, sin = self.rotary(positions)
+        ctx = AttentionContext(cos=cos, sin=sin, doc_ids=doc_ids, cache=cache, start_pos=start)
+        if cache is not None:
+            cache.begin(T, self.cfg.max_seq_len)
+            ctx.positions, ctx.cache_mask = positions, cache.attention_mask(positions, doc_ids)
+        return ctx
+
+    @torch.no_grad()
+    def decode_step(self, input_ids: torch.Tensor, cache: KVCache, num_steps: NumSteps = None,
+                    doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits [B, V] after `input_ids` [B, T] (the prompt, then one generated token at a
+        time), continuing `cache`; doc_ids cover the cached and the new positions."""
+        return self(input_ids, num_steps=num_steps, doc_ids=doc_ids, cache=cache).logits[:, -1]
+
     def run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor, ctx: AttentionContext, tag: object) -> torch.Tensor:
-        """Apply blocks in order; `tag` names this application so a KV cache keeps one entry per use."""
+        """Apply blocks in order; `tag` names this application so a KV cache keeps one slot per use. The slot
+        is looked up here, in eager code: a compiled block only receives it, so its guards never see the cache."""
         for i, block in enumerate(blocks):
             if ctx.cache is not None:
-                ctx.cache.cursor = (tag, i)
+                ctx.slot = block.cache_slot(ctx.cache, (tag, i), x)
             x = block(x, ctx)
         return x

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recur.models.config import ModelConfig
-from recur.models.layers import AttentionContext, Block, RMSNorm
+from recur.models.layers import AttentionContext, Block, KVCache, RMSNorm
 from recur.models.lm import DecoderLM, ModelOutput, NumSteps
 
 
@@ -29,6 +30,25 @@ def split_steps(num_steps: NumSteps, default: int) -> tuple[int, int]:
     if no_grad_steps < 0 or grad_steps < 0 or no_grad_steps + grad_steps < 1:
         raise ValueError(f"num_steps must total at least 1 iteration, got {num_steps}")
     return int(no_grad_steps), int(grad_steps)
+
+
+EXIT_CRITERIA = ("delta", "kl")
+
+
+@dataclass(frozen=True)
+class ExitRule:
+    """Adaptive exit while decoding: a token's recurrence stops once the state has converged, measured by
+    the relative state change ‖s_i − s_{i−1}‖ / ‖s_i‖ ("delta") or by the KL divergence between the
+    next-token distributions read out after steps i−1 and i ("kl"), each below `eps`."""
+
+    criterion: str
+    eps: float
+
+    def __post_init__(self) -> None:
+        if self.criterion not in EXIT_CRITERIA:
+            raise ValueError(f"--exit_criterion: got '{self.criterion}'; expected one of {', '.join(EXIT_CRITERIA)}")
+        if not self.eps >= 0:
+            raise ValueError(f"--exit_eps must be >= 0, got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -120,3 +140,57 @@ class LoopedLM(DecoderLM):
             stats["state_spread"] = token_spread(s)
         s = self.run_blocks(self.coda, s, ctx, "coda")
         return s, ModelOutput(stats=stats)
+
+    def readout(self, s: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Next-token log-probabilities [B, V] from the state of the last position. With a cache this writes
+        the coda's slots at the running positions; a later readout of the same token overwrites them, so
+        probing the distribution after every step leaves the cache as one final readout would."""
+        hidden = self.norm(self.run_blocks(self.coda, s, ctx, "coda"))
+        return F.log_softmax(self.lm_head(hidden[:, -1]).float(), dim=-1)
+
+    def fill_exited(self, cache: KVCache, step: int, exited: torch.Tensor, position: int) -> None:
+        """Rows that exited before `step` compute no keys/values for it, yet later tokens iterating deeper
+        attend to them: give those rows step − 1's entries, which by induction are their exit step's
+        (Huginn's choice: the converged state stands in for the steps it skipped)."""
+        keep = exited[:, None, None]
+        for layer in range(self.cfg.n_core):
+            source, target = cache.kv[(("core", step - 1), layer)], cache.kv[(("core", step), layer)]
+            for src, dst in ((source.k, target.k), (source.v, target.v)):
+                dst[:, position] = torch.where(keep, src[:, position], dst[:, position])
+            target.filled = cache.end
+
+    @torch.no_grad()
+    def decode_step_with_exit(self, token: torch.Tensor, cache: KVCache, max_steps: int,
+                              rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+        """One cached decoding step of tokens [B, 1] with per-row early exit -> (log-probs [B, V], steps [B]).
+        An exited row keeps its converged state while the others iterate; with eps = 0 no row ever exits
+        and this equals fixed-depth decoding."""
+        ctx = self.context(token, None, cache)
+        e = self.run_blocks(self.prelude, self.tok_embeddings(token), ctx, "prelude")
+        s = self.initial_state(e)
+        batch = token.shape[0]
+        exited = torch.zeros(batch, dtype=torch.bool, device=token.device)
+        exit_step = torch.full((batch,), max_steps - 1, dtype=torch.long, device=token.device)
+        previous = None
+        for step in range(max_steps):
+            new = torch.where(exited[:, None, None], s, self.iterate(s, e, ctx, step))
+            if exited.any():
+                self.fill_exited(cache, step, exited, ctx.start_pos)
+            if rule.criterion == "delta":
+                metric = (new - s).flatten(1).norm(dim=-1) / new.flatten(1).norm(dim=-1).clamp(min=1e-12)
+            else:
+                current = self.readout(new, ctx)
+                metric = (F.kl_div(current, previous, log_target=True, reduction="none").sum(-1)
+                          if previous is not None else torch.full((batch,), float("inf"), device=token.device))
+                previous = current
+            s = new
+            converged = (metric < rule.eps) & ~exited
+            exit_step = torch.where(converged, step, exit_step)
+            exited |= converged
+            if exited.all():
+                for later in range(step + 1, max_steps):
+                    self.fill_exited(cache, later, exited, ctx.start_pos)
+                break
+        log_probs = self.readout(s, ctx)
+        cache.advance()
+        return log_probs, exit_step + 1

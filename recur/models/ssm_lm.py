@@ -10,7 +10,7 @@ are *written* by one ThoughtCore pass (self-attention among slots, cross-attenti
 (residual). The causal argument is the one of latent.py: slots of chunk c only see positions <= c·C.
 The thoughts then read the memory-enriched token stream.
 
-Caches: a Mamba block keeps (conv_state, ssm_state) in the KVCache under its layer key and steps one
+Caches: a Mamba block keeps (conv_state, ssm_state) in its KVCache state slot and steps one
 token at a time after the prompt; memory keys/values are cached like the thoughts'. Packed rows: the
 Mamba mixer restarts its state and conv window at each document start (doc_ids), as the attention parts,
 memory and thoughts do.
@@ -26,7 +26,7 @@ from torch import nn
 
 from recur.models.config import ModelConfig
 from recur.models.latent import ChunkAttention, LatentLM, ThoughtCore, chunk_layout, ffn_width
-from recur.models.layers import AttentionContext, RMSNorm, SwiGLU
+from recur.models.layers import AttentionContext, KVCache, RMSNorm, StateSlot, SwiGLU
 from recur.models.ssm import Mamba2Mixer
 
 
@@ -65,20 +65,23 @@ class SSMBlock(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
+    def cache_slot(self, cache: KVCache, key: object, x: torch.Tensor) -> StateSlot:
+        return cache.state_slot(key)
+
     def mix(self, u: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        if ctx.cache is None:
+        slot = ctx.slot
+        if slot is None:
             return self.mixer(u, doc_ids=ctx.doc_ids)
-        key = ("ssm", ctx.cache.cursor)
-        state = ctx.cache.store.get(key)
-        if state is None:  # the prompt: one parallel scan that also returns the final state
+        if slot.state is None:  # the prompt: one parallel scan that also returns the final state
             y, state = self.mixer(u, return_state=True, doc_ids=ctx.doc_ids)
         else:  # continuation: the recurrence, token by token, from the stored state
-            outputs = []
+            state, outputs = slot.state, []
             for t in range(u.shape[1]):
                 y_t, *state = self.mixer.step(u[:, t], *state)
                 outputs.append(y_t)
             y = torch.stack(outputs, dim=1)
-        ctx.cache.store[key] = tuple(state)
+        # Contiguous: the scan and the step return states of different strides, which compiled blocks guard on.
+        slot.state = tuple(t.contiguous() for t in state)
         return y
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
@@ -117,8 +120,8 @@ class Memory(nn.Module):
         B, T, d = h.shape
         k, v = self.write.cross_attn.keys(self.write_norm(h))
         if ctx.cache is not None:
-            ctx.cache.cursor = ("memory",)
-            k, v = ctx.cache.update(k, v)
+            k, v = ctx.cache.kv_slot(("memory",), k, *k.shape[2:]).write(k, v, ctx.positions)
+            k, v = k[:, :ctx.cache.end], v[:, :ctx.cache.end]  # eager code: the filled part is all it reads
         layout = chunk_layout(ctx.start_pos, T, k.shape[1], self.chunk, ctx.doc_ids, h.device)
         memory = self.write(self.slots[None, None].expand(B, layout.num_units, -1, -1), k, v, layout.read_mask)
         # Token t reads the slots of its own chunk: tokens are groups of one query over U·M slots.
