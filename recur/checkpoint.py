@@ -29,6 +29,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from recur.models.config import ModelConfig
+
 COMPLETE = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
@@ -193,6 +195,8 @@ class Checkpointer:
         path = Path(path)
         trainer_state = read_trainer_state(path)
         saved = trainer_state.get("model_config", {})
+        if "extra" in saved:  # written before the variant groups: compare it as this version writes it
+            saved = asdict(ModelConfig.from_dict(saved).resolved())
         diffs = [f"{k}: checkpoint {saved[k]!r} vs run {model_config.get(k)!r}" for k in saved
                  if saved[k] != model_config.get(k) and k not in ("attn_backend", "dropout")]
         if diffs:

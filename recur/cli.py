@@ -12,7 +12,6 @@ import difflib
 import re
 import sys
 from argparse import ArgumentError
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -20,7 +19,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from recur.cli_help import nested_field_comments
 from recur.config import TrainConfig, default_warmup_steps, validate_config
-from recur.models.config import VARIANTS
+from recur.models.config import VARIANTS, ModelConfig, flat_fields, upgrade_legacy
 from recur.models.presets import PRESETS
 
 CONFIG_FLAG = "--config"
@@ -42,8 +41,7 @@ def _preset_defaults(size: str, variant: str | None, init_from: str | None = Non
     if init_from is not None and Path(init_from).is_dir():  # a missing one is named by validate_config
         from recur.eval.load import saved_config
 
-        saved = saved_config(init_from)
-        defaults.update({f"model.{f.name}": getattr(saved, f.name) for f in fields(saved)})
+        defaults.update(flat_fields(saved_config(init_from), "model."))
     if variant is not None:
         defaults["model.variant"] = variant
     return defaults
@@ -134,6 +132,29 @@ def _split_equals(argv: list[str]) -> list[str]:
             for part in (token.split("=", 1) if token.startswith("--") and "=" in token else [token])]
 
 
+def _legacy_config_text(path: str) -> str | None:
+    """A --config file written before the variant groups (its `model` has an `extra` dict, as every run's
+    config.yaml did) as YAML text with `extra` mapped into the groups; None for any other file."""
+    import yaml
+
+    file = Path(path)
+    data = yaml.safe_load(file.read_text()) if file.is_file() and file.suffix in (".yaml", ".yml") else None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or "extra" not in model:
+        return None
+    variant = model.get("variant") or data.get("variant") or ModelConfig.variant
+    return yaml.safe_dump({**data, "model": upgrade_legacy(model, variant)}, sort_keys=False)
+
+
+def _upgrade_legacy_configs(argv: list[str]) -> list[str]:
+    """Each legacy --config FILE replaced by its upgraded text (jsonargparse takes a YAML string there too)."""
+    out = list(argv)
+    for i, token in enumerate(argv[:-1]):
+        if token == CONFIG_FLAG and (text := _legacy_config_text(argv[i + 1])) is not None:
+            out[i + 1] = text
+    return out
+
+
 def _config_files_first(argv: list[str]) -> list[str]:
     """argv with every --config FILE moved to the front (keeping their order): jsonargparse applies
     arguments left to right, so a flag given before --config would otherwise lose to the file."""
@@ -182,7 +203,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainConfig, str]:
     if print_only:  # handled here so the printout includes the preset's values
         argv.remove("--print_config")
     parser = build_parser()
-    argv = _join_list_values(_config_files_first(_split_equals(argv)), parser)
+    argv = _join_list_values(_config_files_first(_upgrade_legacy_configs(_split_equals(argv))), parser)
     first = _parse(parser, argv)  # only to learn the size, variant and run length the user asked for
     defaults = _preset_defaults(first.model_size, first.variant, first.init_from)
     defaults["optim.schedule.warmup_steps"] = default_warmup_steps(first.steps)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-from recur.models.config import ModelConfig
+from recur.models.config import ModelConfig, flat_fields
 from recur.optim.config import LRScheduleConfig, OptimConfig
 from recur.parallel.config import DistConfig
 from recur.recurrence import RecurrenceConfig
@@ -97,17 +97,12 @@ class TrainConfig:
 
 
 def _check_model_builds(model: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Build the model on the meta device (no memory, no time): every variant checks its shape and its
-    --model.extra knobs in its constructor, which would otherwise run only after the data is generated.
-    Returns the parameter shapes."""
+    """Build the model on the meta device (no memory, no time): every variant checks its shape in its
+    constructor, which would otherwise run only after the data is generated. Returns the parameter shapes."""
     import torch
 
-    from recur.models import MODEL_CLASSES, create_model
-    from recur.models.latent import LatentLM
+    from recur.models import create_model
 
-    # Only the latent family (latent/act/ssm/ssm_mem) reads --model.extra; the others would ignore a knob silently.
-    if model.extra and not issubclass(MODEL_CLASSES[model.variant], LatentLM):
-        raise ValueError(f"--model.extra: variant '{model.variant}' takes no extra knobs, got {sorted(model.extra)}")
     with torch.device("meta"):
         return {name: tuple(t.shape) for name, t in create_model(model).state_dict().items()}
 
@@ -119,9 +114,9 @@ def _check_init_from_shape(model: ModelConfig, init_from: str) -> None:
 
     saved = saved_config(init_from).resolved()
     if _check_model_builds(model) != _check_model_builds(saved):
-        ours = model.resolved()
-        differing = [f"--model.{f.name} {getattr(ours, f.name)} (the model has {getattr(saved, f.name)})"
-                     for f in fields(saved) if getattr(ours, f.name) != getattr(saved, f.name)]
+        ours, theirs = flat_fields(model.resolved()), flat_fields(saved)
+        differing = [f"--model.{name} {ours[name]} (the model has {value})"
+                     for name, value in theirs.items() if ours[name] != value]
         raise ValueError(f"--init_from {init_from}: its weights fix the model's shape; "
                          f"{', '.join(differing) or 'the parameter shapes differ'}")
 

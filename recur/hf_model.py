@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from recur.models import create_model
-from recur.models.config import ModelConfig
+from recur.models.config import ModelConfig, saved_keys
 from recur.models.lm import DecoderLM
 
 FORMAT_VERSION = 1
@@ -142,9 +142,8 @@ def read_model_config(path: str | Path, **runtime_overrides) -> ModelConfig:
         raise ValueError(f"{path}: cannot override {sorted(bad)} of a saved model (they fix its weight shapes); "
                          f"overridable: {', '.join(RUNTIME_FIELDS)}")
     config = read_config_json(path)
-    known = {f.name for f in fields(ModelConfig)}
-    saved = {k: v for k, v in config.items() if k in known}
-    return ModelConfig(**{**saved, **runtime_overrides}).resolved()
+    saved = {k: v for k, v in config.items() if k in saved_keys()}
+    return ModelConfig.from_dict({**saved, **runtime_overrides}).resolved()
 
 
 def load_pretrained_into(model: nn.Module, path: str | Path) -> None:

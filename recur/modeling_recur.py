@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import sys
-from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,14 +44,15 @@ def _recur() -> SimpleNamespace:
         from recur.eval.generate import ExitRule, adaptive_decode_step, depth_of
         from recur.hf_model import load_pretrained_into
         from recur.models import create_model, is_looped
-        from recur.models.config import ModelConfig
+        from recur.models.config import ModelConfig, saved_keys
         from recur.models.layers import KVCache
     except ImportError as error:
         raise ImportError(f"recur is not installed and the model directory has no {SOURCE_DIR}/ "
                           "(re-export it with utils/export_checkpoint.py)") from error
     return SimpleNamespace(ExitRule=ExitRule, adaptive_decode_step=adaptive_decode_step, depth_of=depth_of,
                            load_pretrained_into=load_pretrained_into, create_model=create_model,
-                           is_looped=is_looped, ModelConfig=ModelConfig, KVCache=KVCache)
+                           is_looped=is_looped, ModelConfig=ModelConfig, KVCache=KVCache,
+                           saved_keys=saved_keys)
 
 
 class RecurConfig(PretrainedConfig):
@@ -64,7 +64,7 @@ class RecurConfig(PretrainedConfig):
                  exit_eps: float = 0.0, **kwargs) -> None:
         # transformers reinterprets some ModelConfig names (rope_scaling, rope_theta become rope_parameters),
         # so recur's fields are kept apart, verbatim, in `recur`.
-        names = {f.name for f in fields(_recur().ModelConfig)}
+        names = _recur().saved_keys()  # with the legacy `extra` of directories written before the groups
         recur = recur if recur is not None else {k: kwargs.pop(k) for k in list(kwargs) if k in names}
         super().__init__(**{"vocab_size": recur.get("vocab_size"), **kwargs})
         self.recur = recur
@@ -79,7 +79,7 @@ class RecurConfig(PretrainedConfig):
         return super().from_pretrained(path, *args, **kwargs)
 
     def model_config(self):  # -> recur.models.config.ModelConfig
-        return _recur().ModelConfig(**self.recur)
+        return _recur().ModelConfig.from_dict(self.recur)
 
 
 class RecurForCausalLM(PreTrainedModel, GenerationMixin):

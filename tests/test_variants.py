@@ -15,6 +15,8 @@ THOUGHT_VARIANTS = ("latent", "act", "ssm", "ssm_mem")
 
 
 def tiny_config(variant: str, **extra) -> ModelConfig:
+    """Variant knobs by their flat names (n_thoughts=4, ssm_headdim=16), as a saved legacy `extra` holds them:
+    ModelConfig.from_dict maps them into the variant groups and refuses a knob the variant does not read."""
     knobs = {}
     if variant in THOUGHT_VARIANTS:
         knobs.update(n_thoughts=4, thought_chunk=4)
@@ -23,8 +25,8 @@ def tiny_config(variant: str, **extra) -> ModelConfig:
     if variant == "ssm_mem":
         knobs.update(n_memory=4, memory_chunk=8)
     knobs.update(extra)
-    return ModelConfig(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=2, max_seq_len=64,
-                       extra=knobs)
+    return ModelConfig.from_dict(dict(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=2,
+                                      max_seq_len=64, extra=knobs))
 
 
 def tiny_eval_model(variant: str, **extra):
@@ -120,7 +122,7 @@ def test_invalid_knobs_are_rejected():
         create_model(tiny_config("act", threshold=1.5))
     with pytest.raises(ValueError, match="unknown keys"):
         create_model(tiny_config("latent", lambda_ponder=0.1))
-    with pytest.raises(ValueError, match="ssm_headdim"):
+    with pytest.raises(ValueError, match="ssm.headdim"):
         create_model(tiny_config("ssm", ssm_headdim=48))
 
 

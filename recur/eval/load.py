@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 from recur.checkpoint import STATE_FILE, Checkpointer, checkpoint_format, checkpoint_problem
 from recur.hf_model import from_pretrained, is_saved_dir, read_config_json, read_model_config
 from recur.models import create_model
-from recur.models.config import ModelConfig
+from recur.models.config import ModelConfig, saved_keys
 from recur.models.lm import DecoderLM
 
 EXPORT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -50,12 +50,11 @@ class CheckpointMeta:
 def model_config_from_dict(data: dict, where: str) -> ModelConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: model_config must be a JSON object, got {type(data).__name__}")
-    known = {f.name for f in fields(ModelConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - saved_keys())
     if unknown:
         raise ValueError(f"{where}: model_config has fields {unknown} that this version of recur does not know "
                          "(checkpoint from another model or a newer version?)")
-    return ModelConfig(**data).resolved()
+    return ModelConfig.from_dict(data).resolved()
 
 
 def run_data(run_dir: Path | None) -> tuple[str | None, list[str] | None]:

@@ -15,49 +15,18 @@ num_steps = (n, k) sets the maximum K = n + k (first n iterations without grad);
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from recur.models.config import ModelConfig
-from recur.models.latent import ChunkLayout, LatentLM, LatentSettings, ThoughtStream, chunk_layout
+from recur.models.config import ActConfig, LatentConfig, ModelConfig
+from recur.models.latent import ChunkLayout, LatentLM, ThoughtStream, chunk_layout
 from recur.models.layers import AttentionContext
 from recur.models.lm import NumSteps
 from recur.models.looped import split_steps
 
 
-@dataclass(frozen=True)
-class HaltingSettings:
-    threshold: float  # cumulative halting probability that stops a unit [0.99]
-    min_steps: int  # no halting before this many iterations [1] (ReLSM used 2)
-    max_steps: int  # iterations when forward() is not given num_steps [8]
-    lambda_ponder: float  # weight of the ponder cost N + R in aux_loss [0.01]
-    halt_bias: float  # initial bias of the halting head: sigmoid(-1) = 0.27 -> ~4 steps at init [-1.0]
-
-    KEYS = ("threshold", "min_steps", "max_steps", "lambda_ponder", "halt_bias")
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> HaltingSettings:
-        values = {"threshold": 0.99, "min_steps": 1, "max_steps": 8, "lambda_ponder": 0.01, "halt_bias": -1.0}
-        values.update({k: cfg.extra[k] for k in cls.KEYS if k in cfg.extra})
-        for key in ("threshold", "lambda_ponder", "halt_bias"):
-            if isinstance(values[key], bool) or not isinstance(values[key], (int, float)):
-                raise ValueError(f"--model.extra.{key} must be a number, got {values[key]!r}")
-        if not 0.0 <= values["threshold"] <= 1.0:
-            raise ValueError(f"--model.extra.threshold must be in [0, 1], got {values['threshold']}")
-        if values["lambda_ponder"] < 0:
-            raise ValueError(f"--model.extra.lambda_ponder must be >= 0, got {values['lambda_ponder']}")
-        for key in ("min_steps", "max_steps"):
-            if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1:
-                raise ValueError(f"--model.extra.{key} must be an integer >= 1, got {values[key]!r}")
-        if values["min_steps"] > values["max_steps"]:
-            raise ValueError(f"--model.extra.min_steps {values['min_steps']} exceeds max_steps {values['max_steps']}")
-        return cls(**values)
-
-
 class HaltingThoughtStream(ThoughtStream):
-    def __init__(self, cfg: ModelConfig, settings: LatentSettings, halting: HaltingSettings):
+    def __init__(self, cfg: ModelConfig, settings: LatentConfig, halting: ActConfig):
         super().__init__(cfg, settings)
         self.halting = halting
         self.halt = nn.Linear(settings.d_thought, 1, bias=True)
@@ -112,10 +81,8 @@ class HaltingThoughtStream(ThoughtStream):
 
 
 class ActLM(LatentLM):
-    stream_keys = HaltingSettings.KEYS
-
     def make_stream(self, cfg: ModelConfig) -> ThoughtStream:
-        return HaltingThoughtStream(cfg, self.settings, HaltingSettings.from_config(cfg))
+        return HaltingThoughtStream(cfg, self.settings, cfg.act)
 
     @torch.no_grad()
     def after_init(self) -> None:

@@ -28,43 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recur.models.config import ModelConfig
+from recur.models.config import LatentConfig, ModelConfig
 from recur.models.layers import AttentionContext, Block, RMSNorm
 from recur.models.lm import DecoderLM, ModelOutput, NumSteps
 from recur.models.looped import split_steps
-
-
-@dataclass(frozen=True)
-class LatentSettings:
-    """The thought stream's knobs, read from ModelConfig.extra (defaults in brackets)."""
-
-    n_thoughts: int  # Z learned thought tokens per chunk [16]
-    d_thought: int  # width of the thought stream [d_model]
-    thought_heads: int  # attention heads of the thought core [n_heads]
-    thought_chunk: int  # positions per chunk of thoughts (1 = per position) [16]
-    read_layer: int  # token blocks before the thought loop; the rest run after injection [n_layers // 2]
-
-    KEYS = ("n_thoughts", "d_thought", "thought_heads", "thought_chunk", "read_layer")
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, extra_keys: tuple[str, ...] = ()) -> LatentSettings:
-        unknown = set(cfg.extra) - set(cls.KEYS) - set(extra_keys)
-        if unknown:
-            raise ValueError(f"--model.extra: unknown keys {sorted(unknown)} for variant '{cfg.variant}'; "
-                             f"expected some of {', '.join(cls.KEYS + extra_keys)}")
-        values = {"n_thoughts": 16, "d_thought": cfg.d_model, "thought_heads": cfg.n_heads, "thought_chunk": 16,
-                  "read_layer": cfg.n_layers // 2}
-        values.update({k: cfg.extra[k] for k in cls.KEYS if k in cfg.extra})
-        for key, value in values.items():
-            low = 0 if key == "read_layer" else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"--model.extra.{key} must be an integer >= {low}, got {value!r}")
-        if values["read_layer"] > cfg.n_layers:
-            raise ValueError(f"--model.extra.read_layer {values['read_layer']} exceeds --model.n_layers {cfg.n_layers}")
-        if values["d_thought"] % values["thought_heads"]:
-            raise ValueError(f"--model.extra.d_thought {values['d_thought']} is not divisible by "
-                             f"--model.extra.thought_heads {values['thought_heads']}")
-        return cls(**values)
 
 
 def ffn_width(d: int, multiple_of: int) -> int:
@@ -176,7 +143,7 @@ def chunk_layout(start: int, T: int, S: int, chunk: int, doc_ids: torch.Tensor |
 class ThoughtStream(nn.Module):
     """The thought tokens, their core and the injection back into the token stream."""
 
-    def __init__(self, cfg: ModelConfig, settings: LatentSettings):
+    def __init__(self, cfg: ModelConfig, settings: LatentConfig):
         super().__init__()
         self.settings = settings
         d_t = settings.d_thought
@@ -225,11 +192,9 @@ class LatentLM(DecoderLM):
     """Token blocks split around a thought stream. Subclasses change the token block (SSM) or the
     stream (halting) through `make_block` / `make_stream`."""
 
-    stream_keys: tuple[str, ...] = ()
-
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.settings = LatentSettings.from_config(cfg, self.stream_keys)
+        self.settings = cfg.latent  # resolved: every derived knob is filled in
         split = self.settings.read_layer
         self.prelude = nn.ModuleList(self.make_block(cfg) for _ in range(split))
         self.thought_stream = self.make_stream(cfg)

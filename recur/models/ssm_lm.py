@@ -19,44 +19,20 @@ memory and thoughts do.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from recur.models.config import ModelConfig
+from recur.models.config import ModelConfig, SSMConfig
 from recur.models.latent import ChunkAttention, LatentLM, ThoughtCore, chunk_layout, ffn_width
 from recur.models.layers import AttentionContext, KVCache, RMSNorm, StateSlot, SwiGLU
 from recur.models.ssm import Mamba2Mixer
 
 
-@dataclass(frozen=True)
-class SSMSettings:
-    d_state: int  # SSM state size per head [64]
-    headdim: int  # channels per SSM head [64]
-    expand: int  # inner width = expand · d_model [2]
-    d_conv: int  # causal depthwise conv kernel [4]
-    scan_chunk: int  # SSD chunk length [64]
-
-    KEYS = ("ssm_d_state", "ssm_headdim", "ssm_expand", "ssm_d_conv", "ssm_scan_chunk")
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> SSMSettings:
-        values = {"ssm_d_state": 64, "ssm_headdim": 64, "ssm_expand": 2, "ssm_d_conv": 4, "ssm_scan_chunk": 64}
-        values.update({k: cfg.extra[k] for k in cls.KEYS if k in cfg.extra})
-        for key, value in values.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--model.extra.{key} must be an integer >= 1, got {value!r}")
-        if values["ssm_expand"] * cfg.d_model % values["ssm_headdim"]:
-            raise ValueError(f"--model.extra.ssm_headdim {values['ssm_headdim']} must divide ssm_expand·d_model "
-                             f"= {values['ssm_expand'] * cfg.d_model}")
-        return cls(*(values[k] for k in cls.KEYS))
-
-
 class SSMBlock(nn.Module):
     """x + mixer(norm(x)), then x + mlp(norm(x)). With a cache it continues from the stored SSM state."""
 
-    def __init__(self, cfg: ModelConfig, ssm: SSMSettings):
+    def __init__(self, cfg: ModelConfig, ssm: SSMConfig):
         super().__init__()
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = Mamba2Mixer(cfg.d_model, d_state=ssm.d_state, headdim=ssm.headdim, expand=ssm.expand,
@@ -90,10 +66,8 @@ class SSMBlock(nn.Module):
 
 
 class SSMLM(LatentLM):
-    stream_keys = SSMSettings.KEYS
-
     def make_block(self, cfg: ModelConfig) -> nn.Module:
-        return SSMBlock(cfg, SSMSettings.from_config(cfg))
+        return SSMBlock(cfg, cfg.ssm)
 
     @torch.no_grad()
     def after_init(self) -> None:
@@ -135,19 +109,9 @@ class Memory(nn.Module):
 
 
 class SSMMemLM(SSMLM):
-    stream_keys = SSMSettings.KEYS + ("n_memory", "memory_chunk")
-
-    def __init__(self, cfg: ModelConfig):
-        n_slots, chunk = cfg.extra.get("n_memory", 64), cfg.extra.get("memory_chunk", 64)
-        for key, value in (("n_memory", n_slots), ("memory_chunk", chunk)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--model.extra.{key} must be an integer >= 1, got {value!r}")
-        self.memory_shape = (n_slots, chunk)
-        super().__init__(cfg)
-
     def make_stream(self, cfg: ModelConfig):
         # Built right before the thought stream so parameter order reads prelude, memory, thoughts, coda.
-        self.memory = Memory(cfg, *self.memory_shape)
+        self.memory = Memory(cfg, cfg.memory.n_slots, cfg.memory.chunk)
         return super().make_stream(cfg)
 
     @torch.no_grad()
