@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy
 import torch
 import torch.nn.functional as F
 
@@ -155,11 +156,12 @@ def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int,
     return x.to(device), m.to(device)
 
 
-def training_batch(args: argparse.Namespace, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(args: argparse.Namespace, step: int) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Step `step`'s batch, drawn from its own seed: worker processes can build it ahead of the GPU and a
     resumed run sees the same data without carrying a generator state."""
-    return batch(random.Random(args.seed * 1_000_003 + step), args, args.batch_size, args.queries, None, "cpu",
+    x, m = batch(random.Random(args.seed * 1_000_003 + step), args, args.batch_size, args.queries, None, "cpu",
                  args.copy_fraction, multiple=32)
+    return x.numpy(), m.numpy()  # plain pickles: tensors cross processes as file descriptors, which ran out
 
 
 def retrofit(model: torch.nn.Module, baseline: dict[str, torch.Tensor]) -> None:
@@ -287,7 +289,7 @@ def main() -> None:
             break
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, step / 100)
-        x, m = x.to(args.device, non_blocking=True), m.to(args.device, non_blocking=True)
+        x, m = torch.from_numpy(x).to(args.device), torch.from_numpy(m).to(args.device)
         depth = sampler(step)
         with autocast:
             logits = model(x[:, :-1], num_steps=(depth.no_grad_steps, depth.grad_steps)).logits if looped \
