@@ -25,8 +25,8 @@ VARIANTS = {  # variant -> extra knobs small enough for CPU
 
 def tiny(variant: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                      max_seq_len=32, init_std=0.2, extra=VARIANTS[variant])  # n_kv_heads < n_heads: GQA
+    cfg = ModelConfig.from_dict(dict(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
+                                     max_seq_len=32, init_std=0.2, extra=VARIANTS[variant]))  # n_kv_heads < n_heads: GQA
     return create_model(cfg).eval()
 
 
