@@ -112,7 +112,7 @@ def test_ddp_with_parameters_unused_on_some_steps_matches_single(data, out):
     """ACT's learned thoughts get no gradient on steps with no-grad iterations (n > 0), and halting can skip
     its thought core on one rank only: DDP must find the unused parameters every step, and leave a
     gradient unused on every rank as None, as one process does (AdamW then skips it)."""
-    flags = ["--model.variant", "act", "--model.extra", "{n_thoughts: 4, thought_chunk: 4}"]
+    flags = ["--model.variant", "act", "--model.latent.n_thoughts", "4", "--model.latent.thought_chunk", "4"]
     run_training(data, out, "act_single", 1, *flags)
     run_training(data, out, "act_ddp2", 2, *flags, "--dist.backend", "ddp")
     assert_same_run(metrics(out, "act_ddp2"), metrics(out, "act_single"))
