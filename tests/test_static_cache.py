@@ -12,21 +12,22 @@ from recur.models import ModelConfig, create_model
 from recur.models.layers import KVCache
 from recur.parallel.compile import compile_model
 
-VARIANTS = {  # variant -> extra knobs small enough for CPU
+THOUGHTS = {"latent": {"n_thoughts": 4, "thought_chunk": 4}}
+SSM = {**THOUGHTS, "ssm": {"headdim": 16, "d_state": 8, "scan_chunk": 8}}
+VARIANTS = {  # variant -> its knob groups, small enough for CPU
     "baseline": {},
     "recurrent": {},
     "shared_loop": {},
-    "latent": {"n_thoughts": 4, "thought_chunk": 4},
-    "ssm": {"n_thoughts": 4, "thought_chunk": 4, "ssm_headdim": 16, "ssm_d_state": 8, "ssm_scan_chunk": 8},
-    "ssm_mem": {"n_thoughts": 4, "thought_chunk": 4, "ssm_headdim": 16, "ssm_d_state": 8, "ssm_scan_chunk": 8,
-                "n_memory": 4, "memory_chunk": 8},
+    "latent": THOUGHTS,
+    "ssm": SSM,
+    "ssm_mem": {**SSM, "memory": {"n_slots": 4, "chunk": 8}},
 }
 
 
 def tiny(variant: str) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = ModelConfig.from_dict(dict(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                                     max_seq_len=32, init_std=0.2, extra=VARIANTS[variant]))  # n_kv_heads < n_heads: GQA
+                                     max_seq_len=32, init_std=0.2, **VARIANTS[variant]))  # n_kv_heads < n_heads: GQA
     return create_model(cfg).eval()
 
 
