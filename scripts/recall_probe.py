@@ -180,6 +180,20 @@ def retrofit(model: torch.nn.Module, baseline: dict[str, torch.Tensor]) -> None:
         sys.exit(f"--retrofit_from: layers do not match the model (missing {missing}, unexpected {unexpected})")
 
 
+def model_overrides(pairs: list[str]) -> dict[str, object]:
+    """`--set` FIELD=VALUE pairs as ModelConfig keywords; values are JSON (1, true, 0.5) or plain strings."""
+    overrides = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"--set: expected FIELD=VALUE, got '{pair}'")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return overrides
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--format", choices=FORMATS, default="chat")
@@ -217,6 +231,11 @@ def main() -> None:
     p.add_argument("--retrofit_from", type=Path,
                    help="a --checkpoint of a trained recur baseline: a recurrent model starts from its layers "
                         "(first | middle | last n_coda as prelude | core | coda, passthrough adapter)")
+    p.add_argument("--adapter_init", choices=("passthrough", "state"), default="passthrough",
+                   help="--retrofit_from: the adapter's start (`state` also starts the state as the prelude output, "
+                        "so the core iterates on its own output)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="recur variants: ModelConfig overrides, e.g. n_prelude=1 n_core=1 n_coda=1 state_norm=true")
     p.add_argument("--compile", action="store_true", help="recur variants: torch.compile every block")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--data_workers", type=int, default=2, help="processes drawing training batches ahead")
@@ -242,12 +261,14 @@ def main() -> None:
     else:
         extra = {"block_norm": args.block_norm} if args.block_norm else {}
         if args.retrofit_from:  # the retrofitting paper's start: r = 1 reproduces the baseline
-            extra.update(block_norm=args.block_norm or "pre", adapter_init="passthrough")
+            extra.update(block_norm=args.block_norm or "pre", adapter_init=args.adapter_init,
+                         **({"init_state": "input"} if args.adapter_init == "state" else {}))
+        extra.update(model_overrides(args.set))
         model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
                              vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
                              tie_embeddings=not args.untied, **extra).to(args.device)
         if args.retrofit_from:
-            retrofit(model, torch.load(args.retrofit_from, weights_only=False)["model"])
+            retrofit(model, torch.load(args.retrofit_from, map_location=args.device, weights_only=False)["model"])
     if args.compile and args.variant not in ("reference_gpt", "hf_llama"):
         compile_model(model)
     autocast = torch.autocast("cuda", torch.bfloat16) if args.bf16 else contextlib.nullcontext()
@@ -270,7 +291,7 @@ def main() -> None:
 
     start, accuracy, first_090, first_step = time.time(), 0.0, None, 1
     if args.checkpoint and args.checkpoint.exists():
-        saved = torch.load(args.checkpoint, weights_only=False)
+        saved = torch.load(args.checkpoint, map_location=args.device, weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])

@@ -33,6 +33,23 @@ def test_recurrent_r1_equals_baseline_with_passthrough_adapter(block_norm):
     assert not torch.allclose(looped(x, num_steps=1).logits, base(x).logits, atol=1e-3)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_state_adapter_iterates_the_core_on_its_own_output(steps):
+    """adapter_init "state" with s_0 = prelude output: r steps equal a plain decoder whose layers are the
+    prelude, the core repeated r times and the coda (the retrofit start where extra depth carries state)."""
+    torch.manual_seed(0)
+    looped = create_model(tiny_cfg(adapter_init="state", init_state="input", block_norm="pre"))
+    blocks = list(looped.prelude) + list(looped.core) * steps + list(looped.coda)
+    base = create_model(tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None,
+                                 n_layers=len(blocks), block_norm="pre"))
+    for dst, src in zip(base.layers, blocks):
+        dst.load_state_dict(src.state_dict())
+    base.tok_embeddings.load_state_dict(looped.tok_embeddings.state_dict())
+    base.norm.load_state_dict(looped.norm.state_dict())
+    x = torch.randint(0, 97, (2, 33))
+    torch.testing.assert_close(looped(x, num_steps=steps).logits, base(x).logits, rtol=0, atol=1e-5)
+
+
 def _core_grads(model, x, num_steps):
     model.zero_grad()
     model(x, targets=x, num_steps=num_steps).loss.backward()

@@ -147,7 +147,7 @@ class ModelConfig:
     n_core: int | None = None
     n_coda: int | None = None
     injection: str = "concat"  # concat (adapter 2d -> d) | add | none
-    adapter_init: str = "normal"  # normal | passthrough (adapter copies the prelude output: retrofitting)
+    adapter_init: str = "normal"  # normal | passthrough (adapter copies the prelude output: retrofitting) | state
     init_state: str = "random"  # random | zeros | input (state starts as the prelude output)
     # Small against the unit-RMS prelude output: with std 1 the adapter first sees mostly noise in the state
     # half and learns to ignore the state, after which every iteration recomputes the same thing.
@@ -199,7 +199,7 @@ class ModelConfig:
             cfg.n_layers = cfg.n_layers or 4
         for name in ("injection", "init_state", "block_norm", "adapter_init"):
             allowed = {"injection": ("concat", "add", "none"), "init_state": ("random", "zeros", "input"),
-                       "block_norm": ("pre", "post", "sandwich"), "adapter_init": ("normal", "passthrough")}[name]
+                       "block_norm": ("pre", "post", "sandwich"), "adapter_init": ("normal", "passthrough", "state")}[name]
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"--model.{name}: got '{getattr(cfg, name)}'; expected one of {', '.join(allowed)}")
         if cfg.default_num_steps < 1:

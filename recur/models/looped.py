@@ -91,19 +91,23 @@ class LoopedLM(DecoderLM):
         self.register_buffer("eval_state", eval_state, persistent=False)
         self.noise_key: NoiseKey | None = None  # set by the trainer: training noise keyed by global row
         self.init_weights()
-        if self.adapter is not None and cfg.adapter_init == "passthrough":
-            self.set_passthrough_adapter()
+        if self.adapter is not None and cfg.adapter_init != "normal":
+            self.set_passthrough_adapter(cfg.adapter_init)
 
     def effective_depth(self) -> int:
         return self.cfg.n_prelude + self.cfg.n_core * self.cfg.default_num_steps + self.cfg.n_coda
 
     @torch.no_grad()
-    def set_passthrough_adapter(self) -> None:
-        """adapter([s, e]) = e: the first iteration then sees exactly the prelude output, so a model
-        converted from a pretrained decoder reproduces it at r = 1."""
+    def set_passthrough_adapter(self, kind: str = "passthrough") -> None:
+        """"passthrough": adapter([s, e]) = e, so every iteration first sees exactly the prelude output and a
+        model converted from a pretrained decoder reproduces it at r = 1 — but the state is dropped, so until
+        training moves the adapter each iteration recomputes the same thing. "state": adapter([s, e]) = s;
+        with init_state "input" (s_0 = e) r = 1 is the same, and each further iteration applies the core to
+        its own output, so the state carries what the previous iteration computed."""
         d = self.cfg.d_model
         self.adapter.weight.zero_()
-        self.adapter.weight[:, d:].copy_(torch.eye(d))
+        kept = slice(d, None) if kind == "passthrough" else slice(0, d)
+        self.adapter.weight[:, kept].copy_(torch.eye(d))
 
     def initial_state(self, e: torch.Tensor) -> torch.Tensor:
         kind = self.cfg.init_state
