@@ -135,9 +135,8 @@ def mixing(loader_cls, path: Path, global_batch_size: int, shuffle_window: int, 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    # The loader under test: this checkout's, or --loader_root's (imported first so it wins).
-    sys.path.insert(0, str(args.loader_root.resolve() if args.loader_root else ROOT))
-    sys.path.insert(1, str(ROOT))
+    if args.loader_root:  # the loader under test from another checkout: its recur is imported first, so it wins
+        sys.path.insert(0, str(args.loader_root.resolve()))
     loader_cls = importlib.import_module("recur.data.loader").StatefulParquetDataset
     from bench.loader_data import write_reference_copy, write_synthetic
     from bench.loader_retrofit import load_reference, reference_epoch_tokens

@@ -9,16 +9,13 @@ in the same run), the bfd/concat ratio, and the end-to-end rate including tokeni
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.data.packing import TokenizedDoc, pack_bfd, pack_concat, pack_dataset  # noqa: E402
+from recur.data.packing import TokenizedDoc, pack_bfd, pack_concat, pack_dataset
 
 
 def generated_docs(num_docs: int, seed: int, max_len: int) -> list[TokenizedDoc]:

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.eval.generate import ExitRule, generate  # noqa: E402
-from recur.models import ModelConfig, create_model  # noqa: E402
-from recur.parallel.compile import compile_model  # noqa: E402
+from recur.eval.generate import ExitRule, generate
+from recur.models import ModelConfig, create_model
+from recur.parallel.compile import compile_model
 
 
 def decode(model, prompts: list[list[int]], tokens: int, depth: int, rule: ExitRule | None = None) -> tuple[list, float]:

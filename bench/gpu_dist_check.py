@@ -47,7 +47,6 @@ def ensure_deepspeed() -> None:
 
 
 def make_data(seq_len: int, num_docs: int) -> Path:
-    sys.path.insert(0, str(ROOT))
     from recur.data.packing import pack_dataset
 
     path = OUT / "data"

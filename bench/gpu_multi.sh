@@ -6,6 +6,7 @@ set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # a bare checkout: recur (and bench/) import from here
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpus.csv"
 python -m pip install -q --no-index --find-links wheels deepspeed jsonargparse 2>&1 | tail -2
 save() {  # metrics only: checkpoints stay on the machine

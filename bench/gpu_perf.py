@@ -28,19 +28,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.perf_common import (append_results, device, log, markdown_table, matmul_peak_tflops,  # noqa: E402
+from bench.perf_common import (append_results, device, log, markdown_table, matmul_peak_tflops,
                                profile_top, sync, time_steps)
-from recur.flops import count_params, flops_per_token  # noqa: E402
-from recur.models import ModelConfig, create_model, preset_config  # noqa: E402
-from recur.models.attention import benchmark_backends, resolve_backend, select_backend  # noqa: E402
-from recur.optim import build_optimizer  # noqa: E402
-from recur.optim.config import OptimConfig  # noqa: E402
-from recur.parallel.compile import compile_model  # noqa: E402
-from recur.parallel.fsdp import apply_activation_checkpointing  # noqa: E402
+from recur.flops import count_params, flops_per_token
+from recur.models import ModelConfig, create_model, preset_config
+from recur.models.attention import benchmark_backends, resolve_backend, select_backend
+from recur.optim import build_optimizer
+from recur.optim.config import OptimConfig
+from recur.parallel.compile import compile_model
+from recur.parallel.fsdp import apply_activation_checkpointing
 
+ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("attention", "nanogpt", "looped", "memory", "long")
 NANOGPT = ROOT / "third_party" / "nanogpt" / "model.py"
 

@@ -22,14 +22,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.convert.hf import convert_hf_model  # noqa: E402
-from recur.flops import count_params, flops_per_token  # noqa: E402
-from recur.metrics import device_peak_tflops  # noqa: E402
-from recur.optim import build_optimizer, lr_at, set_lr  # noqa: E402
-from recur.optim.config import LRScheduleConfig, OptimConfig  # noqa: E402
-from recur.recurrence import RecurrenceConfig, RecurrenceSampler  # noqa: E402
+from recur.convert.hf import convert_hf_model
+from recur.flops import count_params, flops_per_token
+from recur.metrics import device_peak_tflops
+from recur.optim import build_optimizer, lr_at, set_lr
+from recur.optim.config import LRScheduleConfig, OptimConfig
+from recur.recurrence import RecurrenceConfig, RecurrenceSampler
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}

@@ -46,7 +46,6 @@ def ensure_packages() -> None:
 
 
 def make_data(seq_len: int, rows: int) -> Path:
-    sys.path.insert(0, str(ROOT))
     from recur.data.packing import pack_dataset
 
     path = OUT / f"data_{seq_len}"

@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 # Run as a plain script from any directory: make the repository's package importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.models.ssm import Mamba2Mixer, try_import_mamba2  # noqa: E402
+from recur.models.ssm import Mamba2Mixer, try_import_mamba2
 
 # Normwise relative tolerances (max |ours - ref| / max |ref|). bf16 outputs carry ~3 significant digits;
 # fp32 Triton dots may run in TF32.

@@ -33,15 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.perf_common import environment_line, log
+from recur.checkpoint import write_json_atomic
+from recur.cli_common import child_env
+from recur.data.packing import TokenizedDoc, pack_concat
+from recur.data.shard_writer import ShardWriter, build_manifest, finish_dataset, staged_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.perf_common import environment_line, log  # noqa: E402
-from recur.checkpoint import write_json_atomic  # noqa: E402
-from recur.cli_common import child_env  # noqa: E402
-from recur.data.packing import TokenizedDoc, pack_concat  # noqa: E402
-from recur.data.shard_writer import ShardWriter, build_manifest, finish_dataset, staged_dir  # noqa: E402
-
 GPT2_VOCAB = 50257  # tokens are drawn from GPT-2's real vocabulary; both models pad their tables to 50304
 PROGRESS_LINE = re.compile(r"^step\s+(\d+)/(\d+) \|")  # train.py's progress line (recur.metrics)
 NANOGPT_LINE = re.compile(r"^iter (\d+): loss ([-\d.naif]+), time ([\d.]+)ms, mfu ([-\d.]+)%", re.M)

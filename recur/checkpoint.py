@@ -29,6 +29,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from recur import atomic
 from recur.models.config import ModelConfig
 
 COMPLETE = "COMPLETE"
@@ -74,12 +75,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    """Write `data` as JSON to `path` atomically, fsynced before the rename."""
+    with atomic.atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -181,9 +181,8 @@ class Checkpointer:
                         os.fsync(f.fileno())
             write_json_atomic(tmp / COMPLETE, {"step": step})
             _fsync_dir(tmp)
-            if final.exists():  # damaged (checked above): never loadable, resume skips it with a note
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            # An existing `final` is damaged (checked above): never loadable, resume skips it with a note.
+            atomic.replace(tmp, final)
             _fsync_dir(self.root)
             for old in self.complete_checkpoints()[:-self.keep]:
                 shutil.rmtree(old)

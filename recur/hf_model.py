@@ -16,7 +16,6 @@ Every file is written 0644: an export is meant to be shared.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recur.atomic import atomic_dir
 from recur.models import create_model
 from recur.models.config import ModelConfig, saved_keys
 from recur.models.lm import DecoderLM
@@ -76,42 +76,32 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
         raise FileExistsError(f"--out {out}: already exists (pass --overwrite to replace it)")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype: got '{dtype}'; expected one of {', '.join(DTYPES)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = _state_to_save(model, DTYPES[dtype] if dtype else None)
-    save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    special_ids = special_ids or {}
-    config = {"model_type": "recur", "architectures": ["RecurForCausalLM"], "auto_map": AUTO_MAP,
-              "recur_format_version": FORMAT_VERSION, "tie_word_embeddings": model.cfg.tie_embeddings,
-              "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."), **asdict(model.cfg),
-              **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
-    if conversion is not None:
-        config["conversion"] = conversion
-    if tokenizer == "byte":  # recur reads its own byte tokenizer; transformers reads the equivalent files
-        from recur.data.byte_hf import byte_hf_tokenizer
+    with atomic_dir(out) as tmp:
+        state = _state_to_save(model, DTYPES[dtype] if dtype else None)
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        special_ids = special_ids or {}
+        config = {"model_type": "recur", "architectures": ["RecurForCausalLM"], "auto_map": AUTO_MAP,
+                  "recur_format_version": FORMAT_VERSION, "tie_word_embeddings": model.cfg.tie_embeddings,
+                  "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."), **asdict(model.cfg),
+                  **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
+        if conversion is not None:
+            config["conversion"] = conversion
+        if tokenizer == "byte":  # recur reads its own byte tokenizer; transformers reads the equivalent files
+            from recur.data.byte_hf import byte_hf_tokenizer
 
-        config["recur_tokenizer"] = tokenizer
-        byte_hf_tokenizer().save_pretrained(tmp)
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n")
-    shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
-    # recur's source, so the directory loads where recur is not installed (modeling_recur.py imports it).
-    shutil.copytree(PACKAGE_DIR, tmp / SOURCE_DIR / PACKAGE_DIR.name,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for file in extra_files:
-        shutil.copyfile(file, tmp / Path(file).name)
-    for file in tmp.rglob("*"):
-        file.chmod(0o755 if file.is_dir() else 0o644)
-    tmp.chmod(0o755)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+            config["recur_tokenizer"] = tokenizer
+            byte_hf_tokenizer().save_pretrained(tmp)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n")
+        shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
+        # recur's source, so the directory loads where recur is not installed (modeling_recur.py imports it).
+        shutil.copytree(PACKAGE_DIR, tmp / SOURCE_DIR / PACKAGE_DIR.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for file in extra_files:
+            shutil.copyfile(file, tmp / Path(file).name)
+        for file in tmp.rglob("*"):
+            file.chmod(0o755 if file.is_dir() else 0o644)
+        tmp.chmod(0o755)
     return out
 
 

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.eval.stats import wilson_interval  # noqa: E402
+from recur.eval.stats import wilson_interval
 
 BEGIN, END = "<!-- default-run -->", "<!-- /default-run -->"
 

@@ -34,15 +34,13 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.data.tokenizer import ByteTokenizer  # noqa: E402
-from recur.models.config import ModelConfig  # noqa: E402
-from recur.models.layers import Rotary, apply_rotary  # noqa: E402
-from recur.models import create_model  # noqa: E402
-from recur.models.config import LOOPED_VARIANTS  # noqa: E402
-from recur.parallel.compile import compile_model  # noqa: E402
-from recur.recurrence import RecurrenceConfig, RecurrenceSampler  # noqa: E402
+from recur.data.tokenizer import ByteTokenizer
+from recur.models.config import ModelConfig
+from recur.models.layers import Rotary, apply_rotary
+from recur.models import create_model
+from recur.models.config import LOOPED_VARIANTS
+from recur.parallel.compile import compile_model
+from recur.recurrence import RecurrenceConfig, RecurrenceSampler
 
 TOKENIZER = ByteTokenizer()
 FORMATS = ("chat", "echo", "direct")

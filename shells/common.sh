@@ -7,6 +7,8 @@ recur_die() { recur_log "error: $*"; exit 2; }
 # The checkout this file belongs to (sbatch runs a spool copy of the submitted script, never of this file).
 RECUR_ROOT=${RECUR_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export RECUR_ROOT
+# utils/ and bench/ scripts import recur from the checkout whether or not it is installed.
+export PYTHONPATH=$RECUR_ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 # Cluster-specific settings (shells/machine_config.sh, or the file named by $RECUR_MACHINE_CONFIG):
 # module loads, the virtual environment, data and output roots. Sets PYTHON to the interpreter to use.

@@ -1,4 +1,4 @@
-"""Split curriculum (phase switch at the token budget, exact resume), difficulty curriculum, generated text."""
+"""Split curriculum (phase switch at the token budget, exact resume), generated text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from recur.data.curriculum import DifficultyCurriculum, PhasedLoader
+from recur.data.curriculum import PhasedLoader
 from recur.data.textgen import generate_stories
 
 
@@ -55,25 +55,6 @@ def test_resume_with_other_budget_is_refused():
     loader = make_loader()
     with pytest.raises(ValueError, match="alg_tokens"):
         make_loader(alg_tokens=40).load_state_dict(loader.state_dict())
-
-
-def test_difficulty_rises_past_threshold_and_resumes():
-    cur = DifficultyCurriculum({"addition": [1, 2, 3]}, threshold=0.9, patience=2)
-    assert cur.difficulty("addition") == 1
-    assert not cur.update("addition", 0.95)
-    assert cur.update("addition", 0.92)
-    assert cur.difficulty("addition") == 2
-    assert not cur.update("addition", 0.5)
-    copy = DifficultyCurriculum({"addition": [1, 2, 3]}, threshold=0.9, patience=2)
-    copy.load_state_dict(cur.state_dict())
-    for accuracy in (0.99, 0.99, 0.99, 0.99):
-        assert copy.update("addition", accuracy) == cur.update("addition", accuracy)
-    assert cur.difficulty("addition") == 3  # top level: stays
-
-
-def test_difficulty_levels_are_validated():
-    with pytest.raises(ValueError, match="strictly increasing"):
-        DifficultyCurriculum({"addition": [2, 1]})
 
 
 def test_stories_are_deterministic_and_varied():

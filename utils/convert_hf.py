@@ -16,11 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.convert.hf import ARCHS, convert_to_dir  # noqa: E402
-from recur.flops import count_params  # noqa: E402
-from recur.hf_model import DTYPES  # noqa: E402
+from recur.convert.hf import ARCHS, convert_to_dir
+from recur.flops import count_params
+from recur.hf_model import DTYPES
 
 
 def build_parser(default_arch: str | None = None) -> argparse.ArgumentParser:

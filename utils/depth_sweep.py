@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-# Run as a plain script, sys.path[0] is utils/; the repo root holds the (uninstalled) package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.cli_common import run_cli  # noqa: E402
-from recur.eval.hub import HubConfig  # noqa: E402
-from recur.eval.sweep import DEFAULT_DEPTHS, run_sweep  # noqa: E402
+from recur.cli_common import run_cli
+from recur.eval.hub import HubConfig
+from recur.eval.sweep import DEFAULT_DEPTHS, run_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:

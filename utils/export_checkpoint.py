@@ -14,10 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# Run as a plain script, sys.path[0] is utils/; the repo root holds the (uninstalled) package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.parallel.export import export_checkpoint  # noqa: E402
+from recur.parallel.export import export_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

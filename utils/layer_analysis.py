@@ -13,11 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-# Run as a plain script, sys.path[0] is utils/; the repo root holds the (uninstalled) package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.convert.layer_analysis import DTYPES, analyse_model  # noqa: E402
-from recur.convert.layer_report import format_summary, format_table, save_plot, write_json  # noqa: E402
+from recur.convert.layer_analysis import DTYPES, analyse_model
+from recur.convert.layer_report import format_summary, format_table, save_plot, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:

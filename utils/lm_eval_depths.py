@@ -10,10 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.checkpoint import write_json_atomic  # noqa: E402
-from recur.eval.lm_eval_adapter import evaluate_at_depths  # noqa: E402
+from recur.checkpoint import write_json_atomic
+from recur.eval.lm_eval_adapter import evaluate_at_depths
 
 
 def main(argv: list[str] | None = None) -> int:

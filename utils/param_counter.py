@@ -21,19 +21,17 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from recur.checkpoint import write_json_atomic  # noqa: E402
-from recur.cli import parse_config  # noqa: E402
-from recur.config import TrainConfig  # noqa: E402
-from recur.data.validate import read_manifest  # noqa: E402
-from recur.eval.load import saved_config  # noqa: E402
-from recur.flops import EXPECTATIONS, count_params, curriculum_flops  # noqa: E402
-from recur.models import create_model  # noqa: E402
-from recur.models.presets import preset_table  # noqa: E402
-from recur.recurrence import RecurrenceSampler  # noqa: E402
+from recur.checkpoint import write_json_atomic
+from recur.cli import parse_config
+from recur.config import TrainConfig
+from recur.data.validate import read_manifest
+from recur.eval.load import saved_config
+from recur.flops import EXPECTATIONS, count_params, curriculum_flops
+from recur.models import create_model
+from recur.models.presets import preset_table
+from recur.recurrence import RecurrenceSampler
 
 
 LABELS = {"tok_embeddings": "embeddings", "core": "recurrent block (core)", "lm_head": "lm_head (untied)",

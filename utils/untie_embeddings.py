@@ -12,9 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from recur.convert.untie import untie_hf_checkpoint  # noqa: E402
+from recur.convert.untie import untie_hf_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from recur.atomic import atomic_path
 from recur.convert.layer_analysis import LayerAnalysis
 
 ZONE_COLOURS = {"Prelude": "#4C72B0", "Recurrent": "#DD8452", "Coda": "#55A868", "DROPPED": "#9E9E9E"}
@@ -57,20 +57,11 @@ def analysis_to_dict(analysis: LayerAnalysis) -> dict[str, Any]:
     }
 
 
-def _atomic_target(path: Path) -> Path:
-    """A sibling temp name (same filesystem, so the final os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_json(analysis: LayerAnalysis, path: str | Path) -> Path:
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(analysis_to_dict(analysis), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -123,11 +114,10 @@ def save_plot(analysis: LayerAnalysis, path: str | Path) -> Path:
     bottom.grid(alpha=0.3)
     fig.tight_layout()
 
-    tmp = _atomic_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path

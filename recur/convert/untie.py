@@ -9,10 +9,10 @@ sharded), so it does not depend on the installed transformers version.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+from recur.atomic import atomic_dir
 from recur.convert.hf import read_hf_config
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -33,27 +33,23 @@ def untie_hf_checkpoint(model_path: str | Path, out_dir: str | Path, overwrite: 
     single, index = src / "model.safetensors", src / "model.safetensors.index.json"
     if not single.is_file() and not index.is_file():
         raise FileNotFoundError(f"--model_path {src}: needs model.safetensors or model.safetensors.index.json")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if single.is_file():
-        state = load_file(str(single))
-        state[HEAD] = state[EMBED].clone()
-        save_file(state, str(tmp / single.name), metadata={"format": "pt"})
-    else:
-        # Sharded: the head goes into its own shard, listed in the index; the other shards stay as they are.
-        weight_map = json.loads(index.read_text())
-        embed_shard = src / weight_map["weight_map"][EMBED]
-        with safe_open(str(embed_shard), "pt") as f:
-            head = f.get_tensor(EMBED).clone()
-        save_file({HEAD: head}, str(tmp / HEAD_SHARD), metadata={"format": "pt"})
-        weight_map["weight_map"][HEAD] = HEAD_SHARD
-        if "metadata" in weight_map and "total_size" in weight_map["metadata"]:
-            weight_map["metadata"]["total_size"] += head.numel() * head.element_size()
-        (tmp / index.name).write_text(json.dumps(weight_map, indent=2) + "\n")
-    config["tie_word_embeddings"] = False
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if single.is_file():
+            state = load_file(str(single))
+            state[HEAD] = state[EMBED].clone()
+            save_file(state, str(tmp / single.name), metadata={"format": "pt"})
+        else:
+            # Sharded: the head goes into its own shard, listed in the index; the other shards stay as they are.
+            weight_map = json.loads(index.read_text())
+            embed_shard = src / weight_map["weight_map"][EMBED]
+            with safe_open(str(embed_shard), "pt") as f:
+                head = f.get_tensor(EMBED).clone()
+            save_file({HEAD: head}, str(tmp / HEAD_SHARD), metadata={"format": "pt"})
+            weight_map["weight_map"][HEAD] = HEAD_SHARD
+            if "metadata" in weight_map and "total_size" in weight_map["metadata"]:
+                weight_map["metadata"]["total_size"] += head.numel() * head.element_size()
+            (tmp / index.name).write_text(json.dumps(weight_map, indent=2) + "\n")
+        config["tie_word_embeddings"] = False
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

@@ -1,12 +1,9 @@
-"""ReLSM's split curriculum (algorithmic data, then language) and a per-task difficulty curriculum.
+"""ReLSM's split curriculum (algorithmic data, then language).
 
 `PhasedLoader` reads phase 1 until `alg_tokens` tokens have been consumed, then phase 2 until
 `total_tokens`, switching only at optimizer-step boundaries (a step never mixes phases). Tokens are
 counted globally (global_batch_size · row_len per step), so every rank switches at the same step. Its
 state (phase, tokens, both loaders' positions) resumes exactly.
-
-`DifficultyCurriculum` raises a task's difficulty when its accuracy passes a threshold (Rr-slm:
-addition 1 -> 2 -> 3 digits); it is a pure object with state_dict/load_state_dict.
 """
 
 from __future__ import annotations
@@ -134,48 +131,3 @@ def _pack_stories(run_dir: Path, lang_dir: Path, data) -> None:
     pack_dataset(lang_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, inputs=[str(corpus)], packing="concat",
                  overwrite=True, recipe=stories_recipe(data))
 
-
-class DifficultyCurriculum:
-    """Per-task difficulty that steps through `levels[task]` as accuracy passes `threshold`.
-
-    update() is called with each evaluation; a task moves up after `patience` consecutive evaluations at or
-    above the threshold at its current level, and never moves down.
-    """
-
-    def __init__(self, levels: dict[str, list[int]], threshold: float = 0.9, patience: int = 1):
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"DifficultyCurriculum: threshold must be in (0, 1], got {threshold}")
-        if patience < 1:
-            raise ValueError(f"DifficultyCurriculum: patience must be >= 1, got {patience}")
-        for task, steps in levels.items():
-            spec = get_task(task)
-            if not steps or steps != sorted(set(steps)) or steps[0] < spec.min_difficulty:
-                raise ValueError(f"DifficultyCurriculum: levels of '{task}' must be strictly increasing "
-                                 f"{spec.knob} values >= {spec.min_difficulty}, got {steps}")
-        self.levels = {task: list(steps) for task, steps in levels.items()}
-        self.threshold, self.patience = threshold, patience
-        self.index = {task: 0 for task in levels}
-        self.streak = {task: 0 for task in levels}
-
-    def difficulty(self, task: str) -> int:
-        return self.levels[task][self.index[task]]
-
-    def update(self, task: str, accuracy: float) -> bool:
-        """Record one evaluation; returns True when the task's difficulty was raised."""
-        if task not in self.levels:
-            raise ValueError(f"DifficultyCurriculum: unknown task '{task}'; tracking {', '.join(self.levels)}")
-        self.streak[task] = self.streak[task] + 1 if accuracy >= self.threshold else 0
-        if self.streak[task] >= self.patience and self.index[task] + 1 < len(self.levels[task]):
-            self.index[task] += 1
-            self.streak[task] = 0
-            return True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"index": dict(self.index), "streak": dict(self.streak)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state["index"]) != set(self.levels):
-            raise ValueError(f"DifficultyCurriculum: saved tasks {sorted(state['index'])} differ from "
-                             f"{sorted(self.levels)}")
-        self.index, self.streak = dict(state["index"]), dict(state["streak"])

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from recur import atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -70,9 +69,7 @@ class RowBlock:
 
 
 def write_atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data)
 
 
 class ShardWriter:
@@ -105,12 +102,11 @@ class ShardWriter:
         shard, rest = buffered.slice(0, num_rows), buffered.slice(num_rows)
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         path = self.out_dir / shard_name(len(self.shards))
-        tmp = path.with_name(f".{path.name}.tmp")
         # seq_len in the parquet metadata lets a lone shard be checked against its dataset.
         table = shard.combine_chunks().replace_schema_metadata({"recur.seq_len": str(self.seq_len)})
         # Page CRCs: readers verify them (recur.data.validate.open_shard), so a flipped bit fails loudly.
-        pq.write_table(table, tmp, row_group_size=self.row_group_size, write_page_checksum=True)
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            pq.write_table(table, tmp, row_group_size=self.row_group_size, write_page_checksum=True)
         self.shards.append({"file": path.name, "num_rows": num_rows, "sha256": file_sha256(path)})
 
 
@@ -129,25 +125,11 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise ValueError(f"--out_dir {out_dir} is not empty and holds no packed dataset; refusing to replace it")
 
 
-@contextmanager
-def staged_dir(out_dir: Path) -> Iterator[Path]:
+def staged_dir(out_dir: Path) -> AbstractContextManager[Path]:
     """Build a dataset in a sibling temporary directory; only when the block succeeds does it replace
     `out_dir` (two renames). On any failure the temporary directory is removed and `out_dir` — an older
-    dataset, or nothing — is left exactly as it was."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
-        yield work
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(work, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    dataset, or nothing — is left exactly as it was (recur.atomic.atomic_dir)."""
+    return atomic.atomic_dir(out_dir)
 
 
 def finish_dataset(out_dir: Path, manifest: dict) -> Path:

@@ -8,9 +8,10 @@ with agreement (he/she/they) and consistent names, so a small model has real reg
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
+
+from recur.atomic import atomic_path
 
 NAMES = {"he": ["Tom", "Ben", "Sam", "Leo", "Max", "Jack"], "she": ["Lily", "Mia", "Anna", "Sue", "Zoe", "Emma"]}
 ANIMALS = ["cat", "dog", "bird", "fox", "rabbit", "frog", "duck", "bear"]
@@ -62,9 +63,7 @@ def write_stories(path: str | Path, num_docs: int, seed: int) -> Path:
     """Write the stories as JSONL (the packing pipeline's input format), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for doc in generate_stories(num_docs, seed):
             f.write(json.dumps(doc) + "\n")
-    os.replace(tmp, path)
     return path

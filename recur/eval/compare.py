@@ -26,7 +26,6 @@ each such issue is one line in report["warnings"] (compare.json), on top of comp
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from recur.atomic import write_text  # noqa: E402
 from recur.eval.plots import save_figure  # noqa: E402
 from recur.eval.schema import validate_results  # noqa: E402
 from recur.eval.stats import intervals_overlap, pooled_counts  # noqa: E402
@@ -211,16 +211,10 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
               "warnings": evaluation_mismatches(runs), "runs": rows}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "compare.json", json.dumps(report, indent=2))
-    _write_atomic(out / "compare.md", markdown_table(report))
+    write_text(out / "compare.json", json.dumps(report, indent=2))
+    write_text(out / "compare.md", markdown_table(report))
     plot_comparison(runs, rows, out)
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(value, spec: str = ".3f") -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from recur.atomic import write_text
 from recur.data.tasks import TASKS, get_task
 from recur.data.tokenizer import Tokenizer, load_tokenizer
 from recur.eval.algorithmic import algorithmic_suite
@@ -97,9 +97,7 @@ def write_results(results: dict, path: Path) -> None:
     """Validate, then write atomically (temp name + rename)."""
     validate_results(results, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(results, indent=2))
 
 
 def evaluate_model(model: DecoderLM, meta: CheckpointMeta, tokenizer: Tokenizer, tokenizer_spec: str,

@@ -90,10 +90,10 @@ def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig,
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     meta = CheckpointMeta(str(path), checkpoint_format(path), str(run_dir) if run_dir else None, state.get("step"),
                           state.get("tokens"), *run_data(run_dir))
-    if meta.kind == "deepspeed":  # ZeRO shards: consolidated by the exporter's reader
-        from recur.parallel.export import consolidated_state_dict
+    if meta.kind == "deepspeed":  # ZeRO shards, consolidated
+        from recur.parallel.deepspeed import zero_fp32_state_dict
 
-        weights = consolidated_state_dict(path)[0]
+        weights = zero_fp32_state_dict(path)
         _check_fits(model, {**weights, **tied_aliases(model, weights)}, path)
         model.load_state_dict({**weights, **tied_aliases(model, weights)})
         return model.to(device), cfg, meta

@@ -67,10 +67,10 @@ def preset_counts(size: str, variant: str) -> dict[str, int]:
     import torch
 
     from recur.flops import count_params
-    from recur.models import create_model
+    from recur.models.factory import build_model
 
     with torch.device("meta"):
-        model = create_model(preset_config(size, variant))
+        model = build_model(preset_config(size, variant))
     return count_params(model)
 
 

@@ -19,6 +19,15 @@ from recur.checkpoint import DEEPSPEED_DIR
 TAG = "state"  # engine.save_checkpoint writes <checkpoint>/deepspeed/state/
 
 
+def zero_fp32_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The full fp32 model state dict of a complete DeepSpeed checkpoint directory (its ZeRO 1/2/3 shards
+    consolidated), on CPU."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(Path(checkpoint) / DEEPSPEED_DIR), tag=TAG)
+    return {k: v.detach().float().cpu() for k, v in weights.items()}
+
+
 def build_deepspeed_config(path: str | Path, *, global_batch_size: int, micro_batch_size: int,
                            accumulation_steps: int, grad_clip: float | None, bf16: bool) -> dict:
     """Read `path` and fill/verify the trainer-owned keys; raises ValueError naming both sides of a conflict."""

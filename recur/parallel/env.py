@@ -49,12 +49,6 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def single_process_env(device: str) -> DistEnv:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("WORLD_SIZE > 1 but distributed training is not initialised")
-    return DistEnv(device=pick_device(device))
-
-
 def expand_nodelist(nodelist: str) -> list[str]:
     """Expand a slurm hostlist: "node[01-03,07],gpu5" -> node01 node02 node03 node07 gpu5.
 

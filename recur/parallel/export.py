@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from recur.checkpoint import DEEPSPEED_DIR, STATE_FILE, checkpoint_format, checkpoint_problem
-from recur.eval.load import run_data, tied_aliases, model_config_from_dict, resolve_checkpoint
+from recur.checkpoint import STATE_FILE, checkpoint_format, checkpoint_problem
+from recur.eval.load import load_model, model_config_from_dict, resolve_checkpoint, run_data, tied_aliases
 from recur.hf_model import is_saved_dir
 
 
@@ -26,14 +26,10 @@ def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Ten
     state = json.loads((path / STATE_FILE).read_text())
     cfg = model_config_from_dict(state.get("model_config"), str(path / STATE_FILE))
     if checkpoint_format(path) == "deepspeed":
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from recur.parallel.deepspeed import zero_fp32_state_dict
 
-        from recur.parallel.deepspeed import TAG
-
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(path / DEEPSPEED_DIR), tag=TAG)
+        weights = zero_fp32_state_dict(path)
     else:
-        from recur.eval.load import load_model
-
         model, _, _ = load_model(path)
         weights = model.state_dict()
     return {k: v.detach().float().cpu() for k, v in weights.items()}, asdict(cfg), path
