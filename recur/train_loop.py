@@ -88,6 +88,8 @@ def _abort_job(error: BaseException, env: DistEnv) -> None:
 
 
 def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None, run: RunDir) -> dict:
+    """`train` inside its cleanup: refuse what would mix runs (before anything is written), build, resume
+    or initialise, record config.yaml, train."""
     checkpointer = Checkpointer(run.checkpoints, cfg.checkpoint.keep, env.rank, env.world_size)
     resume_from, saved_step = resume_point(cfg, run, checkpointer)
     if already_complete(cfg, run, resume_from, saved_step, env):
