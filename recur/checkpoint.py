@@ -213,3 +213,25 @@ class Checkpointer:
             seed_everything(trainer_state.get("seed", 0) * 1_000_003 + trainer_state["step"] * 1009 + self.rank)
         return trainer_state
 
+
+
+class SavePolicy:
+    """When training checkpoints, decided from the step count alone so every rank decides alike: every
+    --checkpoint.interval steps (but not at --steps: the final save is that one), and at --stop_at or on a
+    preemption signal, after which the run exits (`stop_reason`); at the end with --checkpoint.save_final."""
+
+    def __init__(self, steps: int, interval: int, stop_at: int | None, save_final: bool):
+        self.steps, self.interval, self.stop_at, self.save_final = steps, interval, stop_at, save_final
+
+    def stop_reason(self, done: int, preempted_ranks: int) -> str | None:
+        """Why the run checkpoints step `done` and exits now (preempted_ranks: how many got a signal), or None."""
+        if preempted_ranks:
+            return f"signal on {preempted_ranks} rank(s)"
+        return f"--stop_at {done}" if done == self.stop_at else None
+
+    def periodic(self, done: int) -> bool:
+        return bool(self.interval) and done % self.interval == 0 and done != self.steps
+
+    def final(self, start_step: int) -> bool:
+        """Save the state after the last step, unless the run resumed at --steps: that checkpoint is this state."""
+        return self.save_final and start_step < self.steps

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from recur.data.shard_writer import write_atomic_bytes
+from recur.run_dir import RunDir
 
 # Dense bf16 peak (TFLOP/s) by GPU name, for MFU when --log.peak_tflops is not given.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -29,7 +30,7 @@ def device_peak_tflops(device: torch.device, override: float | None) -> float | 
 class MetricsLogger:
     def __init__(self, run_dir: Path, total_steps: int, log_interval: int, wandb_mode: str, wandb_project: str,
                  run_name: str, config: dict, enabled: bool = True, resume: bool = False, show_depth: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.total_steps, self.log_interval, self.enabled = total_steps, log_interval, enabled
         self.show_depth = show_depth  # off for models that ignore the sampled depth (the baseline)
         self.start = time.time()
