@@ -29,7 +29,7 @@ from recur.flops import count_params, flops_per_token
 from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
 from recur.models import create_model
 from recur.models.attention import select_backend
-from recur.models.looped import LoopedLM, NoiseKey
+from recur.models.lm import NoiseKey
 from recur.optim import build_optimizer, lr_at, set_lr
 from recur.parallel.backend import all_reduce_sum, build_backend, resolve_backend
 from recur.parallel.env import DistEnv, init_distributed, shutdown_distributed
@@ -329,7 +329,6 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None, run_dir: Pat
     # ---- loop ----
     preempt = PreemptionFlag()
     batches = iter(loader)
-    looped = isinstance(backend.raw, LoopedLM)
     collapse_warned = False
     skipped_in_a_row = 0  # a diverged model skips every step: stop instead of "finishing" on it
     step = start_step
@@ -346,14 +345,14 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None, run_dir: Pat
         checksum = torch.zeros((), dtype=torch.float64, device=env.device)
         step_tokens = 0
         for micro, (inputs, targets, mask, docs) in enumerate(micro_batches):
-            if looped:  # initial-state noise keyed by (seed, step, global row): world-size invariant
-                first_row = env.rank * rank_rows + micro * micro_rows
-                backend.raw.noise_key = NoiseKey(cfg.seed * 1_000_003 + step, first_row)
+            # Initial-state noise keyed by (seed, step, global row): world-size invariant.
+            noise = NoiseKey(cfg.seed * 1_000_003 + step, env.rank * rank_rows + micro * micro_rows)
             last = micro == accum - 1
             with backend.micro_batch(last):
                 with _autocast(cfg, env.device):
                     out = backend.model(inputs, targets=targets, loss_mask=mask,
-                                        num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs)
+                                        num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs,
+                                        noise=noise)
                 loss = out.loss * weights[micro]
                 if out.aux_loss is not None:
                     loss = loss + out.aux_loss / accum
