@@ -7,6 +7,9 @@ forward and 4 backward. Iterations under no_grad cost only the forward:
 Embedding lookups are free (no matmul); a tied head still costs its matmul. Attention adds
 2·2·T·(n_heads·head_dim) per token per layer application forward (QKᵀ and AV, no causal discount,
 as in nanoGPT/PaLM), ×3 with grad.
+
+Which parameters run how often is a property of the variant: each model states it in its own
+`DecoderLM.flop_terms` (and its components in `param_parts`); this module only combines and integrates.
 """
 
 from __future__ import annotations
@@ -15,21 +18,17 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from torch import nn
 
 from recur.models.config import ModelConfig
+from recur.models.lm import DecoderLM, param_count
 from recur.recurrence import RecurrenceSampler
 
 
-def _numel(module: nn.Module | None) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
-
-
-def count_params(model: nn.Module) -> dict[str, int]:
-    """Parameters by component; `total` counts tied weights once, `non_embedding` excludes the embeddings."""
-    parts = {name: _numel(getattr(model, name, None))
-             for name in ("tok_embeddings", "prelude", "adapter", "core", "coda", "layers", "memory",
-                          "thought_stream", "norm")}
+def count_params(model: DecoderLM) -> dict[str, int]:
+    """Parameters by component (the model's param_parts between embeddings and final norm); `total` counts
+    tied weights once, `non_embedding` excludes the embeddings."""
+    components = {"tok_embeddings": model.tok_embeddings, **model.param_parts(), "norm": model.norm}
+    parts = {name: param_count(module) for name, module in components.items()}
     head = model.lm_head.weight
     parts["lm_head"] = 0 if head is model.tok_embeddings.weight else head.numel()
     parts = {k: v for k, v in parts.items() if v}
@@ -38,34 +37,16 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return parts
 
 
-def _matmul_params(model: nn.Module, names: tuple[str, ...]) -> int:
-    return sum(_numel(getattr(model, name, None)) for name in names)
-
-
-def flop_terms(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: float = 0,
+def flop_terms(model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: float = 0,
                grad_steps: float = 1) -> dict[str, float]:
     """Per-token pieces of the training cost: N₁ (params applied with grad), N₂ (params applied without
-    grad) and attention FLOPs. n and k may be expectations (floats): the cost is affine in both."""
-    head = model.lm_head.weight.numel()
-    attn_dim = cfg.n_heads * cfg.head_dim
-    attn_per_layer = 4 * seq_len * attn_dim
-    if hasattr(model, "thought_stream"):
-        return _thought_flops(model, cfg, seq_len, no_grad_steps, grad_steps, attn_per_layer, head)
-    if hasattr(model, "core"):
-        fixed = _matmul_params(model, ("prelude", "coda")) + head
-        loop = _matmul_params(model, ("core", "adapter"))
-        fixed_layers, loop_layers = cfg.n_prelude + cfg.n_coda, cfg.n_core
-    else:  # non-looped variants: every parameter is applied once, with grad
-        tied = model.lm_head.weight is model.tok_embeddings.weight
-        fixed = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("tok_embeddings"))
-        fixed += head if tied else 0
-        loop, fixed_layers, loop_layers = 0, cfg.n_layers, 0
-    return {"n1": fixed + loop * grad_steps, "n2": loop * no_grad_steps,
-            "attention": attn_per_layer * (3 * (fixed_layers + loop_layers * grad_steps)
-                                           + loop_layers * no_grad_steps)}
+    grad) and attention FLOPs, as the model's own `flop_terms` states them. n and k may be expectations
+    (floats): the cost is affine in both. `cfg` is the config the model was built from; the model
+    computes from its own copy of it."""
+    return model.flop_terms(seq_len, no_grad_steps, grad_steps)
 
 
-def flops_per_token(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0,
+def flops_per_token(model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0,
                     grad_steps: int = 1) -> float:
     """Training FLOPs per token for one step that runs n = no_grad_steps, k = grad_steps iterations."""
     terms = flop_terms(model, cfg, seq_len, no_grad_steps, grad_steps)
@@ -103,7 +84,7 @@ def expected_steps(mean: int, depth: int, sampling: str = "poisson-lognormal", s
     return float((prob * (r - k)).sum()), float((prob * k).sum())
 
 
-def curriculum_flops(model: nn.Module, cfg: ModelConfig, sampler: RecurrenceSampler, seq_len: int,
+def curriculum_flops(model: DecoderLM, cfg: ModelConfig, sampler: RecurrenceSampler, seq_len: int,
                      tokens_per_step: int, steps: int | None = None, expectation: str = "draws") -> dict:
     """Training FLOPs of a run under the recurrence curriculum: Σ_steps tokens · (6·N₁ + 2·N₂ + attention).
 
@@ -129,29 +110,3 @@ def curriculum_flops(model: nn.Module, cfg: ModelConfig, sampler: RecurrenceSamp
             "mean_grad_steps": sum_k / max(steps, 1), "flops_6DN1": 6 * totals["n1"], "flops_2DN2": 2 * totals["n2"],
             "flops_attention": totals["attention"],
             "total_flops": 6 * totals["n1"] + 2 * totals["n2"] + totals["attention"]}
-
-
-def _thought_flops(model: nn.Module, cfg: ModelConfig, seq_len: int, no_grad_steps: int, grad_steps: int,
-                   attn_per_layer: int, head: int) -> dict[str, float]:
-    """latent / act / ssm / ssm_mem: token blocks and memory once per token; the thought core runs on
-    n_thoughts / thought_chunk thought tokens per token and iteration (act: its maximum K, an upper bound).
-    The cross-attention keys are projected once per token; each thought attends to at most seq_len keys."""
-    stream, settings = model.thought_stream, model.settings
-    core = stream.core
-    keys = _numel(core.cross_attn.wk) + _numel(core.cross_attn.wv)
-    per_thought = _numel(core) - keys
-    per_token = n_blocks = 0
-    for block in (*model.prelude, *model.coda):
-        per_token += _numel(block)
-        n_blocks += 1 if hasattr(block, "attn") else 0
-    per_token += keys + _numel(stream.inject) + head
-    memory = getattr(model, "memory", None)
-    if memory is not None:  # reads once per token; writes on n_memory / memory_chunk slots per token
-        write_keys = _numel(memory.write.cross_attn.wk) + _numel(memory.write.cross_attn.wv)
-        slots_per_token = memory.slots.shape[0] / memory.chunk
-        per_token += _numel(memory.read) + write_keys + slots_per_token * (_numel(memory.write) - write_keys)
-    ratio = settings.n_thoughts / settings.thought_chunk
-    thought_attn = 4 * (seq_len + settings.n_thoughts) * settings.d_thought * ratio
-    loop = ratio * per_thought
-    return {"n1": per_token + loop * grad_steps, "n2": loop * no_grad_steps,
-            "attention": 3 * attn_per_layer * n_blocks + thought_attn * (3 * grad_steps + no_grad_steps)}

@@ -25,7 +25,7 @@ from recur.eval.during_training import evaluate_during_training
 from recur.flops import flops_per_token
 from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
 from recur.models.lm import ModelOutput
-from recur.models.looped import LoopedLM, NoiseKey
+from recur.models.lm import NoiseKey
 from recur.optim import lr_at, set_lr
 from recur.parallel.backend import all_reduce_sum, resolve_backend
 from recur.parallel.env import DistEnv, init_distributed, shutdown_distributed
@@ -226,18 +226,18 @@ class Trainer:
         target tokens and the data fingerprint, both kept on the device (no sync per micro-batch), and the
         last micro-batch's model output (its stats go into the record)."""
         cfg, env, backend, accum = self.cfg, self.env, self.backend, self.data.micro_batches
-        rank_rows, micro_rows, looped = self.data.rank_rows, self.data.micro_rows, isinstance(backend.raw, LoopedLM)
+        rank_rows, micro_rows = self.data.rank_rows, self.data.micro_rows
         loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         checksum = torch.zeros((), dtype=torch.float64, device=env.device)
         for micro, (inputs, targets, mask, docs) in enumerate(micro_batches):
-            if looped:  # initial-state noise keyed by (seed, step, global row): world-size invariant
-                first_row = env.rank * rank_rows + micro * micro_rows
-                backend.raw.noise_key = NoiseKey(cfg.seed * 1_000_003 + step, first_row)
+            # Initial-state noise keyed by (seed, step, global row): world-size invariant.
+            noise = NoiseKey(cfg.seed * 1_000_003 + step, env.rank * rank_rows + micro * micro_rows)
             last = micro == accum - 1
             with backend.micro_batch(last):
                 with _autocast(cfg, env.device):
                     out = backend.model(inputs, targets=targets, loss_mask=mask,
-                                        num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs)
+                                        num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs,
+                                        noise=noise)
                 loss = out.loss * weights[micro]
                 if out.aux_loss is not None:
                     loss = loss + out.aux_loss / accum

@@ -138,16 +138,14 @@ def test_state_noise_is_invariant_to_batch_split():
 def test_keyed_noise_makes_training_forward_reproducible():
     model = create_model(preset_config("tiny", "recurrent", d_model=32, n_heads=2, n_layers=3)).train()
     ids = torch.randint(0, 256, (4, 9))
-    model.noise_key = NoiseKey(5, 0)
-    first = model(ids, targets=ids, num_steps=2).loss
+    first = model(ids, targets=ids, num_steps=2, noise=NoiseKey(5, 0)).loss
     torch.randn(100)  # global RNG use in between must not matter
-    second = model(ids, targets=ids, num_steps=2).loss
+    second = model(ids, targets=ids, num_steps=2, noise=NoiseKey(5, 0)).loss
     assert torch.equal(first, second)
     halves = [NoiseKey(5, 0), NoiseKey(5, 2)]
     split = []
     for key, rows in zip(halves, (ids[:2], ids[2:])):
-        model.noise_key = key
-        split.append(model(rows, targets=rows, num_steps=2).loss)
+        split.append(model(rows, targets=rows, num_steps=2, noise=key).loss)
     torch.testing.assert_close(sum(split) / 2, first, rtol=1e-5, atol=1e-6)
 
 
@@ -162,7 +160,6 @@ def test_activation_checkpointing_keeps_gradients_and_names():
     assert list(checkpointed.state_dict()) == list(plain.state_dict())
     ids = torch.randint(0, 256, (3, 10))
     for model in (plain, checkpointed):
-        model.noise_key = NoiseKey(1, 0)
-        model(ids, targets=ids, num_steps=(2, 3)).loss.backward()
+        model(ids, targets=ids, num_steps=(2, 3), noise=NoiseKey(1, 0)).loss.backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)

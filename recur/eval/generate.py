@@ -27,7 +27,7 @@ import torch
 
 from recur.models.layers import KVCache
 from recur.models.lm import DecoderLM, NumSteps
-from recur.models.looped import EXIT_CRITERIA, ExitRule, LoopedLM, split_steps
+from recur.models.looped import EXIT_CRITERIA, ExitRule, split_steps
 
 __all__ = ["EXIT_CRITERIA", "ExitRule", "Generation", "adaptive_decode_step", "depth_of", "generate",
            "greedy_generate"]
@@ -56,7 +56,7 @@ def depth_of(model: DecoderLM, num_steps: NumSteps) -> int:
 
 
 @torch.no_grad()
-def adaptive_decode_step(model: LoopedLM, token: torch.Tensor, cache: KVCache, max_steps: int,
+def adaptive_decode_step(model: DecoderLM, token: torch.Tensor, cache: KVCache, max_steps: int,
                          rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
     """One cached decoding step of tokens [B, 1] with per-row early exit -> (log-probs [B, V], steps [B])."""
     return model.decode_step_with_exit(token, cache, max_steps, rule)
@@ -121,7 +121,7 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, st
     (e.g. its text contains a stop string; the ids are kept)."""
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
-    if exit_rule is not None and not isinstance(model, LoopedLM):
+    if exit_rule is not None and not model.supports_adaptive_exit:
         raise ValueError(f"adaptive exit needs a looped model (recurrent or shared_loop); this model is "
                          f"'{model.cfg.variant}'")
     if exit_rule is not None and not use_cache:

@@ -11,8 +11,8 @@ import torch
 
 from recur.eval.load import CheckpointMeta
 from recur.eval.schema import GRID_VERSION
+from recur.models import is_looped
 from recur.models.lm import DecoderLM
-from recur.models.looped import LoopedLM
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE_DEPTH_NOTE = ("baseline has no recurrence: num_steps is ignored (every depth runs the same network), "
@@ -52,7 +52,7 @@ def metadata(model: DecoderLM, checkpoint: CheckpointMeta, tokenizer: str, seed:
         "device": str(next(model.parameters()).device),
         "checkpoint": {k: v for k, v in asdict(checkpoint).items() if k != "tokenizer"},
         "model": {"variant": model.cfg.variant, "params": sum(p.numel() for p in model.parameters()),
-                  "config": asdict(model.cfg), "looped": isinstance(model, LoopedLM)},
+                  "config": asdict(model.cfg), "looped": is_looped(model)},
         "tokenizer": tokenizer,
         "depths": list(depths),
         "depth_note": depth_note(model),

@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-VARIANTS = ("baseline", "recurrent", "shared_loop", "latent", "act", "ssm", "ssm_mem")
+VARIANTS = ("baseline", "recurrent", "shared_loop", "latent", "act", "ssm", "ssm_mem")  # built into this version
+# Variants added at run time through recur.models.register_variant (their classes: recur.models.MODEL_CLASSES).
+REGISTERED_VARIANTS: list[str] = []
 LOOPED_VARIANTS = ("recurrent", "shared_loop")
 LOOPED_BLOCK_NORM = "sandwich"  # see docs/recurrence.md for the ablation that chose it
+
+
+def known_variants() -> tuple[str, ...]:
+    """The built-in variants, then the registered ones: the values --model.variant accepts."""
+    return VARIANTS + tuple(REGISTERED_VARIANTS)
 
 
 def _check_int(flag: str, value: object, low: int) -> None:
@@ -174,8 +181,9 @@ class ModelConfig:
     def resolved(self) -> ModelConfig:
         """Return a copy with every derived field filled in and the whole config validated: every rejected
         value is a ValueError naming its --model.* flag (validate_config runs this before anything is written)."""
-        if self.variant not in VARIANTS:
-            raise ValueError(f"--model.variant: unknown variant '{self.variant}'; expected one of {', '.join(VARIANTS)}")
+        if self.variant not in known_variants():
+            raise ValueError(f"--model.variant: unknown variant '{self.variant}'; "
+                             f"expected one of {', '.join(known_variants())}")
         cfg = replace(self)
         if cfg.d_model % cfg.n_heads and cfg.head_dim is None:
             raise ValueError(f"--model.d_model {cfg.d_model} is not divisible by --model.n_heads {cfg.n_heads}")

@@ -30,7 +30,8 @@ from torch import nn
 
 from recur.models.config import LatentConfig, ModelConfig
 from recur.models.layers import AttentionContext, Block, RMSNorm
-from recur.models.lm import DecoderLM, ModelOutput, NumSteps
+from recur.models.lm import (BlockList, DecoderLM, ModelOutput, NoiseKey, NumSteps, attention_flops_per_layer,
+                             param_count)
 from recur.models.looped import split_steps
 
 
@@ -192,6 +193,9 @@ class LatentLM(DecoderLM):
     """Token blocks split around a thought stream. Subclasses change the token block (SSM) or the
     stream (halting) through `make_block` / `make_stream`."""
 
+    # Whether the token blocks attend (Block); the SSM variants' blocks mix by a scan and cost no attention.
+    token_attention = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.settings = cfg.latent  # resolved: every derived knob is filled in
@@ -219,7 +223,37 @@ class LatentLM(DecoderLM):
         """Between the prelude and the thoughts; the memory hybrid adds its memory here."""
         return h
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps) -> tuple[torch.Tensor, ModelOutput]:
+    def mix_tokens_params(self) -> float:
+        """Parameters mix_tokens applies per token (flop_terms); none without memory."""
+        return 0
+
+    def block_lists(self) -> list[BlockList]:
+        return [BlockList("prelude", self.prelude), BlockList("coda", self.coda, before_head=True)]
+
+    def param_parts(self) -> dict[str, nn.Module | None]:
+        return {"prelude": self.prelude, "coda": self.coda, "thought_stream": self.thought_stream}
+
+    def flop_terms(self, seq_len: int, no_grad_steps: float = 0, grad_steps: float = 1) -> dict[str, float]:
+        """Token blocks and memory once per token; the thought core runs on n_thoughts / thought_chunk thought
+        tokens per token and iteration (act: its maximum K, an upper bound). The cross-attention keys are
+        projected once per token; each thought attends to at most seq_len keys."""
+        stream, settings = self.thought_stream, self.settings
+        core = stream.core
+        keys = param_count(core.cross_attn.wk) + param_count(core.cross_attn.wv)
+        per_thought = param_count(core) - keys
+        per_token = sum(param_count(block) for block in (*self.prelude, *self.coda))
+        n_blocks = len(self.prelude) + len(self.coda) if self.token_attention else 0
+        per_token += keys + param_count(stream.inject) + self.lm_head.weight.numel()
+        per_token += self.mix_tokens_params()
+        ratio = settings.n_thoughts / settings.thought_chunk
+        thought_attn = 4 * (seq_len + settings.n_thoughts) * settings.d_thought * ratio
+        loop = ratio * per_thought
+        return {"n1": per_token + loop * grad_steps, "n2": loop * no_grad_steps,
+                "attention": 3 * attention_flops_per_layer(self.cfg, seq_len) * n_blocks
+                + thought_attn * (3 * grad_steps + no_grad_steps)}
+
+    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
+              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
         h = self.run_blocks(self.prelude, x, ctx, "prelude")
         h = self.mix_tokens(h, ctx)
         h, out = self.thought_stream(h, ctx, num_steps, self.cfg.default_num_steps)

@@ -1,7 +1,14 @@
 """Shared scaffolding of every language model: embeddings, rotary tables, final norm, head and loss.
 
-A variant only implements `trunk()`, the map from embedded tokens to final hidden states; the loss,
-caching and positions are handled here once.
+A variant implements `trunk()`, the map from embedded tokens to final hidden states; the loss, caching
+and positions are handled here once. It also states what the code outside recur/models needs to know
+about it, so that nothing there guesses from attribute names (the model contract):
+    block_lists()   its ModuleLists of decoder blocks (FSDP units, activation checkpointing, compile);
+    param_parts()   its named components (parameter reports, recur.flops.count_params);
+    flop_terms()    its per-token training cost at a recurrence (n, k) (recur.flops, MFU);
+    supports_adaptive_exit   whether it has `decode_step_with_exit` (generation with an exit rule).
+Training passes the random initial state's key as `forward(..., noise=NoiseKey)`; variants without a
+random state ignore it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,56 @@ from recur.models.loss import lm_loss
 NumSteps = int | tuple[int, int] | None  # r, or (steps without grad, steps with grad)
 
 
+@dataclass(frozen=True)
+class NoiseKey:
+    """Keys the random initial state of training row by row: row i of a batch draws from a generator
+    seeded by (seed, first_row + i). The trainer passes seed = f(run seed, step) and the batch's first
+    row in the global batch, so a row's noise is the same whatever the world size, micro-batching or
+    resume point, and no global RNG state is consumed."""
+
+    seed: int
+    first_row: int
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for i in range(like.shape[0]):
+            generator = torch.Generator(like.device).manual_seed(((self.seed << 24) + self.first_row + i) % 2**63)
+            rows.append(torch.randn(like.shape[1:], generator=generator, device=like.device))
+        return torch.stack(rows).to(like.dtype)
+
+
+@dataclass(frozen=True)
+class BlockList:
+    """One ModuleList of decoder blocks, with what the parallel wrappers need to know about its use."""
+
+    name: str
+    blocks: nn.ModuleList
+    # Applied several times per forward (a recurrent core): FSDP keeps it gathered through the loop.
+    looped: bool = False
+    # Its last block feeds the final norm and head, which live in the root unit: no re-gather follows.
+    before_head: bool = False
+
+
+def param_count(module: nn.Module | None) -> int:
+    """Parameters of `module` (0 for an absent optional component, e.g. no adapter)."""
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def attention_flops_per_layer(cfg: ModelConfig, seq_len: int) -> int:
+    """Forward attention FLOPs per token of one layer application: QKᵀ and AV over seq_len keys (no causal
+    discount, as nanoGPT/PaLM)."""
+    return 4 * seq_len * (cfg.n_heads * cfg.head_dim)
+
+
+def loop_flop_terms(fixed: int, loop: int, fixed_layers: int, loop_layers: int, attn_per_layer: int,
+                    no_grad_steps: float, grad_steps: float) -> dict[str, float]:
+    """The flop_terms of a model whose `fixed` parameters (and `fixed_layers` attention layers) run once
+    with grad and whose `loop` parameters (`loop_layers` layers) run n times without grad, then k with."""
+    return {"n1": fixed + loop * grad_steps, "n2": loop * no_grad_steps,
+            "attention": attn_per_layer * (3 * (fixed_layers + loop_layers * grad_steps)
+                                           + loop_layers * no_grad_steps)}
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor | None = None  # [B, T, V]; None when targets were given (only the loss is needed)
@@ -31,6 +88,8 @@ class DecoderLM(nn.Module):
     # Whether `num_steps` changes the computation (recurrence steps or thought iterations); False only for
     # the baseline, which evaluation then runs once instead of at every depth.
     uses_depth = True
+    # Whether the model decodes with a per-token exit rule (`decode_step_with_exit`); looped models only.
+    supports_adaptive_exit = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -42,7 +101,24 @@ class DecoderLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
+              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
+        raise NotImplementedError
+
+    def block_lists(self) -> list[BlockList]:
+        """The decoder blocks, one entry per ModuleList: each block is one FSDP unit, one activation
+        checkpoint and one compiled graph (the root unit keeps embeddings, norms, head and the rest)."""
+        raise NotImplementedError
+
+    def param_parts(self) -> dict[str, nn.Module | None]:
+        """The trunk's components by name, for parameter reports (embeddings, final norm and head are
+        reported by count_params itself); None stands for an absent optional component."""
+        raise NotImplementedError
+
+    def flop_terms(self, seq_len: int, no_grad_steps: float = 0, grad_steps: float = 1) -> dict[str, float]:
+        """Per-token pieces of the training cost of one step running n = no_grad_steps iterations without
+        grad and k = grad_steps with: {"n1": params applied with grad, "n2": params applied without,
+        "attention": attention FLOPs}. n and k may be expectations (floats). See recur/flops.py."""
         raise NotImplementedError
 
     def effective_depth(self) -> int:
@@ -64,9 +140,12 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, num_steps: NumSteps = None,
-                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> ModelOutput:
+                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                noise: NoiseKey | None = None) -> ModelOutput:
+        """`noise` keys the random initial state in training mode (see NoiseKey); without it the state
+        is drawn from the global RNG."""
         ctx = self.context(input_ids, doc_ids, cache)
-        hidden, out = self.trunk(self.tok_embeddings(input_ids), ctx, num_steps)
+        hidden, out = self.trunk(self.tok_embeddings(input_ids), ctx, num_steps, noise)
         hidden = self.norm(hidden)
         if cache is not None:
             cache.advance()

@@ -19,7 +19,8 @@ from torch import nn
 
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, Block, KVCache, RMSNorm
-from recur.models.lm import DecoderLM, ModelOutput, NumSteps
+from recur.models.lm import (BlockList, DecoderLM, ModelOutput, NoiseKey, NumSteps, attention_flops_per_layer,
+                             loop_flop_terms, param_count)
 
 
 def split_steps(num_steps: NumSteps, default: int) -> tuple[int, int]:
@@ -51,24 +52,6 @@ class ExitRule:
             raise ValueError(f"--exit_eps must be >= 0, got {self.eps}")
 
 
-@dataclass(frozen=True)
-class NoiseKey:
-    """Keys the random initial state of training row by row: row i of a batch draws from a generator
-    seeded by (seed, first_row + i). The trainer passes seed = f(run seed, step) and the batch's first
-    row in the global batch, so a row's noise is the same whatever the world size, micro-batching or
-    resume point, and no global RNG state is consumed."""
-
-    seed: int
-    first_row: int
-
-    def draw(self, like: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for i in range(like.shape[0]):
-            generator = torch.Generator(like.device).manual_seed(((self.seed << 24) + self.first_row + i) % 2**63)
-            rows.append(torch.randn(like.shape[1:], generator=generator, device=like.device))
-        return torch.stack(rows).to(like.dtype)
-
-
 def token_spread(s: torch.Tensor) -> torch.Tensor:
     """How different the state is across positions: mean over rows and channels of the std over positions,
     over the state's RMS. ~1 for a healthy state; ~0 when the loop has rank-collapsed (every position holds
@@ -78,6 +61,8 @@ def token_spread(s: torch.Tensor) -> torch.Tensor:
 
 
 class LoopedLM(DecoderLM):
+    supports_adaptive_exit = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
@@ -89,13 +74,27 @@ class LoopedLM(DecoderLM):
         # generation sees the same state as an uncached forward.
         eval_state = torch.randn(cfg.d_model, generator=torch.Generator().manual_seed(0)) * cfg.init_state_std
         self.register_buffer("eval_state", eval_state, persistent=False)
-        self.noise_key: NoiseKey | None = None  # set by the trainer: training noise keyed by global row
         self.init_weights()
         if self.adapter is not None and cfg.adapter_init != "normal":
             self.set_passthrough_adapter(cfg.adapter_init)
 
     def effective_depth(self) -> int:
         return self.cfg.n_prelude + self.cfg.n_core * self.cfg.default_num_steps + self.cfg.n_coda
+
+    def block_lists(self) -> list[BlockList]:
+        return [BlockList("prelude", self.prelude), BlockList("coda", self.coda, before_head=True),
+                BlockList("core", self.core, looped=True)]
+
+    def param_parts(self) -> dict[str, nn.Module | None]:
+        return {"prelude": self.prelude, "adapter": self.adapter, "core": self.core, "coda": self.coda}
+
+    def flop_terms(self, seq_len: int, no_grad_steps: float = 0, grad_steps: float = 1) -> dict[str, float]:
+        """Prelude, coda and head once with grad; core and adapter n times without grad, k times with."""
+        cfg = self.cfg
+        fixed = param_count(self.prelude) + param_count(self.coda) + self.lm_head.weight.numel()
+        loop = param_count(self.core) + param_count(self.adapter)
+        return loop_flop_terms(fixed, loop, cfg.n_prelude + cfg.n_coda, cfg.n_core,
+                               attention_flops_per_layer(cfg, seq_len), no_grad_steps, grad_steps)
 
     @torch.no_grad()
     def set_passthrough_adapter(self, kind: str = "passthrough") -> None:
@@ -109,15 +108,16 @@ class LoopedLM(DecoderLM):
         kept = slice(d, None) if kind == "passthrough" else slice(0, d)
         self.adapter.weight[:, kept].copy_(torch.eye(d))
 
-    def initial_state(self, e: torch.Tensor) -> torch.Tensor:
+    def initial_state(self, e: torch.Tensor, noise: NoiseKey | None = None) -> torch.Tensor:
+        """s_0: the prelude output, zeros, or random (keyed by `noise` in training, a fixed draw in eval)."""
         kind = self.cfg.init_state
         if kind == "input":
             return e
         if kind == "zeros":
             return torch.zeros_like(e)
         if self.training:
-            if self.noise_key is not None:
-                return self.noise_key.draw(e) * self.cfg.init_state_std
+            if noise is not None:
+                return noise.draw(e) * self.cfg.init_state_std
             return torch.randn_like(e) * self.cfg.init_state_std
         return self.eval_state.to(e.dtype).expand_as(e)
 
@@ -129,10 +129,11 @@ class LoopedLM(DecoderLM):
         s = self.run_blocks(self.core, s, ctx, ("core", step))
         return self.state_norm(s) if self.state_norm is not None else s
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
+              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
         no_grad_steps, grad_steps = split_steps(num_steps, self.cfg.default_num_steps)
         e = self.run_blocks(self.prelude, x, ctx, "prelude")
-        s = self.initial_state(e)
+        s = self.initial_state(e, noise)
         if no_grad_steps:
             with torch.no_grad():
                 for step in range(no_grad_steps):

@@ -26,6 +26,7 @@ from torch import nn
 from recur.models.config import ModelConfig, SSMConfig
 from recur.models.latent import ChunkAttention, LatentLM, ThoughtCore, chunk_layout, ffn_width
 from recur.models.layers import AttentionContext, KVCache, RMSNorm, StateSlot, SwiGLU
+from recur.models.lm import param_count
 from recur.models.ssm import Mamba2Mixer
 
 
@@ -66,6 +67,8 @@ class SSMBlock(nn.Module):
 
 
 class SSMLM(LatentLM):
+    token_attention = False
+
     def make_block(self, cfg: ModelConfig) -> nn.Module:
         return SSMBlock(cfg, cfg.ssm)
 
@@ -121,3 +124,14 @@ class SSMMemLM(SSMLM):
 
     def mix_tokens(self, h: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         return self.memory(h, ctx)
+
+    def mix_tokens_params(self) -> float:
+        """Memory reads once per token; writes on n_memory / memory_chunk slots per token."""
+        memory = self.memory
+        write_keys = param_count(memory.write.cross_attn.wk) + param_count(memory.write.cross_attn.wv)
+        slots_per_token = memory.slots.shape[0] / memory.chunk
+        return param_count(memory.read) + write_keys + slots_per_token * (param_count(memory.write) - write_keys)
+
+    def param_parts(self) -> dict[str, nn.Module | None]:
+        return {"prelude": self.prelude, "coda": self.coda, "memory": self.memory,
+                "thought_stream": self.thought_stream}

@@ -72,7 +72,7 @@ class DDPBackend(Backend):
         from recur.parallel.ddp import wrap_ddp
 
         super().__init__(wrap_ddp(model, env.device), optimizer, env)
-        self.raw = model  # attributes the trainer sets (noise_key) and evaluation go to the model itself
+        self.raw = model  # evaluation, FLOP counts and checkpoints go to the model itself
 
     def micro_batch(self, last_micro_batch: bool) -> AbstractContextManager:
         # Accumulate the earlier micro-batches' gradients locally; no_sync must cover their forward too.

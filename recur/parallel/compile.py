@@ -12,14 +12,13 @@ Order with the other wrappers (as torchtitan): activation checkpointing, then co
 
 from __future__ import annotations
 
-from torch import nn
-
-from recur.parallel.fsdp import block_lists
+from recur.models.lm import DecoderLM
 
 
-def compile_model(model: nn.Module, **compile_kwargs) -> nn.Module:
-    """Compile every decoder block of `model` in place (kwargs go to torch.compile); returns the model."""
-    for blocks in block_lists(model).values():
-        for block in blocks:
+def compile_model(model: DecoderLM, **compile_kwargs) -> DecoderLM:
+    """Compile every decoder block of the model's block lists in place (kwargs go to torch.compile);
+    returns the model."""
+    for entry in model.block_lists():
+        for block in entry.blocks:
             block.compile(**compile_kwargs)
     return model

@@ -1,12 +1,13 @@
 """FSDP2 (`fully_shard`) and activation checkpointing applied from outside the model (torchtitan style).
 
-Units: every decoder Block of `layers` (baseline) or `prelude`, `core`, `coda` (looped models) is one
-FSDP unit; the root unit holds embeddings, adapter, norms and head.
+Units: every decoder block of the model's `block_lists()` (baseline: `layers`; looped models: `prelude`,
+`coda`, `core`; thought-stream models: `prelude`, `coda`) is one FSDP unit; the root unit holds
+embeddings, adapter, thought stream, norms and head.
 
 The recurrent core is applied r = n + k times per step (n iterations under no_grad, then k with grad).
 FSDP2 unshards a unit in the pre-forward hook of every call, so with the default
 reshard_after_forward=True each core block would be all-gathered r times in forward (and again per
-iteration in backward). Core blocks therefore keep their gathered parameters from the first iteration
+iteration in backward). Blocks of a looped list (the core) therefore keep their gathered parameters from the first iteration
 until the end of the forward (`reshard_after_forward=False`): one all-gather per step instead of r, at
 the cost of holding the core's full parameters during the loop (a few blocks, small next to the
 activations of r iterations). Backward still visits a core block k times; FSDP2 reduce-scatters after
@@ -21,40 +22,31 @@ so checkpoints are identical with and without it). Only iterations that build a 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-BLOCK_LISTS = ("layers", "prelude", "coda", "core")
+from recur.models.lm import DecoderLM
 
 
-def block_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
-    """The model's ModuleLists of decoder blocks, by attribute name."""
-    found = {name: getattr(model, name) for name in BLOCK_LISTS
-             if isinstance(getattr(model, name, None), nn.ModuleList)}
-    if not found:
-        raise ValueError(f"{type(model).__name__} has none of the block lists {BLOCK_LISTS}; cannot shard it per block")
-    return found
-
-
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    for blocks in block_lists(model).values():
-        for block in blocks:
+def apply_activation_checkpointing(model: DecoderLM) -> None:
+    """Checkpoint every decoder block of the model's block lists in place."""
+    for entry in model.block_lists():
+        for block in entry.blocks:
             checkpoint(block)
 
 
-def apply_fsdp(model: nn.Module, device: torch.device, cpu_offload: bool = False,
-               reshard_core: bool = False) -> nn.Module:
+def apply_fsdp(model: DecoderLM, device: torch.device, cpu_offload: bool = False,
+               reshard_core: bool = False) -> DecoderLM:
     """Shard `model` in place over the default process group; returns it (now an FSDPModule)."""
     # bf16 parameters and compute with fp32 gradient reduction on GPU; CPU runs stay in fp32.
     mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                  if device.type == "cuda" else MixedPrecisionPolicy())
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
-    for name, blocks in block_lists(model).items():
-        keep_gathered = name == "core" and not reshard_core
-        for i, block in enumerate(blocks):
-            # The last coda/layer block is followed by the root's head, which needs no re-gather either.
-            last = i == len(blocks) - 1 and name in ("layers", "coda")
+    for entry in model.block_lists():
+        keep_gathered = entry.looped and not reshard_core
+        for i, block in enumerate(entry.blocks):
+            # The last block before the head is followed by the root unit, which needs no re-gather either.
+            last = i == len(entry.blocks) - 1 and entry.before_head
             fully_shard(block, mp_policy=mp_policy, offload_policy=offload,
                         reshard_after_forward=not (keep_gathered or last))
     fully_shard(model, mp_policy=mp_policy, offload_policy=offload, reshard_after_forward=False)
