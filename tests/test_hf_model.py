@@ -17,7 +17,7 @@ from recur.eval.generate import ExitRule, generate, greedy_generate
 from recur.eval.load import load_model, load_weights_into, saved_config
 from recur.models import create_model, is_looped
 from recur.parallel.export import export_checkpoint
-from train_helpers import REPO, run_train, tiny_args
+from train_helpers import REPO, run_train, run_train_in_process, tiny_args
 
 PROMPT = [[257, 104, 101, 108, 108, 111]]  # <bos> "hello" in the byte tokenizer
 
@@ -68,11 +68,12 @@ def test_every_reader_gives_the_run_logits(exported, tmp_path):
 
 
 def test_train_init_from_export_and_checkpoint(exported, tmp_path):
-    """--init_from takes an export, and a checkpoint directory (retrofit phase 2 starts from phase 1's)."""
+    """--init_from takes an export, and a checkpoint directory (retrofit phase 2 starts from phase 1's).
+    train.py's main() runs in-process here (the fixture's run is the real command)."""
     run, out = exported
     checkpoint = sorted((run / "checkpoints").glob("step_*[0-9]"))[-1]
     for name, source in (("from_export", out), ("from_checkpoint", checkpoint)):
-        result = run_train(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
+        result = run_train_in_process(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"[init] weights from {source}" in result.stderr
 

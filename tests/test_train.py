@@ -174,7 +174,7 @@ def test_progress_line_shows_the_depth_only_for_models_that_use_it(tmp_path, cap
 def test_skip_policy_stops_a_diverged_run_instead_of_finishing_on_it(tmp_path, data_dir):
     """lr 1e6: every step is non-finite; `skip` used to skip them all and exit 0 with `final loss nan`."""
     run_dir = tmp_path / "diverged"
-    result = run_train(tiny_args(run_dir, data_dir, steps=12, **{"--optim.schedule.lr": "1e6",
+    result = run_train_in_process(tiny_args(run_dir, data_dir, steps=12, **{"--optim.schedule.lr": "1e6",
                                                                  "--optim.schedule.warmup_steps": "1",
                                                                  "--dist.max_skipped_steps": "3"}))
     assert result.returncode == 2, result.stderr
@@ -214,7 +214,7 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
 def test_a_new_run_under_an_existing_run_name_is_refused_before_anything_is_written(tmp_path, data_dir):
     """It used to train again beside the old checkpoints and append to the old eval.jsonl (issue 15, case 2)."""
     run_dir = tmp_path / "taken"
-    first = run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
+    first = run_train_in_process(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
     again = _error_line(run_train_in_process(tiny_args(run_dir, data_dir, steps=3,
@@ -227,7 +227,7 @@ def test_a_finished_run_is_never_rewritten(tmp_path, data_dir):
     """A resume of a finished run writes nothing (it used to save its final checkpoint again, evaluate again and
     rewrite config.yaml); resuming an older checkpoint while newer ones exist is refused (it would save over them)."""
     run_dir = tmp_path / "finished"
-    first = run_train(tiny_args(run_dir, data_dir, steps=10))
+    first = run_train_in_process(tiny_args(run_dir, data_dir, steps=10))
     assert first.returncode == 0, first.stderr
     final = run_dir / "checkpoints" / "step_00000010"
     before, inode = tree_digest(run_dir), final.stat().st_ino
@@ -264,9 +264,10 @@ def test_generated_data_of_other_settings_is_regenerated(tmp_path):
     """A restart (no checkpoint to resume) with another --data.seq_len used to train on the old run's data while
     its config.yaml said otherwise."""
     run_dir = tmp_path / "gen"
-    first = run_train(_generated(run_dir, 48, **{"--checkpoint.interval": "0", "--checkpoint.save_final": "false"}))
+    first = run_train_in_process(_generated(run_dir, 48, **{"--checkpoint.interval": "0",
+                                                            "--checkpoint.save_final": "false"}))
     assert first.returncode == 0, first.stderr
-    second = run_train(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
+    second = run_train_in_process(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
     assert second.returncode == 0, second.stderr
     assert (f"[data] {run_dir / 'data' / 'train'} was generated with other settings (--data.seq_len 48 -> 32); "
             "regenerating") in second.stderr
@@ -277,7 +278,7 @@ def test_resume_with_other_generation_settings_keeps_the_data(tmp_path):
     """The checkpoint trained on the generated data: a resume with another --data.seq_len is refused, and
     the data is not regenerated under it."""
     run_dir = tmp_path / "gen"
-    first = run_train(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
+    first = run_train_in_process(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
     refused = _error_line(run_train_in_process(_generated(run_dir, 32, **{"--steps": "6",
