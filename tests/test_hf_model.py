@@ -34,6 +34,9 @@ def exported(request, tmp_path_factory):
     result = run_train(tiny_args(run, None, steps=6, **{"--model.variant": request.param, **DATA}))
     assert result.returncode == 0, result.stderr[-2000:]
     out = root / "exported"
+    if request.param == "baseline":  # the same export in-process; the recurrent run goes through the real command
+        export_checkpoint(run, out)
+        return run, out
     result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run),
                              "--out_dir", str(out)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -168,6 +171,20 @@ def test_plain_lm_eval_scores_a_trained_export(exported, tmp_path, monkeypatch):
         assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
 
 
+def _eval_hub_in_process(args: list[str]) -> int:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import eval_hub
+    from recur.cli_common import run_cli
+
+    argv, sys.argv = sys.argv, ["eval_hub.py", *args]
+    try:
+        with torch.random.fork_rng():  # the hub seeds the global generator
+            return run_cli("eval_hub.py", eval_hub.main)
+    finally:
+        sys.argv = argv
+
+
 def test_eval_hub_and_compare_runs_read_an_export(exported, tmp_path):
     """eval_hub.py scores an export (results into <export>/eval) and compare_runs.py compares it with a run."""
     run, out = exported
@@ -175,10 +192,13 @@ def test_eval_hub_and_compare_runs_read_an_export(exported, tmp_path):
     run_copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copytree(sorted((run / "checkpoints").glob("step_*[0-9]"))[-1], run_copy / "checkpoints" / "step_6")
     for directory in (export, run_copy):
-        hub = subprocess.run([sys.executable, "eval_hub.py", "--checkpoint", str(directory), "--suite", "algorithmic",
-                              "--tasks", "copy", "--num_samples", "4", "--no_ood", "--no_plots", "--device", "cpu"],
-                             capture_output=True, text=True, cwd=REPO)
-        assert hub.returncode == 0, hub.stderr[-2000:]
+        args = ["--checkpoint", str(directory), "--suite", "algorithmic", "--tasks", "copy", "--num_samples", "4",
+                "--no_ood", "--no_plots", "--device", "cpu"]
+        if directory == run_copy:  # eval_hub.py's main() in-process; the export goes through the real command
+            assert _eval_hub_in_process(args) == 0
+        else:
+            hub = subprocess.run([sys.executable, "eval_hub.py", *args], capture_output=True, text=True, cwd=REPO)
+            assert hub.returncode == 0, hub.stderr[-2000:]
         assert (directory / "eval" / "results_algorithmic.json").is_file()
     compared = subprocess.run([sys.executable, "compare_runs.py", str(export), str(run_copy), "--out_dir",
                                str(tmp_path / "compare")], capture_output=True, text=True, cwd=REPO)
