@@ -15,6 +15,7 @@ from tests.dist_helpers import (
     GLOBAL_BATCH, PYTHON, ROOT, child_env, free_port, launch_command, make_dataset, metrics, run_training,
     train_args,
 )
+from tests.train_helpers import run_train_in_process
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4  # per-step loss, fp32: summation order differs between 1 and 2 ranks, nothing else
@@ -135,8 +136,8 @@ def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_ru
 
 
 def test_bad_inputs_fail_with_one_clear_error(data, out, reference):
-    shape = run_training(data, out, "shape", 1, "--model.d_model", "32", "--checkpoint.resume",
-                         str(out / "single" / "checkpoints" / "step_00000010"), check=False)
+    shape = run_train_in_process(train_args(data, out, "shape", "--model.d_model", "32", "--checkpoint.resume",
+                                            str(out / "single" / "checkpoints" / "step_00000010"))[1:])
     assert shape.returncode == 2 and "is from a different model (d_model: checkpoint 64 vs run 32" in shape.stderr
     started = time.time()
     divide = run_training(data, out, "bad_world", 2, "--data.global_batch_size", str(GLOBAL_BATCH + 1),

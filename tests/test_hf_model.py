@@ -17,7 +17,7 @@ from recur.eval.generate import ExitRule, generate, greedy_generate
 from recur.eval.load import load_model, load_weights_into, saved_config
 from recur.models import create_model, is_looped
 from recur.parallel.export import export_checkpoint
-from train_helpers import REPO, run_train, tiny_args
+from train_helpers import REPO, run_train, run_train_in_process, tiny_args
 
 PROMPT = [[257, 104, 101, 108, 108, 111]]  # <bos> "hello" in the byte tokenizer
 
@@ -34,6 +34,9 @@ def exported(request, tmp_path_factory):
     result = run_train(tiny_args(run, None, steps=6, **{"--model.variant": request.param, **DATA}))
     assert result.returncode == 0, result.stderr[-2000:]
     out = root / "exported"
+    if request.param == "baseline":  # the same export in-process; the recurrent run goes through the real command
+        export_checkpoint(run, out)
+        return run, out
     result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run),
                              "--out_dir", str(out)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -68,11 +71,12 @@ def test_every_reader_gives_the_run_logits(exported, tmp_path):
 
 
 def test_train_init_from_export_and_checkpoint(exported, tmp_path):
-    """--init_from takes an export, and a checkpoint directory (retrofit phase 2 starts from phase 1's)."""
+    """--init_from takes an export, and a checkpoint directory (retrofit phase 2 starts from phase 1's).
+    train.py's main() runs in-process here (the fixture's run is the real command)."""
     run, out = exported
     checkpoint = sorted((run / "checkpoints").glob("step_*[0-9]"))[-1]
     for name, source in (("from_export", out), ("from_checkpoint", checkpoint)):
-        result = run_train(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
+        result = run_train_in_process(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"[init] weights from {source}" in result.stderr
 
@@ -167,6 +171,20 @@ def test_plain_lm_eval_scores_a_trained_export(exported, tmp_path, monkeypatch):
         assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
 
 
+def _eval_hub_in_process(args: list[str]) -> int:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import eval_hub
+    from recur.cli_common import run_cli
+
+    argv, sys.argv = sys.argv, ["eval_hub.py", *args]
+    try:
+        with torch.random.fork_rng():  # the hub seeds the global generator
+            return run_cli("eval_hub.py", eval_hub.main)
+    finally:
+        sys.argv = argv
+
+
 def test_eval_hub_and_compare_runs_read_an_export(exported, tmp_path):
     """eval_hub.py scores an export (results into <export>/eval) and compare_runs.py compares it with a run."""
     run, out = exported
@@ -174,10 +192,13 @@ def test_eval_hub_and_compare_runs_read_an_export(exported, tmp_path):
     run_copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copytree(sorted((run / "checkpoints").glob("step_*[0-9]"))[-1], run_copy / "checkpoints" / "step_6")
     for directory in (export, run_copy):
-        hub = subprocess.run([sys.executable, "eval_hub.py", "--checkpoint", str(directory), "--suite", "algorithmic",
-                              "--tasks", "copy", "--num_samples", "4", "--no_ood", "--no_plots", "--device", "cpu"],
-                             capture_output=True, text=True, cwd=REPO)
-        assert hub.returncode == 0, hub.stderr[-2000:]
+        args = ["--checkpoint", str(directory), "--suite", "algorithmic", "--tasks", "copy", "--num_samples", "4",
+                "--no_ood", "--no_plots", "--device", "cpu"]
+        if directory == run_copy:  # eval_hub.py's main() in-process; the export goes through the real command
+            assert _eval_hub_in_process(args) == 0
+        else:
+            hub = subprocess.run([sys.executable, "eval_hub.py", *args], capture_output=True, text=True, cwd=REPO)
+            assert hub.returncode == 0, hub.stderr[-2000:]
         assert (directory / "eval" / "results_algorithmic.json").is_file()
     compared = subprocess.run([sys.executable, "compare_runs.py", str(export), str(run_copy), "--out_dir",
                                str(tmp_path / "compare")], capture_output=True, text=True, cwd=REPO)

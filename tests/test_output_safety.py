@@ -14,7 +14,7 @@ import stateful_parquet_dataset as inspect_cli
 from recur.cli_common import run_cli
 from recur.data.packing import pack_dataset
 from recur.data.shard_writer import file_sha256
-from tests.train_helpers import run_train, tiny_args, tree_digest
+from tests.train_helpers import run_train_in_process, tiny_args, tree_digest
 
 
 @pytest.fixture
@@ -71,8 +71,8 @@ def test_a_non_empty_directory_that_is_no_dataset_is_refused(tmp_path):
 
 def test_train_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path):
     (tmp_path / "not_data").mkdir()
-    result = run_train(["--out_dir", str(tmp_path / "runs"), "--run_name", "r", "--data.path",
-                        str(tmp_path / "not_data"), "--steps", "5", "--optim.schedule.warmup_steps", "1"])
+    result = run_train_in_process(["--out_dir", str(tmp_path / "runs"), "--run_name", "r", "--data.path",
+                                   str(tmp_path / "not_data"), "--steps", "5", "--optim.schedule.warmup_steps", "1"])
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "runs" / "r").exists()
 
@@ -134,7 +134,8 @@ def test_a_shard_changed_after_packing_fails_the_sha256_check(tmp_path, dataset,
     assert inspect_cli.main([str(dataset), "--global_batch_size", "4", "--verify_sha256"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(message in line for line in errors), errors
-    result = run_train(tiny_args(tmp_path / "runs" / "r", dataset, steps=6, **{"--data.verify_sha256": "true"}))
+    result = run_train_in_process(tiny_args(tmp_path / "runs" / "r", dataset, steps=6,
+                                            **{"--data.verify_sha256": "true"}))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"train.py: error: {message}; the file "
                                                                             "changed after packing)"], result.stderr
     assert not (tmp_path / "runs" / "r").exists()

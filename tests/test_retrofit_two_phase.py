@@ -14,7 +14,7 @@ import yaml
 
 from hf_fixtures import TINY_VOCAB, make_tiny_llama
 from recur.eval.load import saved_config
-from train_helpers import REPO, run_train
+from train_helpers import REPO, run_train_in_process
 
 # The phase configs as shipped, shrunk only in run length and batch: everything else is the documented setup.
 SMALL = ["--steps", "10", "--data.seq_len", "64", "--data.global_batch_size", "4", "--data.micro_batch_size", "2",
@@ -78,8 +78,8 @@ def test_two_phase_retrofit_runs_and_keeps_the_converted_fields(converted, tmp_p
 
 def test_init_from_names_a_flag_that_changes_the_shape(converted, tmp_path):
     model_dir, data = converted
-    shape = run_train(["--init_from", str(model_dir), "--model.d_model", "128", "--data.path", str(data),
-                       "--out_dir", str(tmp_path), "--run_name", "shape", *SMALL])
+    shape = run_train_in_process(["--init_from", str(model_dir), "--model.d_model", "128", "--data.path", str(data),
+                                  "--out_dir", str(tmp_path), "--run_name", "shape", *SMALL])
     assert shape.returncode == 2 and len(shape.stderr.strip().splitlines()) == 1, shape.stderr
     assert "--model.d_model 128 (the model has 64)" in shape.stderr
     assert not (tmp_path / "shape").exists()

@@ -15,7 +15,8 @@ import torch
 from recur.checkpoint import Checkpointer, DCPState
 from recur.data.packing import pack_dataset
 from recur.data.validate import read_manifest
-from train_helpers import REPO, final_state, losses, run_train, tiny_args, train_cmd, tree_digest
+from train_helpers import (REPO, final_state, losses, run_train, run_train_in_process, tiny_args, train_cmd,
+                           tree_digest)
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +132,26 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, d
     (["--data.num_workers", "-1"], "--data.num_workers must be >= 0, got -1"),
 ])
 def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message):
+    """train.py's main() in-process (each refusal costs milliseconds, not an interpreter start);
+    test_bad_config_from_the_command_line runs the real command."""
+    _assert_refused_and_nothing_written(tmp_path, flags, message, run_train_in_process)
+
+
+def test_bad_config_from_the_command_line(tmp_path):
+    """The real `python train.py ...`: a refused command line exits 2 with the one-line error."""
+    _assert_refused_and_nothing_written(tmp_path, ["--stpes", "30"], "unknown flag --stpes; did you mean --steps?",
+                                        lambda args: run_train(args, timeout=120))
+    _assert_refused_and_nothing_written(tmp_path, ["--data.path", "/does/not/exist"],
+                                        "data directory /does/not/exist does not exist",
+                                        lambda args: run_train(args, timeout=120))
+
+
+def _assert_refused_and_nothing_written(tmp_path, flags, message, runner) -> None:
     run_dir = tmp_path / "runs" / "bad"
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text("keep me\n")
-    result = run_train(["--out_dir", str(tmp_path / "runs"), "--run_name", "bad", *flags], timeout=120)
-    assert result.returncode == 2
+    result = runner(["--out_dir", str(tmp_path / "runs"), "--run_name", "bad", *flags])
+    assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if "Warning" not in line and line.strip()]
     assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and message in lines[0], result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
@@ -158,7 +174,7 @@ def test_progress_line_shows_the_depth_only_for_models_that_use_it(tmp_path, cap
 def test_skip_policy_stops_a_diverged_run_instead_of_finishing_on_it(tmp_path, data_dir):
     """lr 1e6: every step is non-finite; `skip` used to skip them all and exit 0 with `final loss nan`."""
     run_dir = tmp_path / "diverged"
-    result = run_train(tiny_args(run_dir, data_dir, steps=12, **{"--optim.schedule.lr": "1e6",
+    result = run_train_in_process(tiny_args(run_dir, data_dir, steps=12, **{"--optim.schedule.lr": "1e6",
                                                                  "--optim.schedule.warmup_steps": "1",
                                                                  "--dist.max_skipped_steps": "3"}))
     assert result.returncode == 2, result.stderr
@@ -175,11 +191,11 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_pa
     assert first.returncode == 0, first.stderr
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     config = (run_dir / "config.yaml").read_text()
-    shorter = run_train(tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto",
-                                                                 "--optim.schedule.warmup_steps": "4"}))
+    shorter = run_train_in_process(tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto",
+                                                                            "--optim.schedule.warmup_steps": "4"}))
     assert shorter.returncode == 2 and "is at step 10, past --steps 5" in shorter.stderr, shorter.stderr
-    other_lr = run_train(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto",
-                                                                   "--optim.schedule.lr": "1e-3"}))
+    other_lr = run_train_in_process(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto",
+                                                                              "--optim.schedule.lr": "1e-3"}))
     assert other_lr.returncode == 2 and "--optim.schedule" in other_lr.stderr, other_lr.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
     assert (run_dir / "config.yaml").read_text() == config
@@ -198,10 +214,11 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
 def test_a_new_run_under_an_existing_run_name_is_refused_before_anything_is_written(tmp_path, data_dir):
     """It used to train again beside the old checkpoints and append to the old eval.jsonl (issue 15, case 2)."""
     run_dir = tmp_path / "taken"
-    first = run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
+    first = run_train_in_process(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
-    again = _error_line(run_train(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"})))
+    again = _error_line(run_train_in_process(tiny_args(run_dir, data_dir, steps=3,
+                                                       **{"--optim.schedule.warmup_steps": "1"})))
     assert "--run_name taken" in again and "already holds a run" in again and "--checkpoint.resume auto" in again
     assert tree_digest(run_dir) == before
 
@@ -210,14 +227,14 @@ def test_a_finished_run_is_never_rewritten(tmp_path, data_dir):
     """A resume of a finished run writes nothing (it used to save its final checkpoint again, evaluate again and
     rewrite config.yaml); resuming an older checkpoint while newer ones exist is refused (it would save over them)."""
     run_dir = tmp_path / "finished"
-    first = run_train(tiny_args(run_dir, data_dir, steps=10))
+    first = run_train_in_process(tiny_args(run_dir, data_dir, steps=10))
     assert first.returncode == 0, first.stderr
     final = run_dir / "checkpoints" / "step_00000010"
     before, inode = tree_digest(run_dir), final.stat().st_ino
-    again = run_train(tiny_args(run_dir, data_dir, steps=10, **{"--checkpoint.resume": "auto"}))
+    again = run_train_in_process(tiny_args(run_dir, data_dir, steps=10, **{"--checkpoint.resume": "auto"}))
     assert again.returncode == 0, again.stderr
     assert f"[done] {run_dir} is already complete at step 10" in again.stderr
-    older = _error_line(run_train(tiny_args(run_dir, data_dir, steps=10, **{
+    older = _error_line(run_train_in_process(tiny_args(run_dir, data_dir, steps=10, **{
         "--checkpoint.resume": str(run_dir / "checkpoints" / "step_00000005")})))
     assert "holds newer checkpoints (step_00000010)" in older
     assert tree_digest(run_dir) == before and final.stat().st_ino == inode
@@ -247,9 +264,10 @@ def test_generated_data_of_other_settings_is_regenerated(tmp_path):
     """A restart (no checkpoint to resume) with another --data.seq_len used to train on the old run's data while
     its config.yaml said otherwise."""
     run_dir = tmp_path / "gen"
-    first = run_train(_generated(run_dir, 48, **{"--checkpoint.interval": "0", "--checkpoint.save_final": "false"}))
+    first = run_train_in_process(_generated(run_dir, 48, **{"--checkpoint.interval": "0",
+                                                            "--checkpoint.save_final": "false"}))
     assert first.returncode == 0, first.stderr
-    second = run_train(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
+    second = run_train_in_process(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
     assert second.returncode == 0, second.stderr
     assert (f"[data] {run_dir / 'data' / 'train'} was generated with other settings (--data.seq_len 48 -> 32); "
             "regenerating") in second.stderr
@@ -260,10 +278,11 @@ def test_resume_with_other_generation_settings_keeps_the_data(tmp_path):
     """The checkpoint trained on the generated data: a resume with another --data.seq_len is refused, and
     the data is not regenerated under it."""
     run_dir = tmp_path / "gen"
-    first = run_train(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
+    first = run_train_in_process(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
-    refused = _error_line(run_train(_generated(run_dir, 32, **{"--steps": "6", "--checkpoint.resume": "auto"})))
+    refused = _error_line(run_train_in_process(_generated(run_dir, 32, **{"--steps": "6",
+                                                                          "--checkpoint.resume": "auto"})))
     assert "--data.seq_len 48 -> 32" in refused
     assert tree_digest(run_dir) == before
 

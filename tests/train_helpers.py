@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +45,40 @@ def train_cmd(args: list[str]) -> list[str]:
 def run_train(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(train_cmd(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def run_train_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """train.py's main() in this process, for refused commands and short runs whose process is not what is
+    tested: the same exit code and stderr as `run_train`, without a new interpreter (importing torch and
+    starting up cost seconds per command). train.py
+    installs its preemption handlers on import and a run seeds the global generators: the test process's own
+    handlers and generator states are put back."""
+    import random
+
+    import numpy as np
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    rng = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    argv, err = sys.argv, io.StringIO()
+    try:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        import train
+
+        sys.argv = ["train.py", *args]
+        with contextlib.redirect_stderr(err):
+            try:
+                code = train.main()
+            except SystemExit as exit_:  # what sys.exit(main()) would have ended the process with
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.random.set_rng_state(rng[2])
+    return subprocess.CompletedProcess(train_cmd(args), code, "", err.getvalue())
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
