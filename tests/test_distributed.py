@@ -4,6 +4,7 @@ DeepSpeed config reconciliation, and the world-size invariance of the recurrent 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -16,7 +17,13 @@ from recur.models.presets import preset_config
 from recur.parallel.backend import resolve_backend
 from recur.parallel.config import DistConfig
 from recur.parallel.deepspeed import build_deepspeed_config
-from recur.parallel.env import expand_nodelist, launch_topology, slurm_master_port
+from recur.parallel.env import (
+    expand_nodelist,
+    init_distributed,
+    launch_topology,
+    shutdown_distributed,
+    slurm_master_port,
+)
 
 
 @pytest.mark.parametrize("nodelist, hosts", [
@@ -71,6 +78,18 @@ def test_topology_errors_and_single_process():
         launch_topology({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
         launch_topology({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0"})
+
+
+def test_a_one_rank_group_leaves_the_process_environment_as_it_found_it(monkeypatch):
+    """An in-process run on a 1-rank group exports RANK/WORLD_SIZE for env://; left behind, they would win over
+    srun's topology in every job the process launches afterwards (each rank would train alone)."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "keep-me")
+    env = init_distributed("cpu", 1, always=True)
+    assert env.world_size == 1 and torch.distributed.is_initialized() and os.environ["RANK"] == "0"
+    shutdown_distributed()
+    assert "RANK" not in os.environ and "WORLD_SIZE" not in os.environ and os.environ["MASTER_ADDR"] == "keep-me"
 
 
 def test_backend_choice_and_config_errors():

@@ -53,8 +53,10 @@ def slurm_env() -> dict[str, str]:
     started = subprocess.run([str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=600)
     assert started.returncode == 0, f"scripts/slurm_local.sh start failed:\n{started.stderr}"
     conf = re.search(r"export SLURM_CONF=(\S+)", started.stdout).group(1)
-    # A test run inside an allocation must not hand its own job's variables to the jobs it submits.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    # A test run inside an allocation (or a torchrun) must not hand its own job's variables to the jobs it
+    # submits: RANK/WORLD_SIZE would win over srun's topology, a fixed MASTER_PORT would join the two jobs.
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in launcher}
     env.update(SLURM_CONF=conf, PYTHON=sys.executable, RECUR_ROOT=str(ROOT))
     yield env
     # Jobs left by a failed test would outlive the daemons and break the next run's cluster.

@@ -22,6 +22,10 @@ import torch
 import torch.distributed as dist
 
 
+# The variables init_distributed exported, with the values they had before (None: unset).
+_replaced_env: dict[str, str | None] = {}
+
+
 @dataclass(frozen=True)
 class DistEnv:
     rank: int = 0
@@ -156,9 +160,13 @@ def init_distributed(device: str, timeout_minutes: float, master_port: int | Non
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        # Export what env:// needs (slurm launches do not set these), then rendezvous.
-        os.environ.update(MASTER_ADDR=str(topology["master_addr"]), MASTER_PORT=str(topology["master_port"]),
-                          RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        # Export what env:// needs (slurm launches do not set these), then rendezvous. shutdown_distributed
+        # puts the caller's values back: a process that trains in-process and then launches jobs (a test
+        # suite, a notebook) must not hand them RANK=0/WORLD_SIZE=1, which would win over srun's topology.
+        exported = dict(MASTER_ADDR=str(topology["master_addr"]), MASTER_PORT=str(topology["master_port"]),
+                        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        _replaced_env.update({key: os.environ.get(key) for key in exported if key not in _replaced_env})
+        os.environ.update(exported)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 timeout=timedelta(minutes=timeout_minutes),
                                 device_id=dev if dev.type == "cuda" else None)
@@ -174,3 +182,9 @@ def _free_port() -> int:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    for key, value in _replaced_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _replaced_env.clear()
