@@ -174,7 +174,7 @@ def retrofit(model: torch.nn.Module, baseline: dict[str, torch.Tensor]) -> None:
             key = f"{sections[int(index)]}.{rest}"
         mapped[key] = value
     missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if unexpected or set(missing) - {"adapter.weight"}:
+    if unexpected or set(missing) - {"adapter.weight", "state_norm.weight"}:  # new in the looped model
         sys.exit(f"--retrofit_from: layers do not match the model (missing {missing}, unexpected {unexpected})")
 
 
@@ -292,9 +292,9 @@ def main() -> None:
         saved = torch.load(args.checkpoint, map_location=args.device, weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())  # map_location moved it to the device
         if saved["cuda_rng"]:  # the looped models' initial-state noise is drawn on the device
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+            torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda_rng"]])
         first_step, first_090 = saved["step"] + 1, saved["first_090"]
         print(f"resumed from {args.checkpoint} at step {saved['step']}", flush=True)
     step = first_step - 1
