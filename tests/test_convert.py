@@ -93,6 +93,20 @@ def test_converted_model_equals_hf_at_r1(arch, split, keep, llama_dir, olmo_dir,
     assert (_ours(ours, IDS) - expected).abs().max() < TOL
 
 
+@pytest.mark.parametrize("adapter_init,keep", [
+    ("state", [0, 1, 1, 2, 3, 4]),  # r = 2 applies the one-layer block to its own output: layer 1 twice
+    ("passthrough", [0, 1, 2, 3, 4]),  # r = 2 recomputes the block on the prelude output: same as r = 1
+])
+def test_converted_adapter_at_r2(adapter_init, keep, llama_dir, hf_models):
+    import copy
+
+    ours = convert_hf_model(llama_dir, 1, 1, 1, 3, arch="llama", adapter_init=adapter_init)
+    expected = _hf_logits(copy.deepcopy(hf_models["llama"]), IDS, keep)
+    assert (_ours(ours, IDS, r=2) - expected).abs().max() < TOL
+    with pytest.raises(ValueError, match="init_state 'input'"):
+        convert_hf_model(llama_dir, 1, 1, 1, 3, arch="llama", adapter_init="state", init_state="random")
+
+
 def test_misplaced_weight_is_detected(llama_dir, hf_models):
     """The equivalence test has teeth: swapping two norms of one layer breaks it by far more than TOL."""
     ours = convert_hf_model(llama_dir, 1, 1, 3, 1)

@@ -5,8 +5,9 @@
 
 Layers [0, prelude_size) become the prelude, [start_index, start_index + block_size) the recurrent block
 and the last coda_size layers the coda; the rest are dropped (utils/layer_analysis.py suggests a split).
-The adapter starts as a pass-through, so at r = 1 the output equals the source model without the
-dropped layers. The output directory (model.safetensors + config.json + tokenizer files) loads with
+The adapter starts as the identity on the state (s_0 = the prelude output), so at r = 1 the output equals
+the source model without the dropped layers and each further iteration refines the previous one's output
+(`--adapter_init passthrough`: the older start, the same at r = 1 but blind to the state). The output directory (model.safetensors + config.json + tokenizer files) loads with
 `recur.hf_model.from_pretrained` and trains with `train.py --init_from <out>`.
 """
 
@@ -32,8 +33,11 @@ def build_parser(default_arch: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--block_size", type=int, required=True)
     p.add_argument("--coda_size", type=int, required=True)
     p.add_argument("--default_num_steps", type=int, default=None, help="recurrence used when none is given")
+    p.add_argument("--adapter_init", choices=["state", "passthrough"], default="state",
+                   help="the concat adapter's start: adapter([s, e]) = s with s_0 = e (state), or = e (passthrough)")
     p.add_argument("--init_state", choices=["random", "zeros", "input"], default=None,
-                   help="initial recurrent state (default: the ModelConfig default)")
+                   help="initial recurrent state (default: input with the state adapter, else the ModelConfig "
+                        "default); the state adapter needs input")
     p.add_argument("--untie_embeddings", action="store_true",
                    help="give a tied source an independent lm_head (a copy of the embedding)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage precision of the weights")
@@ -43,8 +47,9 @@ def build_parser(default_arch: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, default_arch: str | None = None) -> int:
     args = build_parser(default_arch).parse_args(argv)
-    overrides = {k: v for k, v in (("default_num_steps", args.default_num_steps), ("init_state", args.init_state))
-                 if v is not None}
+    chosen = (("default_num_steps", args.default_num_steps), ("init_state", args.init_state),
+              ("adapter_init", args.adapter_init))
+    overrides = {k: v for k, v in chosen if v is not None}
     if args.untie_embeddings:
         overrides["tie_embeddings"] = False
     try:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None, default_arch: str | None = None) -> int:
     cfg, params = model.cfg, count_params(model)
     print(f"[convert] {args.model_path} -> {args.out}: prelude {cfg.n_prelude}, recurrent block {cfg.n_core}, "
           f"coda {cfg.n_coda} layers; {params['total']:,} params "
-          f"(adapter {params.get('adapter', 0):,}, pass-through)", file=sys.stderr)
+          f"(adapter {params.get('adapter', 0):,}, {cfg.adapter_init})", file=sys.stderr)
     return 0
 
 

@@ -6,8 +6,13 @@ touches a hub. Layers are chosen with the split convention of `recur.convert.lay
 ``[0, prelude_size)`` prelude, ``[start_index, start_index + block_size)`` recurrent block, the last
 ``coda_size`` layers coda; every other layer is dropped.
 
-The input-injection adapter starts as a pass-through (``adapter([s, e]) = e``), so at r = 1 the converted
-model computes exactly the source model with the dropped layers removed.
+The input-injection adapter starts as the identity on the state (``adapter([s, e]) = s``, with s₀ = e, the
+prelude output): at r = 1 the converted model computes exactly the source model with the dropped layers
+removed, and each further iteration applies the recurrent block to its own output, so the state carries the
+work from step to step. ``adapter_init="passthrough"`` (``adapter([s, e]) = e``) is the same at r = 1 but
+ignores the state: every depth computes the same thing until training moves the adapter, and in the recall
+probes of docs/recurrence.md (probes 6–8) such a retrofit stayed depth-invariant where the state adapter
+gained +0.6 accuracy from r = 1 to r = 3.
 
 Block mapping. Llama is pre-norm (``x + f(norm(x))``): input_layernorm -> attn_norm,
 post_attention_layernorm -> mlp_norm. OLMo-2 is post-norm (``x + norm(f(x))``) with RMSNorm over the full
@@ -145,7 +150,8 @@ def rope_settings(hf_config: dict) -> tuple[float, dict | None]:
 
 
 def model_config_from_hf(hf_config: dict, arch: str, split: LayerSplit, **overrides) -> ModelConfig:
-    """Our `recurrent` ModelConfig for the given source config and layer split (pass-through adapter)."""
+    """Our `recurrent` ModelConfig for the given source config and layer split (state adapter, s₀ = e, unless
+    `overrides` choose adapter_init="passthrough")."""
     for flag, expected in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if hf_config.get(flag, expected) != expected:
             raise ValueError(f"config.json: {flag}={hf_config[flag]!r} is not supported (need {expected!r})")
@@ -161,8 +167,10 @@ def model_config_from_hf(hf_config: dict, arch: str, split: LayerSplit, **overri
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)), dropout=0.0,
         n_layers=split.prelude_size + split.block_size + split.coda_size,
         n_prelude=split.prelude_size, n_core=split.block_size, n_coda=split.coda_size,
-        injection="concat", adapter_init="passthrough",
+        injection="concat", adapter_init="state",
     )
+    if overrides.get("adapter_init", "state") == "state":
+        fields["init_state"] = "input"  # s_0 = e: with adapter([s, e]) = s, r = 1 is the source model
     fields.update(overrides)
     return ModelConfig(**fields).resolved()
 
@@ -201,16 +209,19 @@ def map_state_dict(hf_state: dict[str, torch.Tensor], arch: str, plan: Conversio
 
 def convert_hf_model(model_path: str | Path, prelude_size: int, start_index: int, block_size: int,
                      coda_size: int, arch: str | None = None, **config_overrides) -> LoopedLM:
-    """Load a local HF Llama / OLMo-2 checkpoint as our fp32 `LoopedLM` with a pass-through adapter.
+    """Load a local HF Llama / OLMo-2 checkpoint as our fp32 `LoopedLM` (state adapter by default).
 
     `config_overrides` set other ModelConfig fields (e.g. default_num_steps, init_state, max_seq_len)."""
     hf_config = read_hf_config(model_path)
     arch = detect_arch(hf_config, arch, f"--model_path {model_path}")
     split = LayerSplit(hf_config["num_hidden_layers"], prelude_size, start_index, block_size, coda_size)
     cfg = model_config_from_hf(hf_config, arch, split, **config_overrides)
-    if cfg.injection != "concat" or cfg.adapter_init != "passthrough":
-        raise ValueError("conversion needs injection='concat' with adapter_init='passthrough' to reproduce the "
-                         "source model at r = 1")
+    reproduces = cfg.injection == "concat" and (
+        cfg.adapter_init == "passthrough" or (cfg.adapter_init == "state" and cfg.init_state == "input"))
+    if not reproduces:
+        raise ValueError("conversion reproduces the source model at r = 1 only with the concat adapter as "
+                         "'state' (with init_state 'input') or 'passthrough'; got injection "
+                         f"'{cfg.injection}', adapter_init '{cfg.adapter_init}', init_state '{cfg.init_state}'")
     hf_state = load_hf_state_dict(model_path)
     if not cfg.tie_embeddings and "lm_head.weight" not in hf_state and hf_config.get("tie_word_embeddings"):
         # Untying a tied source (tie_embeddings=False override): the head starts as a copy of the embedding.
