@@ -107,6 +107,32 @@ def test_converted_adapter_at_r2(adapter_init, keep, llama_dir, hf_models):
         convert_hf_model(llama_dir, 1, 1, 1, 3, arch="llama", adapter_init="state", init_state="random")
 
 
+def test_recur_baseline_loops_into_a_recurrent_model(tmp_path):
+    """An exported recur baseline converts like an HF model: r = 1 is the baseline, r = 2 with a one-layer
+    block is the baseline with that layer run twice; the byte tokenizer and special ids carry over."""
+    import copy
+
+    from recur.hf_model import save_pretrained
+
+    base = create_model("tiny", "baseline", n_layers=5, vocab_size=300).eval()
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    save_pretrained(base, tmp_path / "base", special_ids={"bos": 1, "eos": 2, "pad": 0}, tokenizer="byte")
+    ids = IDS % 300
+    with torch.no_grad():
+        looped = convert_to_dir(tmp_path / "base", tmp_path / "all", 1, 1, 3, 1)
+        assert (_ours(looped, ids) - base(ids).logits).abs().max() < TOL
+        twice = copy.deepcopy(base)
+        twice.layers = torch.nn.ModuleList(base.layers[i] for i in (0, 1, 1, 2, 3, 4))
+        one = convert_to_dir(tmp_path / "base", tmp_path / "one", 1, 1, 1, 3)
+        assert (_ours(one, ids, r=2) - twice(ids).logits).abs().max() < TOL
+    saved = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert (saved["variant"], saved["n_core"], saved["recur_tokenizer"], saved["eos_token_id"]) == ("recurrent", 1, "byte", 2)
+    with pytest.raises(ValueError, match="only a 'baseline' can be looped"):
+        convert_to_dir(tmp_path / "one", tmp_path / "again", 1, 1, 1, 2)
+
+
 def test_misplaced_weight_is_detected(llama_dir, hf_models):
     """The equivalence test has teeth: swapping two norms of one layer breaks it by far more than TOL."""
     ours = convert_hf_model(llama_dir, 1, 1, 3, 1)

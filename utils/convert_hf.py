@@ -1,4 +1,5 @@
-"""Convert a local Hugging Face Llama / OLMo-2 checkpoint into a recurrent model (prelude / block / coda).
+"""Convert a local Hugging Face Llama / OLMo-2 checkpoint, or a recur `baseline` exported with
+utils/export_checkpoint.py, into a recurrent model (prelude / block / coda).
 
     python utils/convert_hf.py --arch llama --model_path /models/TinyLlama-1.1B \
         --prelude_size 4 --start_index 10 --block_size 8 --coda_size 4 --out models/tinyllama-4-8-4

@@ -1,4 +1,5 @@
-"""Convert a local Hugging Face Llama / OLMo-2 checkpoint into our recurrent `LoopedLM`.
+"""Convert a local Hugging Face Llama / OLMo-2 checkpoint (or an exported recur `baseline`, see
+recur/convert/recur_baseline.py) into our recurrent `LoopedLM`.
 
 The source is read straight from disk (config.json + safetensors or PyTorch weights, single file or
 sharded), so conversion does not depend on the installed transformers version's config classes and never
@@ -57,7 +58,8 @@ LAYER_MAPS: dict[str, dict[str, str]] = {
         "self_attn.k_norm.weight": "attn.k_norm.weight",
     },
 }
-ARCHS = tuple(LAYER_MAPS)
+# "recur": an exported recur `baseline` run (recur/convert/recur_baseline.py), looped the same way.
+ARCHS = (*LAYER_MAPS, "recur")
 # Files that make up a tokenizer; copied next to the converted weights so the output is self-contained.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
@@ -167,12 +169,30 @@ def model_config_from_hf(hf_config: dict, arch: str, split: LayerSplit, **overri
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)), dropout=0.0,
         n_layers=split.prelude_size + split.block_size + split.coda_size,
         n_prelude=split.prelude_size, n_core=split.block_size, n_coda=split.coda_size,
-        injection="concat", adapter_init="state",
+        **adapter_fields(overrides),
     )
-    if overrides.get("adapter_init", "state") == "state":
-        fields["init_state"] = "input"  # s_0 = e: with adapter([s, e]) = s, r = 1 is the source model
     fields.update(overrides)
     return ModelConfig(**fields).resolved()
+
+
+def adapter_fields(overrides: dict) -> dict[str, str]:
+    """The loop-entry fields of a converted model: the concat adapter as the identity on the state with s_0 = e
+    (with adapter([s, e]) = s, r = 1 is then the source model), unless `overrides` choose another adapter_init."""
+    adapter = overrides.get("adapter_init", "state")
+    return {"injection": "concat", "adapter_init": adapter, **({"init_state": "input"} if adapter == "state" else {})}
+
+
+def check_reproduces_source(cfg: ModelConfig) -> None:
+    reproduces = cfg.injection == "concat" and (
+        cfg.adapter_init == "passthrough" or (cfg.adapter_init == "state" and cfg.init_state == "input"))
+    if not reproduces:
+        raise ValueError("conversion reproduces the source model at r = 1 only with the concat adapter as "
+                         "'state' (with init_state 'input') or 'passthrough'; got injection "
+                         f"'{cfg.injection}', adapter_init '{cfg.adapter_init}', init_state '{cfg.init_state}'")
+
+
+def source_layer_count(hf_config: dict, arch: str) -> int:
+    return hf_config["n_layers"] if arch == "recur" else hf_config["num_hidden_layers"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,14 +234,17 @@ def convert_hf_model(model_path: str | Path, prelude_size: int, start_index: int
     `config_overrides` set other ModelConfig fields (e.g. default_num_steps, init_state, max_seq_len)."""
     hf_config = read_hf_config(model_path)
     arch = detect_arch(hf_config, arch, f"--model_path {model_path}")
-    split = LayerSplit(hf_config["num_hidden_layers"], prelude_size, start_index, block_size, coda_size)
+    split = LayerSplit(source_layer_count(hf_config, arch), prelude_size, start_index, block_size, coda_size)
+    if arch == "recur":
+        from recur.convert.recur_baseline import loop_recur_baseline  # it builds on this module
+
+        adapter = adapter_fields(config_overrides)
+        model = loop_recur_baseline(model_path, split, adapter,
+                                    **{k: v for k, v in config_overrides.items() if k not in adapter})
+        check_reproduces_source(model.cfg)
+        return model
     cfg = model_config_from_hf(hf_config, arch, split, **config_overrides)
-    reproduces = cfg.injection == "concat" and (
-        cfg.adapter_init == "passthrough" or (cfg.adapter_init == "state" and cfg.init_state == "input"))
-    if not reproduces:
-        raise ValueError("conversion reproduces the source model at r = 1 only with the concat adapter as "
-                         "'state' (with init_state 'input') or 'passthrough'; got injection "
-                         f"'{cfg.injection}', adapter_init '{cfg.adapter_init}', init_state '{cfg.init_state}'")
+    check_reproduces_source(cfg)
     hf_state = load_hf_state_dict(model_path)
     if not cfg.tie_embeddings and "lm_head.weight" not in hf_state and hf_config.get("tie_word_embeddings"):
         # Untying a tied source (tie_embeddings=False override): the head starts as a copy of the embedding.
@@ -259,8 +282,11 @@ def convert_to_dir(model_path: str | Path, out_dir: str | Path, prelude_size: in
 
     hf_config = read_hf_config(model_path)
     arch = detect_arch(hf_config, arch, f"--model_path {model_path}")
-    split = LayerSplit(hf_config["num_hidden_layers"], prelude_size, start_index, block_size, coda_size)
+    split = LayerSplit(source_layer_count(hf_config, arch), prelude_size, start_index, block_size, coda_size)
     model = convert_hf_model(model_path, prelude_size, start_index, block_size, coda_size, arch, **config_overrides)
+    # A recur source keeps its tokenizer record (recur's byte tokenizer) and special ids.
+    special = {name: hf_config.get(f"{name}_token_id") for name in ("bos", "eos", "pad")} if arch == "recur" else None
     save_pretrained(model, out_dir, conversion=conversion_record(model_path, arch, split),
-                    extra_files=tokenizer_files(model_path), dtype=dtype, overwrite=overwrite)
+                    extra_files=tokenizer_files(model_path), dtype=dtype, overwrite=overwrite,
+                    special_ids=special, tokenizer=hf_config.get("recur_tokenizer"))
     return model
