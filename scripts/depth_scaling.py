@@ -13,6 +13,12 @@ difficulties; then writes under --out_dir:
     depth_scaling.json / .md           loss vs depth, accuracy vs (depth × difficulty) with n and 95%
                                        intervals, chance levels, and the targets evaluated per looped arm
     loss_vs_depth.png, accuracy_vs_depth.png
+`--retrofit P,B,C` adds the retrofitting recipe: once `baseline` has trained, its final checkpoint is exported
+and looped (utils/convert_hf.py: layers 0..P-1 prelude, the next B the recurrent block, the last C coda; the
+adapter starts as the identity on the state, so r = 1 is the baseline), and two more arms train from it for
+--retrofit_steps on the same data: `retrofit` (the looped model, --retrofit_flags on top of the recipe) and
+its control `baseline_continued` (the baseline trained on just as long, fresh optimizer as well). The
+report compares `retrofit` with `baseline_continued`, the other looped arms with `baseline`.
 `--smoke` shrinks everything (tiny preset, a few steps, r ≤ 4) to check the pipeline on a CPU in ~1 min.
 Unknown flags go to every train.py call (e.g. `--device cuda --compile true`).
 """
@@ -45,6 +51,10 @@ DEFAULT_ARMS = {"baseline": "--variant baseline", "recurrent": "--variant recurr
 # spike near the end of warmup (docs/recurrence.md), at 3e-4 none did.
 RECIPE_FLAGS = ["--recurrence.mean_recurrence", "8", "--recurrence.backprop_depth", "4",
                 "--recurrence.mean_schedule", "1-sqrt", "--recurrence.mean_warmup", "0.5", "--optim.schedule.lr", "3e-4"]
+# r̄ 4 with full backprop: the best retrofit arm of the recall probes (docs/recurrence.md, probes 7-8; r̄ 8 with
+# k 4 learned slower).
+RETROFIT_FLAGS = "--recurrence.mean_recurrence 4 --recurrence.backprop_depth 4"
+RETROFIT, CONTROL = "retrofit", "baseline_continued"
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -69,6 +79,10 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--parallel", type=int, default=1, help="arms trained at once (one GPU fits several nano runs)")
     p.add_argument("--train_budget_s", type=float,
                    help="preempt training (SIGTERM: checkpoint, exit 0) after this many seconds; sweeps use it")
+    p.add_argument("--retrofit", metavar="P,B,C", type=loop_split,
+                   help="also loop the trained baseline into prelude P / block B / coda C layers and train it on")
+    p.add_argument("--retrofit_steps", type=int, help="steps of the retrofit arm and its control (default: --steps)")
+    p.add_argument("--retrofit_flags", default=RETROFIT_FLAGS, help="train.py flags of the retrofit arm")
     p.add_argument("--smoke", action="store_true", help="tiny CPU-sized pipeline check")
     args, train_args = p.parse_known_args()
     if args.smoke:
@@ -77,10 +91,21 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         train_args = ["--device", "cpu", *train_args]
     for name in [*args.tasks, *(args.sweep_tasks or [])]:
         get_task(name)  # an unknown name fails here, not after every arm has trained
-    for flag in ("steps", "batch_size", "num_docs", "num_samples", "parallel"):
+    args.retrofit_steps = args.retrofit_steps or args.steps
+    for flag in ("steps", "batch_size", "num_docs", "num_samples", "parallel", "retrofit_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     return args, train_args
+
+
+def loop_split(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or parts[1] < 1:
+        raise argparse.ArgumentTypeError(f"expected prelude,block,coda layer counts (e.g. 1,4,1), got '{text}'")
+    return parts
 
 
 def arm_flags(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -95,7 +120,30 @@ def arm_flags(args: argparse.Namespace) -> dict[str, list[str]]:
         if unknown:
             raise ValueError(f"--only: unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(arms)}")
         arms = {k: v for k, v in arms.items() if k in args.only}
+    if args.retrofit and "baseline" not in arms:
+        raise ValueError("--retrofit: loops the trained `baseline` arm, which --only/--arm left out")
+    if args.retrofit and {RETROFIT, CONTROL} & set(arms):
+        raise ValueError(f"--arm: the names {RETROFIT} and {CONTROL} are the --retrofit arms")
     return {name: shlex.split(flags) for name, flags in arms.items()}
+
+
+def retrofit_arms(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
+    """Export the trained baseline, loop it (once; a rerun reuses both) and return the two arms that start from
+    them: the looped model and the baseline trained on."""
+    from recur.convert.hf import convert_to_dir
+    from recur.parallel.export import export_checkpoint
+
+    exported, looped = out / "exported" / "baseline", out / "exported" / "retrofit"
+    if not exported.exists():
+        export_checkpoint(out / "baseline", exported)
+    if not looped.exists():
+        prelude, block, coda = args.retrofit
+        layers = prelude + block + coda
+        convert_to_dir(exported, looped, prelude, prelude, block, coda)
+        print(f"[depth_scaling] looped the baseline into {prelude}/{block}/{coda} of its {layers} layers: {looped}",
+              file=sys.stderr, flush=True)
+    return {RETROFIT: ["--variant", "recurrent", "--init_from", str(looped), *shlex.split(args.retrofit_flags)],
+            CONTROL: ["--variant", "baseline", "--init_from", str(exported)]}
 
 
 def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
@@ -117,15 +165,15 @@ def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
 
 
 def train_command(name: str, flags: list[str], args: argparse.Namespace, out: Path, data: tuple[Path, Path],
-                  train_args: list[str]) -> list[str]:
-    warmup = max(1, min(100, args.steps // 10))
+                  train_args: list[str], steps: int) -> list[str]:
+    warmup = max(1, min(100, steps // 10))
     # An arm stopped by --train_budget_s (or a crash) continues from its checkpoint when the command is rerun.
     return [sys.executable, str(ROOT / "train.py"), "--model_size", args.size, "--model.vocab_size", "320",
-            "--model.max_seq_len", str(args.seq_len), "--steps", str(args.steps), "--out_dir", str(out),
+            "--model.max_seq_len", str(args.seq_len), "--steps", str(steps), "--out_dir", str(out),
             "--run_name", name, "--checkpoint.resume", "auto", "--data.path", str(data[0]), "--data.val_path", str(data[1]),
             "--data.global_batch_size", str(args.batch_size), "--data.tasks", json.dumps(args.tasks),
-            "--optim.schedule.warmup_steps", str(warmup), "--checkpoint.interval", str(max(1, args.steps // 10)),
-            "--eval.depths", "[1]", "--eval.num_samples", "8", "--log.interval", str(max(1, args.steps // 25)),
+            "--optim.schedule.warmup_steps", str(warmup), "--checkpoint.interval", str(max(1, steps // 10)),
+            "--eval.depths", "[1]", "--eval.num_samples", "8", "--log.interval", str(max(1, steps // 25)),
             *RECIPE_FLAGS, *train_args, *flags]
 
 
@@ -190,14 +238,24 @@ def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s:
     return failed
 
 
+def train_arms(arms: dict[str, list[str]], args: argparse.Namespace, out: Path, data: tuple[Path, Path],
+               train_args: list[str], steps: int) -> list[str]:
+    """Train the arms not yet finished (a rerun skips those with a summary.json); returns the failed ones."""
+    todo = {name: flags for name, flags in arms.items() if not (out / name / "summary.json").exists()}
+    return run_all({n: train_command(n, f, args, out, data, train_args, steps) for n, f in todo.items()},
+                   args.parallel, out / "logs", args.train_budget_s, lambda name: training_status(out / name))
+
+
 def main() -> int:
     args, train_args = parse_args()
     out = Path(args.out_dir)
     arms = arm_flags(args)
     data = prepare_data(args, out)
-    todo = {name: flags for name, flags in arms.items() if not (out / name / "summary.json").exists()}
-    failed = run_all({n: train_command(n, f, args, out, data, train_args) for n, f in todo.items()},
-                     args.parallel, out / "logs", args.train_budget_s, lambda name: training_status(out / name))
+    failed = train_arms(arms, args, out, data, train_args, args.steps)
+    if args.retrofit and "baseline" not in failed:
+        second = retrofit_arms(args, out)
+        failed += train_arms(second, args, out, data, train_args, args.retrofit_steps)
+        arms.update(second)
     trained = [n for n in arms if n not in failed]
     failed += run_all({f"sweep_{n}": sweep_command(n, args, out, data[1]) for n in trained}, args.parallel,
                       out / "logs")
@@ -209,7 +267,7 @@ def main() -> int:
     if not loaded:
         print(f"depth_scaling.py: error: no arm trained and swept; failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    report = depth_report(loaded, baseline="baseline" if "baseline" in arms else None)
+    report = depth_report(loaded, baseline="baseline" if "baseline" in arms else None, controls={RETROFIT: CONTROL})
     report["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     report["failed"] = failed
     write_json_atomic(out / "depth_scaling.json", report)

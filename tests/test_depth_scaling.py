@@ -52,12 +52,19 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     out = tmp_path / "depth"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir",
-                           str(out), "--parallel", "2", "--tasks", "chain", "copy", "--sweep_tasks", "chain"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+                           str(out), "--parallel", "2", "--tasks", "chain", "copy", "--sweep_tasks", "chain", "--retrofit", "1,2,1"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "depth_scaling.json").read_text())
-    assert set(report["arms"]) == {"baseline", "recurrent"} and report["failed"] == []
+    arms = {"baseline", "recurrent", "retrofit", "baseline_continued"}
+    assert set(report["arms"]) == arms and report["failed"] == []
     assert set(report["arms"]["recurrent"]["loss"]) == {"1", "2", "4"}
-    for name in ("baseline", "recurrent"):
+    # The retrofit is the trained baseline looped (1/2/1 of its 4 layers), judged against the baseline trained on.
+    looped = json.loads((out / "exported" / "retrofit" / "config.json").read_text())
+    assert (looped["n_prelude"], looped["n_core"], looped["n_coda"], looped["adapter_init"]) == (1, 2, 1, "state")
+    assert report["arms"]["retrofit"]["targets"]["ood"]["baseline"] == "baseline_continued"
+    assert report["arms"]["recurrent"]["targets"]["ood"]["baseline"] == "baseline"
+    for name in arms:
         (sweep,) = out.glob(f"sweeps/sweep_{name}_step_*.json")
         validate_results(json.loads(sweep.read_text()), str(sweep))
     for figure in ("loss_vs_depth.png", "accuracy_vs_depth.png", "depth_scaling.md"):

@@ -91,13 +91,17 @@ def _ood_targets(arm: Arm, baseline: Arm | None, task: str) -> dict | None:
            "gain_over_r1": best["accuracy"] >= cells[1]["accuracy"] + OOD_GAIN_OVER_R1}
     if baseline is not None and baseline.cells(task, level):
         base = _best_cell(baseline.cells(task, level))["accuracy"]
-        out.update(baseline_best=base, gain_over_baseline=best["accuracy"] >= base + OOD_GAIN_OVER_BASELINE)
+        out.update(baseline=baseline.name, baseline_best=base,
+                   gain_over_baseline=best["accuracy"] >= base + OOD_GAIN_OVER_BASELINE)
     return out
 
 
-def depth_report(arms: list[Arm], baseline: str | None = "baseline", target_task: str = "chain") -> dict:
-    """The experiment's JSON: per arm the training health, loss per depth, accuracy cells and targets."""
-    base = next((a for a in arms if a.name == baseline), None)
+def depth_report(arms: list[Arm], baseline: str | None = "baseline", target_task: str = "chain",
+                 controls: dict[str, str] | None = None) -> dict:
+    """The experiment's JSON: per arm the training health, loss per depth, accuracy cells and targets. A looped
+    arm's OOD target compares it with `baseline`, or with its own control arm in `controls` (e.g. a retrofit
+    with the baseline trained on for as many steps)."""
+    by_name = {a.name: a for a in arms}
     report = {"arms": {}, "chance": {}}
     for arm in arms:
         health = training_health(arm.run_dir)
@@ -106,7 +110,7 @@ def depth_report(arms: list[Arm], baseline: str | None = "baseline", target_task
         if arm.looped:
             entry["targets"] = {"no_nonfinite_training_steps": not health["nonfinite_steps"],
                                 **_loss_targets(arm, health["final_mean_recurrence"])}
-            ood = _ood_targets(arm, base, target_task)
+            ood = _ood_targets(arm, by_name.get((controls or {}).get(arm.name, baseline)), target_task)
             if ood is not None:
                 entry["targets"]["ood"] = ood
         report["arms"][arm.name] = entry
