@@ -15,7 +15,7 @@ difficulties; then writes under --out_dir:
     loss_vs_depth.png, accuracy_vs_depth.png
 `--retrofit P,B,C` adds the retrofitting recipe: once `baseline` has trained, its final checkpoint is exported
 and looped (utils/convert_hf.py: layers 0..P-1 prelude, the next B the recurrent block, the last C coda; the
-adapter starts as the identity on the state, so r = 1 is the baseline), and two more arms train from it for
+adapter starts as a pass-through, so r = 1 is the baseline), and two more arms train from it for
 --retrofit_steps on the same data: `retrofit` (the looped model, --retrofit_flags on top of the recipe) and
 its control `baseline_continued` (the baseline trained on just as long, fresh optimizer as well). The
 report compares `retrofit` with `baseline_continued`, the other looped arms with `baseline`.
@@ -51,7 +51,7 @@ DEFAULT_ARMS = {"baseline": "--variant baseline", "recurrent": "--variant recurr
 # spike near the end of warmup (docs/recurrence.md), at 3e-4 none did.
 RECIPE_FLAGS = ["--recurrence.mean_recurrence", "8", "--recurrence.backprop_depth", "4",
                 "--recurrence.mean_schedule", "1-sqrt", "--recurrence.mean_warmup", "0.5", "--optim.schedule.lr", "3e-4"]
-# r̄ 4 with full backprop: the best retrofit arm of the recall probes (docs/recurrence.md, probes 7-8; r̄ 8 with
+# r̄ 4 with full backprop: the best retrofit arm of the recall probes (docs/recurrence.md, probes 7-9; r̄ 8 with
 # k 4 learned slower).
 RETROFIT_FLAGS = "--recurrence.mean_recurrence 4 --recurrence.backprop_depth 4"
 RETROFIT, CONTROL = "retrofit", "baseline_continued"

@@ -109,7 +109,8 @@ def test_converted_adapter_at_r2(adapter_init, keep, llama_dir, hf_models):
 
 def test_recur_baseline_loops_into_a_recurrent_model(tmp_path):
     """An exported recur baseline converts like an HF model: r = 1 is the baseline, r = 2 with a one-layer
-    block is the baseline with that layer run twice; the byte tokenizer and special ids carry over."""
+    block and the state adapter is the baseline with that layer run twice; the byte tokenizer and special ids
+    carry over."""
     import copy
 
     from recur.hf_model import save_pretrained
@@ -125,7 +126,7 @@ def test_recur_baseline_loops_into_a_recurrent_model(tmp_path):
         assert (_ours(looped, ids) - base(ids).logits).abs().max() < TOL
         twice = copy.deepcopy(base)
         twice.layers = torch.nn.ModuleList(base.layers[i] for i in (0, 1, 1, 2, 3, 4))
-        one = convert_to_dir(tmp_path / "base", tmp_path / "one", 1, 1, 1, 3)
+        one = convert_to_dir(tmp_path / "base", tmp_path / "one", 1, 1, 1, 3, adapter_init="state")
         assert (_ours(one, ids, r=2) - twice(ids).logits).abs().max() < TOL
     saved = json.loads((tmp_path / "one" / "config.json").read_text())
     assert (saved["variant"], saved["n_core"], saved["recur_tokenizer"], saved["eos_token_id"]) == ("recurrent", 1, "byte", 2)

@@ -61,7 +61,7 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     assert set(report["arms"]["recurrent"]["loss"]) == {"1", "2", "4"}
     # The retrofit is the trained baseline looped (1/2/1 of its 4 layers), judged against the baseline trained on.
     looped = json.loads((out / "exported" / "retrofit" / "config.json").read_text())
-    assert (looped["n_prelude"], looped["n_core"], looped["n_coda"], looped["adapter_init"]) == (1, 2, 1, "state")
+    assert (looped["n_prelude"], looped["n_core"], looped["n_coda"], looped["adapter_init"]) == (1, 2, 1, "passthrough")
     assert report["arms"]["retrofit"]["targets"]["ood"]["baseline"] == "baseline_continued"
     assert report["arms"]["recurrent"]["targets"]["ood"]["baseline"] == "baseline"
     for name in arms:

@@ -6,9 +6,9 @@ utils/export_checkpoint.py, into a recurrent model (prelude / block / coda).
 
 Layers [0, prelude_size) become the prelude, [start_index, start_index + block_size) the recurrent block
 and the last coda_size layers the coda; the rest are dropped (utils/layer_analysis.py suggests a split).
-The adapter starts as the identity on the state (s_0 = the prelude output), so at r = 1 the output equals
-the source model without the dropped layers and each further iteration refines the previous one's output
-(`--adapter_init passthrough`: the older start, the same at r = 1 but blind to the state). The output directory (model.safetensors + config.json + tokenizer files) loads with
+The adapter starts as a pass-through, so at r = 1 the output equals the source model without the dropped
+layers (`--adapter_init state`: the identity on the state with s_0 = the prelude output, the same at r = 1;
+docs/recurrence.md, probe 9, compares the two). The output directory (model.safetensors + config.json + tokenizer files) loads with
 `recur.hf_model.from_pretrained` and trains with `train.py --init_from <out>`.
 """
 
@@ -34,11 +34,11 @@ def build_parser(default_arch: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--block_size", type=int, required=True)
     p.add_argument("--coda_size", type=int, required=True)
     p.add_argument("--default_num_steps", type=int, default=None, help="recurrence used when none is given")
-    p.add_argument("--adapter_init", choices=["state", "passthrough"], default="state",
-                   help="the concat adapter's start: adapter([s, e]) = s with s_0 = e (state), or = e (passthrough)")
+    p.add_argument("--adapter_init", choices=["passthrough", "state"], default="passthrough",
+                   help="the concat adapter's start: adapter([s, e]) = e (passthrough), or = s with s_0 = e (state)")
     p.add_argument("--init_state", choices=["random", "zeros", "input"], default=None,
-                   help="initial recurrent state (default: input with the state adapter, else the ModelConfig "
-                        "default); the state adapter needs input")
+                   help="initial recurrent state (default: input with the state adapter, which needs it, else "
+                        "the ModelConfig default)")
     p.add_argument("--untie_embeddings", action="store_true",
                    help="give a tied source an independent lm_head (a copy of the embedding)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage precision of the weights")
