@@ -29,7 +29,7 @@ def main() -> int:
     report = compare_runs(args.runs, args.out_dir, args.baseline, args.results_dir, args.ppl_tolerance)
     for warning in report["warnings"]:
         print(f"compare_runs.py: warning: {warning}", file=sys.stderr)
-    print((open(f"{args.out_dir}/compare.md").read()))
+    print(open(f"{args.out_dir}/compare.md").read())
     print(f"wrote {args.out_dir}/compare.md, compare.json and figures; baseline: {report['baseline']}")
     return 0
 

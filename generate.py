@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from recur.cli_common import run_cli
 from recur.data.tasks import TASKS
 from recur.eval.adaptive import exit_curve, plot_exit_curve
-from recur.cli_common import run_cli
 from recur.eval.generate import EXIT_CRITERIA, ExitRule, generate
 from recur.eval.hub import resolve_tokenizer
 from recur.eval.load import load_model

@@ -28,11 +28,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.perf_common import (append_results, device, log, markdown_table, matmul_peak_tflops,
-                               profile_top, sync, time_steps)
+from bench.perf_common import (
+    append_results,
+    device,
+    log,
+    markdown_table,
+    matmul_peak_tflops,
+    profile_top,
+    sync,
+    time_steps,
+)
 from recur.flops import count_params, flops_per_token
 from recur.models import ModelConfig, create_model, preset_config
-from recur.models.attention import benchmark_backends, resolve_backend, select_backend
+from recur.models.attention import resolve_backend, select_backend
 from recur.optim import build_optimizer
 from recur.optim.config import OptimConfig
 from recur.parallel.compile import compile_model

@@ -19,7 +19,6 @@ third_party/nanoGPT). Results go to bench/results/train_vs_nanogpt.json (written
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
 import shlex

@@ -19,11 +19,15 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+if TYPE_CHECKING:  # annotations only: recur itself is imported lazily (see _recur)
+    from recur.models.layers import KVCache
 
 SOURCE_DIR = "recur_src"  # recur's package as it was when the directory was written
 

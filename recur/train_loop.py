@@ -24,8 +24,7 @@ from recur.data.tokenizer import Tokenizer, load_tokenizer
 from recur.eval.during_training import evaluate_during_training
 from recur.flops import flops_per_token
 from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
-from recur.models.lm import ModelOutput
-from recur.models.lm import NoiseKey
+from recur.models.lm import ModelOutput, NoiseKey
 from recur.optim import lr_at, set_lr
 from recur.parallel.backend import all_reduce_sum, resolve_backend
 from recur.parallel.env import DistEnv, init_distributed, shutdown_distributed

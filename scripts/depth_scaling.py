@@ -31,15 +31,15 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from recur.checkpoint import write_json_atomic
 from recur.cli_common import child_env, run_cli
 from recur.data.generated import recipe_changes
 from recur.data.packing import pack_dataset
-from recur.data.tasks import get_task
 from recur.data.shard_writer import MANIFEST_NAME, write_atomic_bytes
+from recur.data.tasks import get_task
 from recur.data.validate import read_manifest
 from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
 from recur.eval.sweep import DEFAULT_DEPTHS

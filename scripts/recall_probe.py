@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from recur.data.tokenizer import ByteTokenizer
-from recur.models.config import ModelConfig
-from recur.models.layers import Rotary, apply_rotary
 from recur.models import create_model
-from recur.models.config import LOOPED_VARIANTS
+from recur.models.config import LOOPED_VARIANTS, ModelConfig
+from recur.models.layers import Rotary, apply_rotary
 from recur.parallel.compile import compile_model
 from recur.recurrence import RecurrenceConfig, RecurrenceSampler
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from tiny_hf_tokenizer import build_tiny_hf_tokenizer
 
 # The tiny BPE tokenizer below has 400 entries; the models' vocabulary must cover them.

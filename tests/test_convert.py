@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from hf_fixtures import TINY_VOCAB, make_tiny_llama, make_tiny_olmo2, make_tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
-from hf_fixtures import TINY_VOCAB, make_tiny_llama, make_tiny_olmo2, make_tiny_tokenizer
 from recur.convert.hf import convert_hf_model, convert_to_dir
 from recur.convert.untie import untie_hf_checkpoint
 from recur.hf_model import from_pretrained, load_pretrained_into, read_model_config

@@ -12,7 +12,15 @@ import time
 import pytest
 
 from tests.dist_helpers import (
-    GLOBAL_BATCH, PYTHON, ROOT, child_env, free_port, launch_command, make_dataset, metrics, run_training,
+    GLOBAL_BATCH,
+    PYTHON,
+    ROOT,
+    child_env,
+    free_port,
+    launch_command,
+    make_dataset,
+    metrics,
+    run_training,
     train_args,
 )
 from tests.train_helpers import run_train_in_process
@@ -184,11 +192,10 @@ def test_export_consolidates_sharded_and_deepspeed_checkpoints(out, reference, f
     """FSDP (DCP, 2 ranks) and ZeRO-3 (partitioned) checkpoints export to the same weights as the
     single-process run, and the exported files load for evaluation on one device."""
     import torch
+    from safetensors.torch import load_file
 
     from recur.eval.load import load_model
     from recur.parallel.export import export_checkpoint
-
-    from safetensors.torch import load_file
 
     exported = {run: export_checkpoint(out / run, tmp_path / run) for run in ("single", "fsdp2", "zero3")}
     want = load_file(exported["single"] / "model.safetensors")

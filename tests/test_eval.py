@@ -91,8 +91,8 @@ def test_trained_model_reaches_known_accuracy_and_hub_reports_it(run_dir, tmp_pa
     # Independent check of the reported number: uncached greedy decoding, written out here.
     model, _, _ = load_model(run_dir)
     tok = load_tokenizer("byte")
-    from recur.eval.algorithmic import EVAL_SEED_OFFSET
     from recur.data.tasks import TASKS
+    from recur.eval.algorithmic import EVAL_SEED_OFFSET
     seed = EVAL_SEED_OFFSET + 1009 * sorted(TASKS).index(TASK) + LEVEL
     correct = 0
     for sample, _ in zip(iter_samples(TASK, seed, LEVEL), range(20)):

@@ -71,10 +71,11 @@ def test_curriculum_analytic_close_to_draws_and_ramp_costs_less():
 
 def test_counter_equals_trainer_logged_flops(tmp_path):
     """Sum of metrics.jsonl "flops" over a short curriculum run == the counter on the same config."""
+    from train_helpers import tiny_args
+
     from recur.cli import parse_config
     from recur.data.packing import pack_dataset
     from recur.train_loop import train
-    from train_helpers import tiny_args
     from utils.param_counter import count_run, main
 
     data = tmp_path / "data"

@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_loader import fixture_rows, write_dataset
 
 from recur.data.loader import _DECODE_AHEAD, StatefulParquetDataset
 from recur.data.read_plan import EpochPlan, ReadPlan
-from test_loader import fixture_rows, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import torch
+from train_helpers import REPO, run_train, run_train_in_process, tiny_args
 
 from recur.eval.generate import ExitRule, generate, greedy_generate
 from recur.eval.load import load_model, load_weights_into, saved_config
 from recur.models import create_model, is_looped
 from recur.parallel.export import export_checkpoint
-from train_helpers import REPO, run_train, run_train_in_process, tiny_args
 
 PROMPT = [[257, 104, 101, 108, 108, 111]]  # <bos> "hello" in the byte tokenizer
 
@@ -160,6 +160,7 @@ def test_plain_lm_eval_scores_a_trained_export(exported, tmp_path, monkeypatch):
     trained by train.py (byte tokenizer) gives the recur adapter's scores."""
     pytest.importorskip("lm_eval")
     from lm_eval_tasks import TASKS, plain_hf_results, write_local_tasks
+
     from recur.eval.lm_eval_adapter import evaluate_at_depths
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))

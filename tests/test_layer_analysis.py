@@ -9,13 +9,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hf_fixtures import make_tiny_llama, make_tiny_olmo2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_fixtures import make_tiny_llama, make_tiny_olmo2
 from recur.convert.layer_analysis import (
-    BUILTIN_PROMPTS, LayerSplit, ZoneBoundaries, choose_split, collect_layer_metrics, decoder_layers,
-    find_zone_boundaries, load_calibration_texts, load_model, validate_split,
+    BUILTIN_PROMPTS,
+    LayerSplit,
+    ZoneBoundaries,
+    choose_split,
+    collect_layer_metrics,
+    decoder_layers,
+    find_zone_boundaries,
+    load_calibration_texts,
+    load_model,
+    validate_split,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +169,7 @@ def test_metrics_match_direct_computation_and_ignore_padding(llama_dir):
     for text in texts:
         ids = torch.tensor([tokenizer(text, truncation=True, max_length=48)["input_ids"]])
         pairs = []
-        hooks = [layer.register_forward_hook(lambda m, a, o, k=i: pairs.append((k, a[0], o))) for i, layer in enumerate(layers)]
+        hooks = [layer.register_forward_hook(lambda m, a, o, k=i, pairs=pairs: pairs.append((k, a[0], o))) for i, layer in enumerate(layers)]
         with torch.no_grad():
             model(input_ids=ids)
         for h in hooks:

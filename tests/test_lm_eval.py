@@ -16,6 +16,7 @@ pytest.importorskip("lm_eval")
 
 from hf_fixtures import make_tiny_llama  # noqa: E402
 from lm_eval_tasks import DOCS, TASKS, plain_hf_results, write_local_tasks  # noqa: E402
+
 from recur.convert.hf import convert_to_dir, tokenizer_files  # noqa: E402
 from recur.eval.generate import greedy_generate  # noqa: E402
 from recur.eval.lm_eval_adapter import RecurLM, evaluate_at_depths  # noqa: E402

@@ -13,8 +13,16 @@ from torch import nn
 from recur.flops import count_params, flops_per_token
 from recur.models import ModelConfig, create_model, register_variant, unregister_variant
 from recur.models.layers import AttentionContext, Block
-from recur.models.lm import (BlockList, DecoderLM, ModelOutput, NoiseKey, NumSteps, attention_flops_per_layer,
-                             loop_flop_terms, param_count)
+from recur.models.lm import (
+    BlockList,
+    DecoderLM,
+    ModelOutput,
+    NoiseKey,
+    NumSteps,
+    attention_flops_per_layer,
+    loop_flop_terms,
+    param_count,
+)
 from recur.models.looped import split_steps
 
 
@@ -127,10 +135,11 @@ def test_cached_decoding_and_no_adaptive_exit(two_stack):
 def test_trains_through_the_public_api_with_fsdp(two_stack, tmp_path, capfd):
     """A few steps of recur's trainer on a 1-rank FSDP group with activation checkpointing: finite losses,
     and the logged FLOPs are the variant's own flop_terms at each step's (n, k)."""
+    from train_helpers import tiny_args
+
     from recur.cli import parse_config
     from recur.data.packing import pack_dataset
     from recur.train_loop import train
-    from train_helpers import tiny_args
 
     data = tmp_path / "data"
     pack_dataset(data, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=40, seed=0, packing="bfd",

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_hf_tokenizer import build_tiny_hf_tokenizer
 
 import preprocess_data_packing as preprocess_cli
 from recur.data.packing import best_fit_decreasing, pack_dataset, read_documents, render_document
 from recur.data.tasks import make_task_documents
 from recur.data.tokenizer import load_tokenizer
 from recur.data.validate import open_packed_dataset
-from tiny_hf_tokenizer import build_tiny_hf_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -59,8 +59,8 @@ def test_retrofit_reproduces_the_baseline_at_one_iteration(tmp_path):
     logits at r = 1: the loop starts from the trained model, as in the retrofitting paper. The passthrough
     adapter ignores the state, so every depth starts equal; training gives the state half its weights."""
     import torch
-
     from recall_probe import retrofit
+
     from recur.models import create_model
 
     shape = dict(d_model=32, n_layers=4, n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=64)

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 import yaml
-
 from hf_fixtures import TINY_VOCAB, make_tiny_llama
-from recur.eval.load import saved_config
 from train_helpers import REPO, run_train_in_process
+
+from recur.eval.load import saved_config
 
 # The phase configs as shipped, shrunk only in run length and batch: everything else is the documented setup.
 SMALL = ["--steps", "10", "--data.seq_len", "64", "--data.global_batch_size", "4", "--data.micro_batch_size", "2",

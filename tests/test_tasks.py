@@ -6,8 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recur.data.task_audit import SHORTCUT_LIMIT, shortcut_accuracy
-from recur.data.tasks import (CHAIN_FOLLOW_UPS, CHAINS, TASKS, Task, get_task, iter_samples,
-                              make_task_documents, sample_to_messages)
+from recur.data.tasks import (
+    CHAIN_FOLLOW_UPS,
+    CHAINS,
+    TASKS,
+    Task,
+    get_task,
+    iter_samples,
+    make_task_documents,
+    sample_to_messages,
+)
 
 
 def _chain_value(statements: list[str], query: str) -> str:

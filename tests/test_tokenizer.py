@@ -1,7 +1,7 @@
 import pytest
+from tiny_hf_tokenizer import build_tiny_hf_tokenizer
 
 from recur.data.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
-from tiny_hf_tokenizer import build_tiny_hf_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "be exact"},

@@ -11,12 +11,11 @@ import time
 
 import pytest
 import torch
+from train_helpers import REPO, final_state, losses, run_train, run_train_in_process, tiny_args, train_cmd, tree_digest
 
 from recur.checkpoint import Checkpointer, DCPState
 from recur.data.packing import pack_dataset
 from recur.data.validate import read_manifest
-from train_helpers import (REPO, final_state, losses, run_train, run_train_in_process, tiny_args, train_cmd,
-                           tree_digest)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ from recur.models import create_model
 from recur.models.presets import preset_table
 from recur.recurrence import RecurrenceSampler
 
-
 LABELS = {"tok_embeddings": "embeddings", "core": "recurrent block (core)", "lm_head": "lm_head (untied)",
           "norm": "final norm"}
 

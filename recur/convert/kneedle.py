@@ -11,7 +11,8 @@ Knee indices are returned in the caller's original indexing, whatever transforma
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 

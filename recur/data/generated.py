@@ -8,8 +8,9 @@ Each such dataset records its *recipe* â€” the train.py flags it follows from â€
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from recur.data.shard_writer import MANIFEST_NAME
 from recur.data.validate import read_manifest

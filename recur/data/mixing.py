@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from recur.data.shard_writer import MANIFEST_NAME, ShardWriter, build_manifest, check_out_dir, finish_dataset, staged_dir
+from recur.data.shard_writer import (
+    MANIFEST_NAME,
+    ShardWriter,
+    build_manifest,
+    check_out_dir,
+    finish_dataset,
+    staged_dir,
+)
 from recur.data.validate import open_packed_dataset, row_token_counts
 
 

@@ -16,8 +16,8 @@ is what makes the loader's batches world-size invariant. Without shuffling the w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from recur.data.tasks import Sample, get_task
 

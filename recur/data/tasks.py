@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import random
 import string
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 LETTERS = string.ascii_lowercase
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from itertools import groupby
 from abc import ABC, abstractmethod
+from itertools import groupby
 from pathlib import Path
 
 Messages = list[dict[str, str]]

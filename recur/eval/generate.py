@@ -20,8 +20,8 @@ decoding exactly.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -136,7 +136,7 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, st
     for chunk in _batches(prompts, batch_size, pad_id is not None):
         decoded = _decode_batch(model, [prompts[i] for i in chunk], max_new_tokens, stop_ids, num_steps,
                                 use_cache, exit_rule, pad_id,
-                                None if stop_when is None else lambda row, ids: stop_when(chunk[row], ids))
+                                None if stop_when is None else lambda row, ids, chunk=chunk: stop_when(chunk[row], ids))
         for i, (tokens, steps, reason) in zip(chunk, decoded):
             result.tokens[i], result.steps[i], result.stop_reasons[i] = tokens, steps, reason
     model.train(was_training)

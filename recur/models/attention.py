@@ -177,7 +177,8 @@ def benchmark_backends(device: torch.device, batch: int, seq_len: int, n_heads: 
             try:
                 out = attend(*leaves, doc_ids=doc_ids, backend=name)
                 err = ((out.float() - ref).norm() / ref.norm()).item()
-                seconds = _time_fwd_bwd(lambda: attend(*leaves, doc_ids=doc_ids, backend=name), iters)
+                seconds = _time_fwd_bwd(lambda leaves=leaves, name=name: attend(*leaves, doc_ids=doc_ids, backend=name),
+                                         iters)
                 results[name] = {"seconds": seconds, "max_err": err, "error": None}
             except (RuntimeError, NotImplementedError, ValueError) as exc:  # kernel not available for this case
                 results[name] = {"seconds": None, "max_err": None, "error": str(exc).splitlines()[0][:160]}

@@ -7,8 +7,15 @@ from torch import nn
 
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, Block
-from recur.models.lm import (BlockList, DecoderLM, ModelOutput, NoiseKey, NumSteps, attention_flops_per_layer,
-                             loop_flop_terms)
+from recur.models.lm import (
+    BlockList,
+    DecoderLM,
+    ModelOutput,
+    NoiseKey,
+    NumSteps,
+    attention_flops_per_layer,
+    loop_flop_terms,
+)
 
 
 class BaselineLM(DecoderLM):

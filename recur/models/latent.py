@@ -30,8 +30,15 @@ from torch import nn
 
 from recur.models.config import LatentConfig, ModelConfig
 from recur.models.layers import AttentionContext, Block, RMSNorm
-from recur.models.lm import (BlockList, DecoderLM, ModelOutput, NoiseKey, NumSteps, attention_flops_per_layer,
-                             param_count)
+from recur.models.lm import (
+    BlockList,
+    DecoderLM,
+    ModelOutput,
+    NoiseKey,
+    NumSteps,
+    attention_flops_per_layer,
+    param_count,
+)
 from recur.models.looped import split_steps
 
 

@@ -76,11 +76,11 @@ class AttentionContext:
     cos: torch.Tensor
     sin: torch.Tensor
     doc_ids: torch.Tensor | None = None  # [B, T] document index per token: attention stays within a document
-    cache: "KVCache | None" = None
+    cache: KVCache | None = None
     start_pos: int = 0
     positions: torch.Tensor | None = None  # [T] positions this forward writes into the cache
     cache_mask: torch.Tensor | None = None  # [B|1, 1, T, capacity] which cache positions each query may see
-    slot: "KVSlot | StateSlot | None" = None  # the running block's own cache entry, set by run_blocks
+    slot: KVSlot | StateSlot | None = None  # the running block's own cache entry, set by run_blocks
 
 
 @dataclass

@@ -19,8 +19,16 @@ from torch import nn
 
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, Block, KVCache, RMSNorm
-from recur.models.lm import (BlockList, DecoderLM, ModelOutput, NoiseKey, NumSteps, attention_flops_per_layer,
-                             loop_flop_terms, param_count)
+from recur.models.lm import (
+    BlockList,
+    DecoderLM,
+    ModelOutput,
+    NoiseKey,
+    NumSteps,
+    attention_flops_per_layer,
+    loop_flop_terms,
+    param_count,
+)
 
 
 def split_steps(num_steps: NumSteps, default: int) -> tuple[int, int]:

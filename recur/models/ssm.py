@@ -24,7 +24,8 @@ import math
 import sys
 import types
 import warnings
-from typing import Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -14,8 +14,8 @@ micro-batches, *averaged* over ranks, is the global-batch loss. Every backend av
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable
 
 import torch
 import torch.distributed as dist

@@ -21,7 +21,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
 # The variables init_distributed exported, with the values they had before (None: unset).
 _replaced_env: dict[str, str | None] = {}
 
