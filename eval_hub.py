@@ -28,11 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_samples", type=int, default=64, help="problems per (task, difficulty, depth)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_ood", action="store_true", help="only each task's training difficulty")
-    p.add_argument("--grid", nargs="+", default=[], metavar="TASK=D1,D2",
-                   help="difficulty grid of a task, replacing its training + OOD defaults (e.g. parity=8,16,128)")
+    p.add_argument(
+        "--grid",
+        nargs="+",
+        default=[],
+        metavar="TASK=D1,D2",
+        help="difficulty grid of a task, replacing its training + OOD defaults (e.g. parity=8,16,128)",
+    )
     p.add_argument("--max_new_tokens", type=int, help="decoding cap (default: reference answer length + 8)")
-    p.add_argument("--context_lengths", nargs="+", type=int, default=[1024, 2048, 4096],
-                   help="needle context lengths; the model's max_seq_len is always added")
+    p.add_argument(
+        "--context_lengths",
+        nargs="+",
+        type=int,
+        default=[1024, 2048, 4096],
+        help="needle context lengths; the model's max_seq_len is always added",
+    )
     p.add_argument("--needle_positions", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--needle_samples", type=int, default=4)
     p.add_argument("--max_rows", type=int, help="held-out rows scored (default: all)")
@@ -58,13 +68,29 @@ def parse_grid(items: list[str]) -> dict[str, list[int]] | None:
 
 def main() -> int:
     args = build_parser().parse_args()
-    cfg = HubConfig(checkpoint=args.checkpoint, suite=args.suite, tasks=args.tasks, num_steps=args.num_steps,
-                    out_dir=args.out_dir, data=args.data, num_samples=args.num_samples, seed=args.seed,
-                    ood=not args.no_ood, difficulties=parse_grid(args.grid),
-                    max_new_tokens=args.max_new_tokens, context_lengths=args.context_lengths,
-                    needle_positions=args.needle_positions, needle_samples=args.needle_samples,
-                    max_rows=args.max_rows, batch_size=args.batch_size, exit_criterion=args.exit_criterion,
-                    exit_eps=args.exit_eps, tokenizer=args.tokenizer, device=args.device, plots=not args.no_plots)
+    cfg = HubConfig(
+        checkpoint=args.checkpoint,
+        suite=args.suite,
+        tasks=args.tasks,
+        num_steps=args.num_steps,
+        out_dir=args.out_dir,
+        data=args.data,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        ood=not args.no_ood,
+        difficulties=parse_grid(args.grid),
+        max_new_tokens=args.max_new_tokens,
+        context_lengths=args.context_lengths,
+        needle_positions=args.needle_positions,
+        needle_samples=args.needle_samples,
+        max_rows=args.max_rows,
+        batch_size=args.batch_size,
+        exit_criterion=args.exit_criterion,
+        exit_eps=args.exit_eps,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        plots=not args.no_plots,
+    )
     results, path = run_hub(cfg)
     for depth_row in results.get("algorithmic", {}).get("summary", []):
         print(f"algorithmic r={depth_row['depth']}: ID {depth_row['in_distribution']}, OOD {depth_row['ood']}")

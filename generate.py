@@ -55,8 +55,16 @@ def main() -> int:
         out_dir = Path(args.out_dir) if args.out_dir else (Path(meta.run_dir) / "eval" if meta.run_dir else None)
         if out_dir is None:
             raise ValueError("--out_dir is required when the checkpoint does not live in a run directory")
-        curve = exit_curve(model, tokenizer, args.tasks, depth, args.exit_curve, args.exit_criterion or "delta",
-                           args.num_samples, difficulty=args.difficulty)
+        curve = exit_curve(
+            model,
+            tokenizer,
+            args.tasks,
+            depth,
+            args.exit_curve,
+            args.exit_criterion or "delta",
+            args.num_samples,
+            difficulty=args.difficulty,
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "exit_curve.json").write_text(json.dumps(curve, indent=2))
         print(f"wrote {plot_exit_curve(curve, out_dir / 'exit_curve.png')} and exit_curve.json")
@@ -66,14 +74,18 @@ def main() -> int:
         return 0
     if not args.prompt:
         raise ValueError("give --prompt TEXT (repeatable) or --exit_curve EPS ...")
-    prompts = [tokenizer.encode(p) if args.raw else tokenizer.prompt_ids([{"role": "user", "content": p}])
-               for p in args.prompt]
+    prompts = [
+        tokenizer.encode(p) if args.raw else tokenizer.prompt_ids([{"role": "user", "content": p}]) for p in args.prompt
+    ]
     rule = ExitRule(args.exit_criterion, args.exit_eps) if args.exit_criterion else None
-    out = generate(model, prompts, args.max_new_tokens, tokenizer.stop_ids, depth, use_cache=not args.no_cache,
-                   exit_rule=rule)
+    out = generate(
+        model, prompts, args.max_new_tokens, tokenizer.stop_ids, depth, use_cache=not args.no_cache, exit_rule=rule
+    )
     for text, tokens, steps, reason in zip(args.prompt, out.tokens, out.steps, out.stop_reasons):
-        print(f"> {text}\n{tokenizer.decode(tokens)}\n  [{len(tokens)} tokens, stopped: {reason}, "
-              f"steps per token: {steps}, mean {sum(steps) / len(steps):.2f}]")
+        print(
+            f"> {text}\n{tokenizer.decode(tokens)}\n  [{len(tokens)} tokens, stopped: {reason}, "
+            f"steps per token: {steps}, mean {sum(steps) / len(steps):.2f}]"
+        )
     return 0
 
 

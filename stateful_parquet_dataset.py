@@ -29,12 +29,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--global_batch_size", type=int, help="rows per optimizer step over all ranks")
     parser.add_argument("--micro_batch_size", type=int, default=None)
     parser.add_argument("--seed", type=int, help="order seed (default: the state's, else 0)")
-    parser.add_argument("--shuffle_window", type=int,
-                        help="row groups whose rows are shuffled together, cut where a lane (batch position) "
-                             "ends, so a lane shorter than a window mixes fewer (default: the state's, else 1)")
+    parser.add_argument(
+        "--shuffle_window",
+        type=int,
+        help="row groups whose rows are shuffled together, cut where a lane (batch position) "
+        "ends, so a lane shorter than a window mixes fewer (default: the state's, else 1)",
+    )
     parser.add_argument("--no_shuffle", action="store_true", help="read rows in storage order")
-    parser.add_argument("--verify_sha256", action="store_true",
-                        help="first check every shard's sha256 against the manifest (reads all the data)")
+    parser.add_argument(
+        "--verify_sha256",
+        action="store_true",
+        help="first check every shard's sha256 against the manifest (reads all the data)",
+    )
     parser.add_argument("--state", type=Path, help="loader state JSON (from state_dict()); default: the start")
     parser.add_argument("--show", type=int, default=1, help="how many upcoming global batches to show")
     parser.add_argument("--tokens", type=int, default=8, help="leading tokens printed per row")
@@ -51,8 +57,9 @@ def _load_state(path: Path) -> dict:
     return state
 
 
-def _saved(state: dict, key: str, path: Path | None, default: int | bool | None,
-           lowest: int | None) -> int | bool | None:
+def _saved(
+    state: dict, key: str, path: Path | None, default: int | bool | None, lowest: int | None
+) -> int | bool | None:
     """The --state file's value of ``key`` (checked, naming the file and key), else ``default``."""
     if key not in state:
         return default
@@ -70,16 +77,21 @@ def _open(args: argparse.Namespace) -> StatefulParquetDataset:
         open_packed_dataset(args.path, check_rows=False, verify_sha256=True)
     # Order settings default to the state's so that `--state` alone reproduces the saved run. Each is
     # (name, flag value, default, lowest value or None for true/false); the loader checks flag values.
-    settings = {key: given if given is not None else _saved(state, key, args.state, default, lowest)
-                for key, given, default, lowest in (("global_batch_size", args.global_batch_size, None, 1),
-                                                    ("seed", args.seed, 0, 0),
-                                                    ("shuffle", False if args.no_shuffle else None, True, None),
-                                                    ("shuffle_window", args.shuffle_window, 1, 1))}
+    settings = {
+        key: given if given is not None else _saved(state, key, args.state, default, lowest)
+        for key, given, default, lowest in (
+            ("global_batch_size", args.global_batch_size, None, 1),
+            ("seed", args.seed, 0, 0),
+            ("shuffle", False if args.no_shuffle else None, True, None),
+            ("shuffle_window", args.shuffle_window, 1, 1),
+        )
+    }
     if settings["global_batch_size"] is None:
         where = f": --state {args.state} holds none" if args.state else " when no --state is given"
         raise ValueError(f"--global_batch_size is required{where}")
-    dataset = StatefulParquetDataset(args.path, rank=args.rank, world_size=args.world_size,
-                                     micro_batch_size=args.micro_batch_size, **settings)
+    dataset = StatefulParquetDataset(
+        args.path, rank=args.rank, world_size=args.world_size, micro_batch_size=args.micro_batch_size, **settings
+    )
     if args.state:
         try:
             dataset.load_state_dict(state)

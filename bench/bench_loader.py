@@ -55,8 +55,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.world_sizes = [int(w) for w in args.world_sizes.split(",")]
     except ValueError:
         parser.error(f"--world_sizes {args.world_sizes!r}: expected comma-separated integers like 1,8,64")
-    if min(args.world_sizes + [args.rows, args.seq_len, args.shards, args.row_group_size, args.rank_batch, args.repeats]) < 1:
-        parser.error("--rows, --seq_len, --shards, --row_group_size, --rank_batch, --repeats and --world_sizes must be >= 1")
+    if (
+        min(
+            args.world_sizes
+            + [args.rows, args.seq_len, args.shards, args.row_group_size, args.rank_batch, args.repeats]
+        )
+        < 1
+    ):
+        parser.error(
+            "--rows, --seq_len, --shards, --row_group_size, --rank_batch, --repeats and --world_sizes must be >= 1"
+        )
     if args.loader_root is not None and not (args.loader_root / "recur" / "data" / "loader.py").is_file():
         parser.error(f"--loader_root {args.loader_root}: expected a checkout with recur/data/loader.py")
     return args
@@ -80,8 +88,12 @@ def timed(repeats: int, make_run: Callable[[], Callable[[], int]]) -> dict[str, 
         tokens = run()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         if best is None or cpu * 1e3 / (tokens / 1e6) < best["cpu_ms_per_m_tokens"]:
-            best = {"tokens": tokens, "tokens_per_s_wall": tokens / wall, "tokens_per_cpu_s": tokens / cpu,
-                    "cpu_ms_per_m_tokens": cpu * 1e3 / (tokens / 1e6)}
+            best = {
+                "tokens": tokens,
+                "tokens_per_s_wall": tokens / wall,
+                "tokens_per_cpu_s": tokens / cpu,
+                "cpu_ms_per_m_tokens": cpu * 1e3 / (tokens / 1e6),
+            }
     return best
 
 
@@ -116,8 +128,14 @@ def sweep_point(loader_cls, path: Path, world_size: int, args: argparse.Namespac
 
     result = timed(args.repeats, make_run)
     delivered_rows = result["tokens"] // (args.seq_len + 1)
-    return {"world_size": world_size, "global_batch_size": g, "epochs": epochs, "steps": steps, **result,
-            "rows_decoded_per_row_delivered": sum(decoded) / delivered_rows}
+    return {
+        "world_size": world_size,
+        "global_batch_size": g,
+        "epochs": epochs,
+        "steps": steps,
+        **result,
+        "rows_decoded_per_row_delivered": sum(decoded) / delivered_rows,
+    }
 
 
 def mixing(loader_cls, path: Path, global_batch_size: int, shuffle_window: int, num_rows: int) -> dict:
@@ -129,8 +147,12 @@ def mixing(loader_cls, path: Path, global_batch_size: int, shuffle_window: int, 
         origins = dataset.origins(b)
         groups.append(len({(f, g) for f, g, _ in origins}))
         shards.append(len({f for f, _, _ in origins}))
-    return {"global_batch_size": global_batch_size, "batches": batches,
-            "row_groups_per_batch": float(np.mean(groups)), "shards_per_batch": float(np.mean(shards))}
+    return {
+        "global_batch_size": global_batch_size,
+        "batches": batches,
+        "row_groups_per_batch": float(np.mean(groups)),
+        "shards_per_batch": float(np.mean(shards)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.perf_common import markdown_table
     from recur.data.shard_writer import write_atomic_bytes
 
-    report: dict = {"command": " ".join(["python", "bench/bench_loader.py"] + (argv or sys.argv[1:])),
-                    "cpu": cpu_line(), "config": {k: str(v) if isinstance(v, Path) else v
-                                                  for k, v in vars(args).items()}}
+    report: dict = {
+        "command": " ".join(["python", "bench/bench_loader.py"] + (argv or sys.argv[1:])),
+        "cpu": cpu_line(),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         path, reference_path = Path(tmp) / "packed", Path(tmp) / "reference"
         path.mkdir()
@@ -153,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         write_synthetic(path, args.rows, args.seq_len, -(-args.rows // args.shards), args.row_group_size)
         module, missing = load_reference()
         if args.seq_len not in (1024, 2048):  # its collator asserts rows of 1025 or 2049 tokens
-            module, missing = None, f"the reference reads rows of 1024 or 2048 tokens only, not --seq_len {args.seq_len}"
+            module, missing = (
+                None,
+                f"the reference reads rows of 1024 or 2048 tokens only, not --seq_len {args.seq_len}",
+            )
         if module is not None:
             write_reference_copy(path, reference_path)
         raw_read_tokens(path)  # warm the page cache so every measurement reads from memory
@@ -164,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             report["retrofitting_reference"] = {"skipped": missing}
         else:
             report["retrofitting_reference"] = timed(
-                args.repeats, lambda: lambda: reference_epoch_tokens(module, reference_path, args.rows, args.rank_batch))
+                args.repeats, lambda: lambda: reference_epoch_tokens(module, reference_path, args.rows, args.rank_batch)
+            )
         report["sweep"] = [sweep_point(loader_cls, path, w, args, args.rows) for w in args.world_sizes]
         sizes = sorted({args.rank_batch} | {p["global_batch_size"] for p in report["sweep"]})
         report["mixing"] = [mixing(loader_cls, path, g, args.shuffle_window, args.rows) for g in sizes]
@@ -172,26 +200,61 @@ def main(argv: list[str] | None = None) -> int:
     wmax = max(report["sweep"], key=lambda p: p["world_size"])
     checks = {}
     if w1 is not None:
-        checks[f"cpu_ms_per_m_tokens_w{wmax['world_size']}_over_w1"] = wmax["cpu_ms_per_m_tokens"] / w1["cpu_ms_per_m_tokens"]
+        checks[f"cpu_ms_per_m_tokens_w{wmax['world_size']}_over_w1"] = (
+            wmax["cpu_ms_per_m_tokens"] / w1["cpu_ms_per_m_tokens"]
+        )
         if "tokens" in report["retrofitting_reference"]:
             for rate in ("tokens_per_s_wall", "tokens_per_cpu_s"):
                 checks[f"w1_{rate}_over_retrofit"] = w1[rate] / report["retrofitting_reference"][rate]
     report["checks"] = checks
-    rows = [["raw pyarrow, storage order", "-", "-", f"{report['raw_pyarrow']['tokens_per_s_wall'] / 1e6:.1f}",
-             f"{report['raw_pyarrow']['cpu_ms_per_m_tokens']:.0f}", "-"]]
+    rows = [
+        [
+            "raw pyarrow, storage order",
+            "-",
+            "-",
+            f"{report['raw_pyarrow']['tokens_per_s_wall'] / 1e6:.1f}",
+            f"{report['raw_pyarrow']['cpu_ms_per_m_tokens']:.0f}",
+            "-",
+        ]
+    ]
     if "tokens" in report["retrofitting_reference"]:
         ref = report["retrofitting_reference"]
-        rows.append(["retrofitting-recurrence loader, W = 1", args.rank_batch, "-",
-                     f"{ref['tokens_per_s_wall'] / 1e6:.1f}", f"{ref['cpu_ms_per_m_tokens']:.0f}", "-"])
+        rows.append(
+            [
+                "retrofitting-recurrence loader, W = 1",
+                args.rank_batch,
+                "-",
+                f"{ref['tokens_per_s_wall'] / 1e6:.1f}",
+                f"{ref['cpu_ms_per_m_tokens']:.0f}",
+                "-",
+            ]
+        )
     for p in report["sweep"]:
-        rows.append([f"loader, rank 0 of W = {p['world_size']}", p["global_batch_size"], p["epochs"],
-                     f"{p['tokens_per_s_wall'] / 1e6:.2f}", f"{p['cpu_ms_per_m_tokens']:.0f}",
-                     f"{p['rows_decoded_per_row_delivered']:.2f}"])
-    print(markdown_table(["config", "G", "epochs", "M tokens/s (wall)", "CPU ms per M tokens",
-                          "rows decoded per row delivered"], rows))
-    print(markdown_table(["G", "row groups per batch", "shards per batch"],
-                         [[m["global_batch_size"], f"{m['row_groups_per_batch']:.1f}", f"{m['shards_per_batch']:.1f}"]
-                          for m in report["mixing"]]))
+        rows.append(
+            [
+                f"loader, rank 0 of W = {p['world_size']}",
+                p["global_batch_size"],
+                p["epochs"],
+                f"{p['tokens_per_s_wall'] / 1e6:.2f}",
+                f"{p['cpu_ms_per_m_tokens']:.0f}",
+                f"{p['rows_decoded_per_row_delivered']:.2f}",
+            ]
+        )
+    print(
+        markdown_table(
+            ["config", "G", "epochs", "M tokens/s (wall)", "CPU ms per M tokens", "rows decoded per row delivered"],
+            rows,
+        )
+    )
+    print(
+        markdown_table(
+            ["G", "row groups per batch", "shards per batch"],
+            [
+                [m["global_batch_size"], f"{m['row_groups_per_batch']:.1f}", f"{m['shards_per_batch']:.1f}"]
+                for m in report["mixing"]
+            ],
+        )
+    )
     print(json.dumps(checks))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())

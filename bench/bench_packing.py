@@ -22,9 +22,7 @@ def generated_docs(num_docs: int, seed: int, max_len: int) -> list[TokenizedDoc]
     """Byte-level 'text' with a long-tailed (log-normal) length distribution, like real corpora."""
     rng = np.random.default_rng(seed)
     lengths = np.clip(rng.lognormal(mean=5.0, sigma=1.0, size=num_docs).astype(int), 1, max_len)
-    return [
-        TokenizedDoc(rng.integers(0, 256, n, dtype=np.int32), np.ones(n, dtype=np.uint8)) for n in lengths
-    ]
+    return [TokenizedDoc(rng.integers(0, 256, n, dtype=np.int32), np.ones(n, dtype=np.uint8)) for n in lengths]
 
 
 def rate(packer, docs: list[TokenizedDoc], row_len: int) -> tuple[float, float]:
@@ -50,11 +48,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("concat", "bfd"):
             began = time.perf_counter()
-            manifest = pack_dataset(Path(tmp) / mode, tokenizer="byte", seq_len=args.seq_len, packing=mode,
-                                    tasks=["copy", "addition", "dyck"], num_docs=args.num_docs // 2, seed=0)
+            manifest = pack_dataset(
+                Path(tmp) / mode,
+                tokenizer="byte",
+                seq_len=args.seq_len,
+                packing=mode,
+                tasks=["copy", "addition", "dyck"],
+                num_docs=args.num_docs // 2,
+                seed=0,
+            )
             elapsed = time.perf_counter() - began
-            print(f"end-to-end {mode:6s} (generate+tokenize+pack+write, byte tokenizer): "
-                  f"{manifest['num_tokens'] / elapsed:,.0f} tokens/s")
+            print(
+                f"end-to-end {mode:6s} (generate+tokenize+pack+write, byte tokenizer): "
+                f"{manifest['num_tokens'] / elapsed:,.0f} tokens/s"
+            )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ from recur.models import ModelConfig, create_model
 from recur.parallel.compile import compile_model
 
 
-def decode(model, prompts: list[list[int]], tokens: int, depth: int, rule: ExitRule | None = None) -> tuple[list, float]:
+def decode(
+    model, prompts: list[list[int]], tokens: int, depth: int, rule: ExitRule | None = None
+) -> tuple[list, float]:
     """(generated tokens, seconds) of one greedy generation."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -44,8 +46,16 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16")
     args = p.parse_args()
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=args.variant, vocab_size=512, d_model=args.d_model, n_layers=4, n_heads=8,
-                      n_kv_heads=4, max_seq_len=256, init_std=0.1)
+    cfg = ModelConfig(
+        variant=args.variant,
+        vocab_size=512,
+        d_model=args.d_model,
+        n_layers=4,
+        n_heads=8,
+        n_kv_heads=4,
+        max_seq_len=256,
+        init_std=0.1,
+    )
     model = create_model(cfg).to(args.device, getattr(torch, args.dtype)).eval()
     prompts = torch.randint(8, 512, (args.batch, 16), generator=torch.Generator().manual_seed(1)).tolist()
     runs = [(4, None), (8, None), (6, None), (8, ExitRule("kl", 1e-3))]
@@ -57,10 +67,15 @@ def main() -> None:
     warm = decode(model, prompts, args.tokens, 8)  # every graph exists by now
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-        "variant": args.variant, "dtype": args.dtype, "batch": args.batch, "tokens": args.tokens,
+        "variant": args.variant,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "tokens": args.tokens,
         "tokens_equal": [e[0] == c[0] for e, c in zip(eager, compiled)],
-        "unique_graphs": counters["stats"]["unique_graphs"], "recompiles": sum(counters["recompiles"].values()),
-        "eager_s": [round(e[1], 3) for e in eager], "compiled_s": [round(c[1], 3) for c in compiled],
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "recompiles": sum(counters["recompiles"].values()),
+        "eager_s": [round(e[1], 3) for e in eager],
+        "compiled_s": [round(c[1], 3) for c in compiled],
         "compiled_warm_r8_s": round(warm[1], 3),
     }
     print(json.dumps(result))

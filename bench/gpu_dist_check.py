@@ -42,8 +42,10 @@ def ensure_deepspeed() -> None:
     try:
         import deepspeed  # noqa: F401
     except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(ROOT / "wheels"),
-                        "deepspeed"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(ROOT / "wheels"), "deepspeed"],
+            check=True,
+        )
 
 
 def make_data(seq_len: int, num_docs: int) -> Path:
@@ -51,20 +53,64 @@ def make_data(seq_len: int, num_docs: int) -> Path:
 
     path = OUT / "data"
     if not (path / "manifest.json").exists():
-        pack_dataset(path, tokenizer="byte", seq_len=seq_len, tasks=["parity", "copy", "reverse", "mod_add"],
-                     num_docs=num_docs, seed=0, packing="bfd", mask_non_assistant=True, overwrite=True)
+        pack_dataset(
+            path,
+            tokenizer="byte",
+            seq_len=seq_len,
+            tasks=["parity", "copy", "reverse", "mod_add"],
+            num_docs=num_docs,
+            seed=0,
+            packing="bfd",
+            mask_non_assistant=True,
+            overwrite=True,
+        )
     return path
 
 
 def train(run: str, gpus: int, backend: str, data: Path, steps: int, batch_per_gpu: int) -> list[dict]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
-               "train.py", "--model_size", "125M", "--steps", str(steps), "--seed", "0", "--dtype", "bf16",
-               "--data.path", str(data), "--data.global_batch_size", str(batch_per_gpu * gpus),
-               "--out_dir", str(OUT), "--run_name", run, "--dist.backend", backend,
-               "--dist.deepspeed_config", "configs/deepspeed/zero2.json", "--checkpoint.interval", "0",
-               "--checkpoint.save_final", "false",
-               "--eval.num_samples", "1", "--eval.depths", "[1]", "--eval.tasks", "[parity]",
-               "--log.interval", "10", "--optim.schedule.warmup_steps", "10"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(gpus),
+        "train.py",
+        "--model_size",
+        "125M",
+        "--steps",
+        str(steps),
+        "--seed",
+        "0",
+        "--dtype",
+        "bf16",
+        "--data.path",
+        str(data),
+        "--data.global_batch_size",
+        str(batch_per_gpu * gpus),
+        "--out_dir",
+        str(OUT),
+        "--run_name",
+        run,
+        "--dist.backend",
+        backend,
+        "--dist.deepspeed_config",
+        "configs/deepspeed/zero2.json",
+        "--checkpoint.interval",
+        "0",
+        "--checkpoint.save_final",
+        "false",
+        "--eval.num_samples",
+        "1",
+        "--eval.depths",
+        "[1]",
+        "--eval.tasks",
+        "[parity]",
+        "--log.interval",
+        "10",
+        "--optim.schedule.warmup_steps",
+        "10",
+    ]
     print(f"[run] {run}: {' '.join(command[3:])}", flush=True)
     shutil.rmtree(OUT / run, ignore_errors=True)  # every check measures a fresh run (train.py refuses a taken name)
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
@@ -97,8 +143,7 @@ def main() -> int:
     data = make_data(1024, num_docs=max(20_000, args.steps * args.batch_per_gpu * gpus * 40))
     print(f"[device] {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}", flush=True)
 
-    single = {b: train(f"{b}_1gpu", 1, b, data, args.steps, args.batch_per_gpu)
-              for b in ("ddp", "fsdp", "deepspeed")}
+    single = {b: train(f"{b}_1gpu", 1, b, data, args.steps, args.batch_per_gpu) for b in ("ddp", "fsdp", "deepspeed")}
     ok = True
     print("\n== 1 GPU, bf16, 125M, loss vs DDP ==")
     print(f"{'backend':<10} {'max|Δ|':>8} {'mean|Δ| last10':>15} {'final loss':>10} {'tokens/s':>10}")
@@ -112,7 +157,9 @@ def main() -> int:
         for backend in ("fsdp", "deepspeed"):
             records = train(f"{backend}_{gpus}gpu", gpus, backend, data, args.steps, args.batch_per_gpu)
             one, many = throughput(single[backend]), throughput(records)
-            print(f"{backend:<10} {one:>11,.0f} {many:>11,.0f} {many / (gpus * one):>10.1%} {records[-1]['loss']:>10.4f}")
+            print(
+                f"{backend:<10} {one:>11,.0f} {many:>11,.0f} {many / (gpus * one):>10.1%} {records[-1]['loss']:>10.4f}"
+            )
     print(f"\nloss agreement within bf16 tolerance ({TOLERANCE}): {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

@@ -29,14 +29,34 @@ from recur.optim import build_optimizer, lr_at, set_lr
 from recur.optim.config import LRScheduleConfig, OptimConfig
 from recur.recurrence import RecurrenceConfig, RecurrenceSampler
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 SHAPES = {
     # Llama-3.2-1B: 16 layers, d 2048, 32 heads / 8 kv heads, SwiGLU 8192, vocab 128256, tied, llama3 RoPE.
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-               intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072),
-    "tiny": dict(hidden_size=128, num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=256, vocab_size=512, max_position_embeddings=16384),
+    "1b": dict(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        num_hidden_layers=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=512,
+        max_position_embeddings=16384,
+    ),
 }
 
 
@@ -90,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         model.to(device)
         # The r = 1 check needs every layer kept (prelude directly followed by the block, then the coda).
         keeps_all = split[1] == split[0] and split[0] + split[2] + split[3] == SHAPES[args.shape]["num_hidden_layers"]
-        err = equivalence_error(hf, model, SHAPES[args.shape]["vocab_size"], args.seq_len, device) if keeps_all else None
+        err = (
+            equivalence_error(hf, model, SHAPES[args.shape]["vocab_size"], args.seq_len, device) if keeps_all else None
+        )
         del hf
     print(f"[convert] {convert_s:.1f}s; r=1 max |logit diff| vs HF: {err}", file=sys.stderr)
 
@@ -98,9 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     params = count_params(model)
     optim_cfg = OptimConfig(name=args.optim, schedule=LRScheduleConfig(name="constant", lr=5e-5, warmup_steps=5))
     optimizer = build_optimizer(model, optim_cfg)
-    sampler = RecurrenceSampler(RecurrenceConfig(mean_recurrence=args.mean_recurrence,
-                                                 backprop_depth=args.backprop_depth, mean_schedule="linear",
-                                                 mean_warmup=0.5), args.steps)
+    sampler = RecurrenceSampler(
+        RecurrenceConfig(
+            mean_recurrence=args.mean_recurrence,
+            backprop_depth=args.backprop_depth,
+            mean_schedule="linear",
+            mean_warmup=0.5,
+        ),
+        args.steps,
+    )
     gen = torch.Generator(device="cpu").manual_seed(0)
     tokens_per_step = args.batch_size * args.seq_len
     if device.type == "cuda":
@@ -127,22 +155,36 @@ def main(argv: list[str] | None = None) -> int:
         if step >= args.warmup:
             timed_tokens += tokens_per_step
             timed_s += dt
-            timed_flops += flops_per_token(model, cfg, args.seq_len, depth.no_grad_steps, depth.grad_steps) * tokens_per_step
+            timed_flops += (
+                flops_per_token(model, cfg, args.seq_len, depth.no_grad_steps, depth.grad_steps) * tokens_per_step
+            )
         if step % 10 == 0 or step == args.steps - 1:
-            print(f"[train] step {step:3d} r={depth.total:2d} k={depth.grad_steps} loss {losses[-1]:.3f} "
-                  f"{tokens_per_step / dt:,.0f} tok/s", file=sys.stderr)
+            print(
+                f"[train] step {step:3d} r={depth.total:2d} k={depth.grad_steps} loss {losses[-1]:.3f} "
+                f"{tokens_per_step / dt:,.0f} tok/s",
+                file=sys.stderr,
+            )
 
     peak_tflops = device_peak_tflops(device, None)
     result = {
-        "shape": args.shape, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "split": split, "params": params["total"], "optim": args.optim, "batch": args.batch_size,
-        "seq_len": args.seq_len, "steps": args.steps, "mean_recurrence": args.mean_recurrence,
-        "backprop_depth": args.backprop_depth, "convert_s": round(convert_s, 1), "r1_max_logit_diff": err,
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "split": split,
+        "params": params["total"],
+        "optim": args.optim,
+        "batch": args.batch_size,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "mean_recurrence": args.mean_recurrence,
+        "backprop_depth": args.backprop_depth,
+        "convert_s": round(convert_s, 1),
+        "r1_max_logit_diff": err,
         "tokens_per_s": timed_tokens / timed_s if timed_s else None,
         "model_tflops_per_s": timed_flops / timed_s / 1e12 if timed_s else None,
         "mfu": timed_flops / timed_s / (peak_tflops * 1e12) if timed_s and peak_tflops else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "first_loss": losses[0], "last_loss": losses[-1],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
     }
     print(json.dumps(result))
     return 0

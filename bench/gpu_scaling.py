@@ -41,8 +41,20 @@ def ensure_packages() -> None:
         try:
             __import__(module)
         except ImportError:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links",
-                            str(ROOT / "wheels"), package], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--no-index",
+                    "--find-links",
+                    str(ROOT / "wheels"),
+                    package,
+                ],
+                check=True,
+            )
 
 
 def make_data(seq_len: int, rows: int) -> Path:
@@ -51,23 +63,81 @@ def make_data(seq_len: int, rows: int) -> Path:
     path = OUT / f"data_{seq_len}"
     if not (path / "manifest.json").exists():
         docs = max(2000, rows * seq_len // 30)  # generated task documents are ~30 tokens
-        pack_dataset(path, tokenizer="byte", seq_len=seq_len, tasks=["parity", "copy", "reverse", "mod_add"],
-                     num_docs=docs, seed=0, packing="concat", overwrite=True)
+        pack_dataset(
+            path,
+            tokenizer="byte",
+            seq_len=seq_len,
+            tasks=["parity", "copy", "reverse", "mod_add"],
+            num_docs=docs,
+            seed=0,
+            packing="concat",
+            overwrite=True,
+        )
     return path
 
 
-def run(name: str, size: str, gpus: int, backend: str, data: Path, global_rows: int, micro_rows: int, steps: int,
-        extra: list[str], smoke: bool, resume: bool = False, stop_at: int | None = None) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus),
-           str(ROOT / "train.py"), "--model_size", size, "--variant", "recurrent", "--steps", str(steps),
-           "--data.path", str(data), "--data.global_batch_size", str(global_rows),
-           "--data.micro_batch_size", str(micro_rows), "--out_dir", str(OUT / "runs"), "--run_name", name,
-           "--dist.backend", "deepspeed" if backend.startswith("zero") else backend,
-           "--recurrence.mean_recurrence", "8", "--recurrence.backprop_depth", "4",
-           "--recurrence.max_recurrence", "16", "--optim.schedule.warmup_steps", "2",
-           "--checkpoint.interval", "0", "--checkpoint.save_final", "false",
-           "--eval.num_samples", "1", "--eval.depths", "[1]", "--eval.tasks", "[copy]", "--log.interval", "1",
-           *extra]
+def run(
+    name: str,
+    size: str,
+    gpus: int,
+    backend: str,
+    data: Path,
+    global_rows: int,
+    micro_rows: int,
+    steps: int,
+    extra: list[str],
+    smoke: bool,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(gpus),
+        str(ROOT / "train.py"),
+        "--model_size",
+        size,
+        "--variant",
+        "recurrent",
+        "--steps",
+        str(steps),
+        "--data.path",
+        str(data),
+        "--data.global_batch_size",
+        str(global_rows),
+        "--data.micro_batch_size",
+        str(micro_rows),
+        "--out_dir",
+        str(OUT / "runs"),
+        "--run_name",
+        name,
+        "--dist.backend",
+        "deepspeed" if backend.startswith("zero") else backend,
+        "--recurrence.mean_recurrence",
+        "8",
+        "--recurrence.backprop_depth",
+        "4",
+        "--recurrence.max_recurrence",
+        "16",
+        "--optim.schedule.warmup_steps",
+        "2",
+        "--checkpoint.interval",
+        "0",
+        "--checkpoint.save_final",
+        "false",
+        "--eval.num_samples",
+        "1",
+        "--eval.depths",
+        "[1]",
+        "--eval.tasks",
+        "[copy]",
+        "--log.interval",
+        "1",
+        *extra,
+    ]
     if backend.startswith("zero"):
         cmd += ["--dist.deepspeed_config", f"configs/deepspeed/{backend}.json"]
     if resume:
@@ -86,18 +156,29 @@ def run(name: str, size: str, gpus: int, backend: str, data: Path, global_rows: 
     metrics_path = OUT / "runs" / name / "metrics.jsonl"
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     timed = records[2:] or records
-    result = {"run": name, "model": size, "backend": backend, "gpus": gpus, "rc": proc.returncode,
-              "steps": len(records), "wall_s": round(time.time() - began, 1),
-              "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed) if timed else None,
-              "mfu": (sum(r["mfu"] for r in timed) / len(timed)) if timed and timed[0].get("mfu") else None,
-              "peak_mem_gb": max((r.get("peak_mem_gb") or 0) for r in records) if records else None,
-              "losses": [round(r["loss"], 5) for r in records], "checksums": [r.get("data_checksum") for r in records]}
+    result = {
+        "run": name,
+        "model": size,
+        "backend": backend,
+        "gpus": gpus,
+        "rc": proc.returncode,
+        "steps": len(records),
+        "wall_s": round(time.time() - began, 1),
+        "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed) if timed else None,
+        "mfu": (sum(r["mfu"] for r in timed) / len(timed)) if timed and timed[0].get("mfu") else None,
+        "peak_mem_gb": max((r.get("peak_mem_gb") or 0) for r in records) if records else None,
+        "losses": [round(r["loss"], 5) for r in records],
+        "checksums": [r.get("data_checksum") for r in records],
+    }
     if proc.returncode != 0:
         result["stderr_tail"] = proc.stderr[-1500:]
     with open(OUT / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
-    print(f"{name:<28} rc={proc.returncode} steps={len(records)} tok/s={result['tokens_per_s'] or 0:,.0f} "
-          f"mfu={result['mfu'] or 0:.3f} mem={result['peak_mem_gb'] or 0:.1f}GB wall={result['wall_s']}s", flush=True)
+    print(
+        f"{name:<28} rc={proc.returncode} steps={len(records)} tok/s={result['tokens_per_s'] or 0:,.0f} "
+        f"mfu={result['mfu'] or 0:.3f} mem={result['peak_mem_gb'] or 0:.1f}GB wall={result['wall_s']}s",
+        flush=True,
+    )
     if proc.returncode != 0:
         print(result["stderr_tail"], flush=True)
     return result
@@ -123,8 +204,20 @@ def main() -> int:
         plan = [("fsdp", g) for g in args.gpus]
         plan += [("zero2", most)] if size != "1B-16k" else [("zero3", most)]
         for backend, gpus in plan:
-            results.append(run(f"{size}-{backend}-{gpus}", size, gpus, backend, data, rows * gpus, rows, args.steps,
-                               extra, args.smoke))
+            results.append(
+                run(
+                    f"{size}-{backend}-{gpus}",
+                    size,
+                    gpus,
+                    backend,
+                    data,
+                    rows * gpus,
+                    rows,
+                    args.steps,
+                    extra,
+                    args.smoke,
+                )
+            )
     table = summarize(results)
     print(table)
     reshard = None if args.no_reshard else reshard_resume(args, models, results, most)
@@ -145,9 +238,15 @@ def reshard_resume(args, models: dict, results: list[dict], most: int) -> dict:
     first = run(name, size, most, "fsdp", data, rows * most, rows, args.steps, extra, args.smoke, stop_at=4)
     second = run(name, size, half, "fsdp", data, rows * most, rows, args.steps, extra, args.smoke, resume=True)
     diffs = [abs(a - b) for a, b in zip(straight["losses"], second["losses"])]
-    reshard = {"first_losses": first["losses"], "straight_losses": straight["losses"],
-               "resumed_losses": second["losses"], "checksums_equal": straight["checksums"] == second["checksums"],
-               "max_loss_diff": max(diffs, default=None), "first_rc": first["rc"], "second_rc": second["rc"]}
+    reshard = {
+        "first_losses": first["losses"],
+        "straight_losses": straight["losses"],
+        "resumed_losses": second["losses"],
+        "checksums_equal": straight["checksums"] == second["checksums"],
+        "max_loss_diff": max(diffs, default=None),
+        "first_rc": first["rc"],
+        "second_rc": second["rc"],
+    }
     print(json.dumps(reshard), flush=True)
     return reshard
 
@@ -157,21 +256,28 @@ def append_results(args, table: str, reshard: dict | None, most: int) -> None:
     import torch
 
     with open(args.results, "a") as f:
-        f.write(f"\n## Multi-GPU scaling ({datetime.date.today()}, {gpu}, torch {torch.__version__})\n\n"
-                f"Command: `python bench/gpu_scaling.py --gpus {' '.join(map(str, args.gpus))} --models "
-                f"{' '.join(args.models)} --steps {args.steps}`\n\n{table}\n")
+        f.write(
+            f"\n## Multi-GPU scaling ({datetime.date.today()}, {gpu}, torch {torch.__version__})\n\n"
+            f"Command: `python bench/gpu_scaling.py --gpus {' '.join(map(str, args.gpus))} --models "
+            f"{' '.join(args.models)} --steps {args.steps}`\n\n{table}\n"
+        )
         if reshard is not None:
             f.write(f"\nResharding resume ({most} -> {max(1, most // 2)} GPUs): `{json.dumps(reshard)}`\n")
 
 
 def summarize(results: list[dict]) -> str:
     base = {(r["model"], r["backend"]): r["tokens_per_s"] for r in results if r["gpus"] == 1 and r["tokens_per_s"]}
-    lines = ["| model | backend | GPUs | tokens/s | MFU | scaling eff. | peak GiB/GPU |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | backend | GPUs | tokens/s | MFU | scaling eff. | peak GiB/GPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         one = base.get((r["model"], r["backend"])) or base.get((r["model"], "fsdp"))
         eff = r["tokens_per_s"] / (r["gpus"] * one) if one and r["tokens_per_s"] else None
-        lines.append(f"| {r['model']} | {r['backend']} | {r['gpus']} | {r['tokens_per_s'] or 0:,.0f} | "
-                     f"{(r['mfu'] or 0):.1%} | {'' if eff is None else f'{eff:.1%}'} | {r['peak_mem_gb'] or 0:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['backend']} | {r['gpus']} | {r['tokens_per_s'] or 0:,.0f} | "
+            f"{(r['mfu'] or 0):.1%} | {'' if eff is None else f'{eff:.1%}'} | {r['peak_mem_gb'] or 0:.1f} |"
+        )
     return "\n".join(lines)
 
 

@@ -63,8 +63,14 @@ def build_layers(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, nn.M
     from mamba_ssm.modules.mamba2 import Mamba2
 
     torch.manual_seed(0)
-    shape = dict(d_model=args.d_model, d_state=args.d_state, headdim=args.headdim, expand=2, ngroups=1,
-                 chunk_size=args.chunk_size)
+    shape = dict(
+        d_model=args.d_model,
+        d_state=args.d_state,
+        headdim=args.headdim,
+        expand=2,
+        ngroups=1,
+        chunk_size=args.chunk_size,
+    )
     ref = Mamba2(**shape, use_mem_eff_path=False).cuda()
     layers: dict[str, nn.Module] = {"mamba_ssm.Mamba2": ref}
     for backend in ("mamba_ssm", "torch"):
@@ -113,8 +119,7 @@ def compare_packed(args: argparse.Namespace, dtype: torch.dtype, batch: int, seq
     starts[:, 0] = True
     doc_ids = starts.cumsum(1) - 1
     log(f"{dtype} {batch}x{seqlen}: packed documents, ours[mamba_ssm] vs ours[torch]")
-    packed = {name: fwd_bwd(layers[name], u, grad_out, doc_ids=doc_ids)
-              for name in ("ours[mamba_ssm]", "ours[torch]")}
+    packed = {name: fwd_bwd(layers[name], u, grad_out, doc_ids=doc_ids) for name in ("ours[mamba_ssm]", "ours[torch]")}
     return report("packed docs", packed["ours[mamba_ssm]"], packed["ours[torch]"], _TOL[dtype])
 
 
@@ -155,8 +160,10 @@ def benchmark(args: argparse.Namespace) -> None:
         log(f"timing {name} (warm-up {args.warmup}, then {args.iters} iterations)")
         timings[name] = time_fwd_bwd(layer, u, grad_out, args.warmup, args.iters)
     ref_ms = timings["mamba_ssm.Mamba2"][0]
-    print(f"fwd+bwd, bf16, d_model {args.d_model}, batch {args.batch} x {args.seqlen}, d_state {args.d_state}, "
-          f"headdim {args.headdim}, chunk {args.chunk_size}, {torch.cuda.get_device_name()}:")
+    print(
+        f"fwd+bwd, bf16, d_model {args.d_model}, batch {args.batch} x {args.seqlen}, d_state {args.d_state}, "
+        f"headdim {args.headdim}, chunk {args.chunk_size}, {torch.cuda.get_device_name()}:"
+    )
     for name, (ms, gib) in timings.items():
         print(f"  {name:>16}: {ms:8.2f} ms   peak {gib:6.2f} GiB   ratio vs ref {ms / ref_ms:5.2f}x")
 
@@ -167,9 +174,11 @@ def main() -> int:
         print("gpu_ssm_check: no CUDA device; run this on the GPU machine.", file=sys.stderr)
         return 2
     if try_import_mamba2() is None:
-        print("gpu_ssm_check: mamba_ssm is not importable; first run "
-              "`python -m pip install --no-deps wheels/mamba_ssm-2.3.2.post1-py3-none-any.whl` (needs triton, einops).",
-              file=sys.stderr)
+        print(
+            "gpu_ssm_check: mamba_ssm is not importable; first run "
+            "`python -m pip install --no-deps wheels/mamba_ssm-2.3.2.post1-py3-none-any.whl` (needs triton, einops).",
+            file=sys.stderr,
+        )
         return 2
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("== bf16 numerics, packed documents", flush=True)

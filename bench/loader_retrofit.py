@@ -35,8 +35,9 @@ def reference_epoch_tokens(module: ModuleType, folder: Path, num_rows: int, batc
     The epoch is cut off at its last row: past the last file the reference's iterator raises IndexError
     (its "New file" message indexes the file after the last one).
     """
-    dataset = module.ParquetStreamPure(dataset_folder_path=str(folder), seed=42, shuffle=True, num_processes=1,
-                                       process_rank=0, stateful=True)
+    dataset = module.ParquetStreamPure(
+        dataset_folder_path=str(folder), seed=42, shuffle=True, num_processes=1, process_rank=0, stateful=True
+    )
     tokens, rows = 0, []
     for index, row in enumerate(dataset):
         rows.append(row)

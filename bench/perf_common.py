@@ -33,8 +33,16 @@ def environment_line() -> str:
     """GPU, driver, torch and CUDA versions, for the header of every result."""
     if torch.cuda.is_available():
         try:
-            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+            driver = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
         except (OSError, subprocess.CalledProcessError):
             driver = "unknown"
         gpu = f"{torch.cuda.get_device_name()} (driver {driver}, CUDA {torch.version.cuda})"
@@ -81,8 +89,10 @@ def profile_top(step: Callable[[], None], steps: int, out_dir: Path | None, name
         out_dir.mkdir(parents=True, exist_ok=True)
         sort_by = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
         (out_dir / f"profile_{name}.txt").write_text(events.table(sort_by=sort_by, row_limit=40))
-    return [f"`{e.key[:90]}` {100 * getattr(e, key) / total:.1f}% ({getattr(e, key) / 1e3 / steps:.1f} ms/step)"
-            for e in ranked[:top]]
+    return [
+        f"`{e.key[:90]}` {100 * getattr(e, key) / total:.1f}% ({getattr(e, key) / 1e3 / steps:.1f} ms/step)"
+        for e in ranked[:top]
+    ]
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -94,8 +104,10 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 def append_results(path: Path, title: str, body: str) -> None:
     """Append one dated section (environment, command, body) to the results file, written atomically."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = (f"\n## {title} ({stamp})\n\n- Environment: {environment_line()}\n"
-               f"- Command: `{' '.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`\n\n{body}\n")
+    section = (
+        f"\n## {title} ({stamp})\n\n- Environment: {environment_line()}\n"
+        f"- Command: `{' '.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}`\n\n{body}\n"
+    )
     old = path.read_text() if path.exists() else "# GPU benchmark results\n"
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(old + section)

@@ -59,47 +59,79 @@ class Shape:
     compile: bool
 
 
-FULL = Shape(n_layers=12, d_model=768, n_heads=12, seq_len=1024, batch=32, vocab=GPT2_VOCAB, model_vocab=50304,
-             device="cuda", compile=True)
+FULL = Shape(
+    n_layers=12,
+    d_model=768,
+    n_heads=12,
+    seq_len=1024,
+    batch=32,
+    vocab=GPT2_VOCAB,
+    model_vocab=50304,
+    device="cuda",
+    compile=True,
+)
 # Three layers: the least a recurrent model takes (prelude, core, coda); the same for every run.
-SMOKE = Shape(n_layers=3, d_model=64, n_heads=4, seq_len=64, batch=4, vocab=512, model_vocab=512, device="cpu",
-              compile=False)
+SMOKE = Shape(
+    n_layers=3, d_model=64, n_heads=4, seq_len=64, batch=4, vocab=512, model_vocab=512, device="cpu", compile=False
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nanogpt_dir", type=Path, default=ROOT / "third_party" / "nanoGPT",
-                   help="a copy of karpathy/nanoGPT (train.py, configurator.py, model.py); git-ignored")
+    p.add_argument(
+        "--nanogpt_dir",
+        type=Path,
+        default=ROOT / "third_party" / "nanoGPT",
+        help="a copy of karpathy/nanoGPT (train.py, configurator.py, model.py); git-ignored",
+    )
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shape, compile off, a few steps")
     p.add_argument("--steps", type=int, default=None, help="steps of each baseline/r=1 run (default 50, smoke 6)")
     p.add_argument("--r4_steps", type=int, default=None, help="steps of the r=4 run (default 30, smoke 6)")
     p.add_argument("--warmup", type=int, default=None, help="first steps left out of the medians (default 10, smoke 2)")
     p.add_argument("--timeout", type=int, default=300, help="seconds each of the four runs may take")
-    p.add_argument("--work_dir", type=Path, default=ROOT / "bench" / "out" / "train_vs_nanogpt",
-                   help="data, run directories and logs (replaced on every call)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="result JSON (default bench/results/train_vs_nanogpt.json; smoke: in --work_dir)")
+    p.add_argument(
+        "--work_dir",
+        type=Path,
+        default=ROOT / "bench" / "out" / "train_vs_nanogpt",
+        help="data, run directories and logs (replaced on every call)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default bench/results/train_vs_nanogpt.json; smoke: in --work_dir)",
+    )
     p.add_argument("--no_recompile_log", action="store_true", help="run recur without TORCH_LOGS=recompiles")
     args = p.parse_args(argv)
     args.shape = SMOKE if args.smoke else FULL
     args.steps = args.steps or (6 if args.smoke else 50)
     args.r4_steps = args.r4_steps or (6 if args.smoke else 30)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 10)
-    args.out = args.out or (args.work_dir / "train_vs_nanogpt_smoke.json" if args.smoke
-                            else ROOT / "bench" / "results" / "train_vs_nanogpt.json")
+    args.out = args.out or (
+        args.work_dir / "train_vs_nanogpt_smoke.json"
+        if args.smoke
+        else ROOT / "bench" / "results" / "train_vs_nanogpt.json"
+    )
     return args
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse, before anything is written, what would fail minutes later: one line naming the problem."""
-    missing = [name for name in ("train.py", "configurator.py", "model.py", "config/train_gpt2.py")
-               if not (args.nanogpt_dir / name).is_file()]
+    missing = [
+        name
+        for name in ("train.py", "configurator.py", "model.py", "config/train_gpt2.py")
+        if not (args.nanogpt_dir / name).is_file()
+    ]
     if missing:
-        raise ValueError(f"--nanogpt_dir {args.nanogpt_dir}: not a nanoGPT copy (missing {', '.join(missing)}); "
-                         "put karpathy/nanoGPT there (git-ignored, e.g. third_party/nanoGPT)")
+        raise ValueError(
+            f"--nanogpt_dir {args.nanogpt_dir}: not a nanoGPT copy (missing {', '.join(missing)}); "
+            "put karpathy/nanoGPT there (git-ignored, e.g. third_party/nanoGPT)"
+        )
     if min(args.steps, args.r4_steps) <= args.warmup + 1:
-        raise ValueError(f"--steps {args.steps} / --r4_steps {args.r4_steps} must exceed --warmup {args.warmup} + 1 "
-                         "(no timed steps would be left)")
+        raise ValueError(
+            f"--steps {args.steps} / --r4_steps {args.r4_steps} must exceed --warmup {args.warmup} + 1 "
+            "(no timed steps would be left)"
+        )
     if not args.smoke:
         import torch
 
@@ -126,22 +158,39 @@ def write_recur_packed(stream: np.ndarray, out: Path, seq_len: int, vocab: int) 
     (one document per row, so train.py uses plain causal attention, as nanoGPT does)."""
     row_len = seq_len + 1
     doc = TokenizedDoc(ids=stream, mask=np.ones(len(stream), dtype=np.uint8))
-    tokenizer = {"name": "synthetic-uniform", "spec": "none", "vocab_size": vocab, "pad_id": 0, "eos_id": 0,
-                 "bos_id": None, "fingerprint": f"synthetic-uniform-{vocab}"}
+    tokenizer = {
+        "name": "synthetic-uniform",
+        "spec": "none",
+        "vocab_size": vocab,
+        "pad_id": 0,
+        "eos_id": 0,
+        "bos_id": None,
+        "fingerprint": f"synthetic-uniform-{vocab}",
+    }
     with staged_dir(out) as work:
         writer = ShardWriter(work, seq_len, rows_per_shard=8192, row_group_size=256)
         for block in pack_concat([doc], row_len, pad_id=0):
             writer.add(block.to_table())
-        manifest = build_manifest(seq_len=seq_len, tokenizer=tokenizer, shards=writer.close(), num_tokens=len(stream),
-                                  packing={"mode": "concat", "efficiency": 1.0, "mask_non_assistant": False},
-                                  sources=[], created_by="bench/train_vs_nanogpt.py")
+        manifest = build_manifest(
+            seq_len=seq_len,
+            tokenizer=tokenizer,
+            shards=writer.close(),
+            num_tokens=len(stream),
+            packing={"mode": "concat", "efficiency": 1.0, "mask_non_assistant": False},
+            sources=[],
+            created_by="bench/train_vs_nanogpt.py",
+        )
         finish_dataset(work, manifest)
 
 
 def write_datasets(work: Path, shape: Shape, train_rows: int, val_rows: int = 64) -> dict[str, Path]:
     """Train and val token streams (seeds 0 and 1), each written in both trainers' formats; a multiple of the
     row length, so recur's rows hold exactly the stream."""
-    paths = {"nanogpt": work / "nanogpt_data", "train": work / "recur_data" / "train", "val": work / "recur_data" / "val"}
+    paths = {
+        "nanogpt": work / "nanogpt_data",
+        "train": work / "recur_data" / "train",
+        "val": work / "recur_data" / "val",
+    }
     for split, rows, seed in (("train", train_rows, 0), ("val", val_rows, 1)):
         stream = synthetic_stream(rows * (shape.seq_len + 1), shape.vocab, seed)
         write_nanogpt_bin(stream, paths["nanogpt"] / f"{split}.bin")
@@ -157,38 +206,106 @@ def nanogpt_command(shape: Shape, steps: int, data_dir: Path, out_dir: Path) -> 
     """nanoGPT's train.py with its GPT-2 config, overridden through its configurator (`--key=value`).
     max_iters counts from 0 inclusive, so steps - 1 gives `steps` iterations; the one evaluation at iter 0
     (nanoGPT always evaluates there) reads a single batch."""
-    overrides = dict(dataset=str(data_dir.resolve()), out_dir=str(out_dir.resolve()), wandb_log=False,
-                     max_iters=steps - 1, lr_decay_iters=steps, warmup_iters=max(1, steps // 10),
-                     eval_interval=10 ** 9, eval_iters=1, log_interval=1, always_save_checkpoint=False,
-                     batch_size=shape.batch, block_size=shape.seq_len, gradient_accumulation_steps=1,
-                     n_layer=shape.n_layers, n_head=shape.n_heads, n_embd=shape.d_model, dropout=0.0, bias=False,
-                     device=shape.device, dtype="bfloat16" if shape.device == "cuda" else "float32",
-                     compile=shape.compile)
+    overrides = dict(
+        dataset=str(data_dir.resolve()),
+        out_dir=str(out_dir.resolve()),
+        wandb_log=False,
+        max_iters=steps - 1,
+        lr_decay_iters=steps,
+        warmup_iters=max(1, steps // 10),
+        eval_interval=10**9,
+        eval_iters=1,
+        log_interval=1,
+        always_save_checkpoint=False,
+        batch_size=shape.batch,
+        block_size=shape.seq_len,
+        gradient_accumulation_steps=1,
+        n_layer=shape.n_layers,
+        n_head=shape.n_heads,
+        n_embd=shape.d_model,
+        dropout=0.0,
+        bias=False,
+        device=shape.device,
+        dtype="bfloat16" if shape.device == "cuda" else "float32",
+        compile=shape.compile,
+    )
     return [sys.executable, "train.py", "config/train_gpt2.py"] + [f"--{k}={v}" for k, v in overrides.items()]
 
 
-def recur_command(shape: Shape, steps: int, paths: dict[str, Path], out_dir: Path, name: str,
-                  r: int | None) -> list[str]:
+def recur_command(
+    shape: Shape, steps: int, paths: dict[str, Path], out_dir: Path, name: str, r: int | None
+) -> list[str]:
     """recur's train.py (the product path) on the packed copy of the same tokens. r=None: the baseline
     variant; else the recurrent variant at a fixed depth (sampling fixed, constant schedules, k = r)."""
     smoke = shape.device == "cpu"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--model_size", "tiny" if smoke else "125M",
-           "--variant", "baseline" if r is None else "recurrent", "--compile", str(shape.compile).lower(),
-           "--run_name", name, "--out_dir", str(out_dir), "--steps", str(steps), "--device", shape.device,
-           "--dtype", "bf16" if shape.device == "cuda" else "fp32",
-           "--data.path", str(paths["train"]), "--data.val_path", str(paths["val"]), "--data.tasks", "[]",
-           "--data.global_batch_size", str(shape.batch), "--model.dropout", "0.0",
-           "--checkpoint.interval", "0", "--checkpoint.save_final", "false",
-           "--log.interval", "1" if smoke else "10", "--log.plot_interval", "1000000",
-           "--eval.depths", "[1, 4]", "--eval.num_samples", "8"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--model_size",
+        "tiny" if smoke else "125M",
+        "--variant",
+        "baseline" if r is None else "recurrent",
+        "--compile",
+        str(shape.compile).lower(),
+        "--run_name",
+        name,
+        "--out_dir",
+        str(out_dir),
+        "--steps",
+        str(steps),
+        "--device",
+        shape.device,
+        "--dtype",
+        "bf16" if shape.device == "cuda" else "fp32",
+        "--data.path",
+        str(paths["train"]),
+        "--data.val_path",
+        str(paths["val"]),
+        "--data.tasks",
+        "[]",
+        "--data.global_batch_size",
+        str(shape.batch),
+        "--model.dropout",
+        "0.0",
+        "--checkpoint.interval",
+        "0",
+        "--checkpoint.save_final",
+        "false",
+        "--log.interval",
+        "1" if smoke else "10",
+        "--log.plot_interval",
+        "1000000",
+        "--eval.depths",
+        "[1, 4]",
+        "--eval.num_samples",
+        "8",
+    ]
     if smoke:
-        cmd += ["--model.d_model", str(shape.d_model), "--model.n_layers", str(shape.n_layers), "--model.n_heads",
-                str(shape.n_heads), "--model.max_seq_len", str(shape.seq_len), "--model.vocab_size",
-                str(shape.model_vocab)]
+        cmd += [
+            "--model.d_model",
+            str(shape.d_model),
+            "--model.n_layers",
+            str(shape.n_layers),
+            "--model.n_heads",
+            str(shape.n_heads),
+            "--model.max_seq_len",
+            str(shape.seq_len),
+            "--model.vocab_size",
+            str(shape.model_vocab),
+        ]
     if r is not None:
-        cmd += ["--recurrence.sampling", "fixed", "--recurrence.mean_recurrence", str(r),
-                "--recurrence.backprop_depth", str(r), "--recurrence.mean_schedule", "constant",
-                "--recurrence.backprop_schedule", "constant"]
+        cmd += [
+            "--recurrence.sampling",
+            "fixed",
+            "--recurrence.mean_recurrence",
+            str(r),
+            "--recurrence.backprop_depth",
+            str(r),
+            "--recurrence.mean_schedule",
+            "constant",
+            "--recurrence.backprop_schedule",
+            "constant",
+        ]
     return cmd
 
 
@@ -212,8 +329,10 @@ def run_logged(cmd: list[str], cwd: Path, log_stem: Path, timeout: int, env: dic
 def parse_nanogpt_log(text: str) -> list[dict]:
     """nanoGPT's per-iteration lines, "iter N: loss X, time Y ms, mfu Z%" (its mfu: vs an A100's 312 TFLOP/s,
     a running average, -100 for the first iterations)."""
-    return [{"step": int(m[1]), "loss": float(m[2]), "step_ms": float(m[3]), "mfu_pct_a100": float(m[4])}
-            for m in NANOGPT_LINE.finditer(text)]
+    return [
+        {"step": int(m[1]), "loss": float(m[2]), "step_ms": float(m[3]), "mfu_pct_a100": float(m[4])}
+        for m in NANOGPT_LINE.finditer(text)
+    ]
 
 
 def read_recur_metrics(run_dir: Path) -> list[dict]:
@@ -242,20 +361,31 @@ def steady(values: list[float], warmup: int) -> float | None:
 
 def summarize_nanogpt(records: list[dict], shape: Shape, warmup: int) -> dict:
     step_ms = steady([r["step_ms"] for r in records], warmup)
-    return {"steps_logged": len(records), "steps_timed": max(0, len(records) - warmup), "median_step_ms": step_ms,
-            "tokens_per_s": shape.batch * shape.seq_len / (step_ms / 1e3) if step_ms else None,
-            "reported_mfu_pct_vs_a100_312tflops": records[-1]["mfu_pct_a100"] if records else None,
-            "first_loss": records[0]["loss"] if records else None, "last_loss": records[-1]["loss"] if records else None}
+    return {
+        "steps_logged": len(records),
+        "steps_timed": max(0, len(records) - warmup),
+        "median_step_ms": step_ms,
+        "tokens_per_s": shape.batch * shape.seq_len / (step_ms / 1e3) if step_ms else None,
+        "reported_mfu_pct_vs_a100_312tflops": records[-1]["mfu_pct_a100"] if records else None,
+        "first_loss": records[0]["loss"] if records else None,
+        "last_loss": records[-1]["loss"] if records else None,
+    }
 
 
 def summarize_recur(records: list[dict], warmup: int) -> dict:
     tokens_per_s = steady([r["tokens_per_s"] for r in records], warmup)
     tokens = records[0]["tokens"] if records else 0  # tokens of one step (the first record's running total)
-    return {"steps_logged": len(records), "steps_timed": max(0, len(records) - warmup), "tokens_per_s": tokens_per_s,
-            "median_step_ms": tokens / tokens_per_s * 1e3 if tokens_per_s else None,
-            "mfu": steady([r["mfu"] for r in records], warmup),
-            "r": sorted({r["r"] for r in records}), "k": sorted({r["k"] for r in records}),
-            "first_loss": records[0]["loss"] if records else None, "last_loss": records[-1]["loss"] if records else None}
+    return {
+        "steps_logged": len(records),
+        "steps_timed": max(0, len(records) - warmup),
+        "tokens_per_s": tokens_per_s,
+        "median_step_ms": tokens / tokens_per_s * 1e3 if tokens_per_s else None,
+        "mfu": steady([r["mfu"] for r in records], warmup),
+        "r": sorted({r["r"] for r in records}),
+        "k": sorted({r["k"] for r in records}),
+        "first_loss": records[0]["loss"] if records else None,
+        "last_loss": records[-1]["loss"] if records else None,
+    }
 
 
 # ---------------------------------------------------------------- the four runs
@@ -265,8 +395,11 @@ def run_nanogpt(args: argparse.Namespace, paths: dict[str, Path]) -> dict:
     records = parse_nanogpt_log(stdout)
     if not records:
         raise RuntimeError(f"no 'iter N: loss ...' lines in {args.work_dir / 'nanogpt.stdout'}")
-    return {"command": f"cd {shlex.quote(str(args.nanogpt_dir))} && {shlex.join(cmd)}", "wall_s": wall,
-            **summarize_nanogpt(records, args.shape, args.warmup)}
+    return {
+        "command": f"cd {shlex.quote(str(args.nanogpt_dir))} && {shlex.join(cmd)}",
+        "wall_s": wall,
+        **summarize_nanogpt(records, args.shape, args.warmup),
+    }
 
 
 def run_recur(args: argparse.Namespace, paths: dict[str, Path], name: str, r: int | None, steps: int) -> dict:
@@ -278,9 +411,12 @@ def run_recur(args: argparse.Namespace, paths: dict[str, Path], name: str, r: in
         env["TORCH_LOGS"] = "recompiles"
     _, stderr, wall = run_logged(cmd, ROOT, args.work_dir / name, args.timeout, env)
     prefix = "" if args.no_recompile_log else "TORCH_LOGS=recompiles "
-    return {"command": prefix + shlex.join(cmd), "wall_s": wall,
-            "recompiles": None if args.no_recompile_log else count_recompiles(stderr),
-            **summarize_recur(read_recur_metrics(runs / name), args.warmup)}
+    return {
+        "command": prefix + shlex.join(cmd),
+        "wall_s": wall,
+        "recompiles": None if args.no_recompile_log else count_recompiles(stderr),
+        **summarize_recur(read_recur_metrics(runs / name), args.warmup),
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -290,14 +426,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def headline(runs: dict[str, dict]) -> dict:
     """The figures issue 17 asks for, from the runs that succeeded (None where one failed)."""
     get = lambda run, key: runs.get(run, {}).get(key)  # noqa: E731
-    return {"recur_tokens_per_s": get("recur_baseline", "tokens_per_s"),
-            "nanogpt_tokens_per_s": get("nanogpt", "tokens_per_s"),
-            "ratio": ratio(get("recur_baseline", "tokens_per_s"), get("nanogpt", "tokens_per_s")),
-            "recurrent_r1_tokens_per_s": get("recurrent_r1", "tokens_per_s"),
-            "recurrent_r4_tokens_per_s": get("recurrent_r4", "tokens_per_s"),
-            "recurrent_mfu_over_baseline_mfu_r1": ratio(get("recurrent_r1", "mfu"), get("recur_baseline", "mfu")),
-            "recurrent_mfu_over_baseline_mfu_r4": ratio(get("recurrent_r4", "mfu"), get("recur_baseline", "mfu")),
-            "recompiles": {name: run.get("recompiles") for name, run in runs.items() if name != "nanogpt"}}
+    return {
+        "recur_tokens_per_s": get("recur_baseline", "tokens_per_s"),
+        "nanogpt_tokens_per_s": get("nanogpt", "tokens_per_s"),
+        "ratio": ratio(get("recur_baseline", "tokens_per_s"), get("nanogpt", "tokens_per_s")),
+        "recurrent_r1_tokens_per_s": get("recurrent_r1", "tokens_per_s"),
+        "recurrent_r4_tokens_per_s": get("recurrent_r4", "tokens_per_s"),
+        "recurrent_mfu_over_baseline_mfu_r1": ratio(get("recurrent_r1", "mfu"), get("recur_baseline", "mfu")),
+        "recurrent_mfu_over_baseline_mfu_r4": ratio(get("recurrent_r4", "mfu"), get("recur_baseline", "mfu")),
+        "recompiles": {name: run.get("recompiles") for name, run in runs.items() if name != "nanogpt"},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,28 +449,42 @@ def main(argv: list[str] | None = None) -> int:
     args.work_dir.mkdir(parents=True)
     shape = args.shape
     rows = max(args.steps, args.r4_steps) * shape.batch + 64
-    log(f"writing {rows} rows of {shape.seq_len + 1} synthetic tokens (nanoGPT .bin + recur parquet) in {args.work_dir}")
+    log(
+        f"writing {rows} rows of {shape.seq_len + 1} synthetic tokens (nanoGPT .bin + recur parquet) in {args.work_dir}"
+    )
     paths = write_datasets(args.work_dir, shape, rows)
-    plan = {"nanogpt": lambda: run_nanogpt(args, paths),
-            "recur_baseline": lambda: run_recur(args, paths, "recur_baseline", None, args.steps),
-            "recurrent_r1": lambda: run_recur(args, paths, "recurrent_r1", 1, args.steps),
-            "recurrent_r4": lambda: run_recur(args, paths, "recurrent_r4", 4, args.r4_steps)}
+    plan = {
+        "nanogpt": lambda: run_nanogpt(args, paths),
+        "recur_baseline": lambda: run_recur(args, paths, "recur_baseline", None, args.steps),
+        "recurrent_r1": lambda: run_recur(args, paths, "recurrent_r1", 1, args.steps),
+        "recurrent_r4": lambda: run_recur(args, paths, "recurrent_r4", 4, args.r4_steps),
+    }
     runs: dict[str, dict] = {}
     for name, run in plan.items():
         log(f"{name}: running (logs: {args.work_dir / name}.std*)")
         try:  # one failing run must not cost the others' GPU time
             runs[name] = run()
-            log(f"{name}: {runs[name]['tokens_per_s'] or 0:,.0f} tokens/s, {runs[name]['wall_s']:.0f}s wall"
-                + (f", recompiles {runs[name]['recompiles']}" if runs[name].get("recompiles") is not None else ""))
+            log(
+                f"{name}: {runs[name]['tokens_per_s'] or 0:,.0f} tokens/s, {runs[name]['wall_s']:.0f}s wall"
+                + (f", recompiles {runs[name]['recompiles']}" if runs[name].get("recompiles") is not None else "")
+            )
         except RuntimeError as error:
             runs[name] = {"error": str(error)}
             log(f"{name}: FAILED: {error}")
-    result = {**headline(runs), "environment": environment_line(), "smoke": args.smoke,
-              "shape": {**shape.__dict__, "bias": False, "dropout": 0.0,
-                        "dtype": "bf16" if shape.device == "cuda" else "fp32"},
-              "steps": {"baseline_and_r1": args.steps, "r4": args.r4_steps, "warmup_skipped": args.warmup},
-              "script": shlex.join(["bench/train_vs_nanogpt.py"] + (sys.argv[1:] if argv is None else argv)),
-              "runs": runs}
+    result = {
+        **headline(runs),
+        "environment": environment_line(),
+        "smoke": args.smoke,
+        "shape": {
+            **shape.__dict__,
+            "bias": False,
+            "dropout": 0.0,
+            "dtype": "bf16" if shape.device == "cuda" else "fp32",
+        },
+        "steps": {"baseline_and_r1": args.steps, "r4": args.r4_steps, "warmup_skipped": args.warmup},
+        "script": shlex.join(["bench/train_vs_nanogpt.py"] + (sys.argv[1:] if argv is None else argv)),
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     log(f"wrote {args.out}: ratio {result['ratio']}, r1 MFU/baseline {result['recurrent_mfu_over_baseline_mfu_r1']}")

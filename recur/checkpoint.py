@@ -173,8 +173,9 @@ class Checkpointer:
             os.fsync(f.fileno())
         _barrier()
         if self.rank == 0:
-            write_json_atomic(tmp / STATE_FILE, {**trainer_state, "step": step, "world_size": self.world_size,
-                                                 "format": state.format})
+            write_json_atomic(
+                tmp / STATE_FILE, {**trainer_state, "step": step, "world_size": self.world_size, "format": state.format}
+            )
             for file in tmp.rglob("*"):  # neither DCP nor DeepSpeed fsyncs its files
                 if file.is_file():
                     with open(file, "rb") as f:
@@ -184,7 +185,7 @@ class Checkpointer:
             # An existing `final` is damaged (checked above): never loadable, resume skips it with a note.
             atomic.replace(tmp, final)
             _fsync_dir(self.root)
-            for old in self.complete_checkpoints()[:-self.keep]:
+            for old in self.complete_checkpoints()[: -self.keep]:
                 shutil.rmtree(old)
         _barrier()
         return final
@@ -196,14 +197,19 @@ class Checkpointer:
         saved = trainer_state.get("model_config", {})
         if "extra" in saved:  # written before the variant groups: compare it as this version writes it
             saved = asdict(ModelConfig.from_dict(saved).resolved())
-        diffs = [f"{k}: checkpoint {saved[k]!r} vs run {model_config.get(k)!r}" for k in saved
-                 if saved[k] != model_config.get(k) and k not in ("attn_backend", "dropout")]
+        diffs = [
+            f"{k}: checkpoint {saved[k]!r} vs run {model_config.get(k)!r}"
+            for k in saved
+            if saved[k] != model_config.get(k) and k not in ("attn_backend", "dropout")
+        ]
         if diffs:
             raise ValueError(f"checkpoint {path} is from a different model ({'; '.join(diffs[:4])})")
         if checkpoint_format(path) != state.format:
-            raise ValueError(f"--checkpoint.resume: {path} was written by the {checkpoint_format(path)} backend and "
-                             f"cannot be resumed by the {state.format} backend; resume with the same --dist.backend "
-                             "or export it with utils/export_checkpoint.py")
+            raise ValueError(
+                f"--checkpoint.resume: {path} was written by the {checkpoint_format(path)} backend and "
+                f"cannot be resumed by the {state.format} backend; resume with the same --dist.backend "
+                "or export it with utils/export_checkpoint.py"
+            )
         state.load(path, trainer_state.get("world_size"))
         rng_file = path / f"rng_rank{self.rank:05d}.pt"
         if trainer_state.get("world_size") == self.world_size and rng_file.exists():
@@ -212,7 +218,6 @@ class Checkpointer:
             # Resharded resume: per-rank RNG streams cannot carry over; derive fresh ones from the step.
             seed_everything(trainer_state.get("seed", 0) * 1_000_003 + trainer_state["step"] * 1009 + self.rank)
         return trainer_state
-
 
 
 class SavePolicy:

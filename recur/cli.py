@@ -63,8 +63,7 @@ def _add_help(parser: ArgumentParser) -> None:
 
 def build_parser() -> ArgumentParser:
     # exit_on_error=False: jsonargparse's own handler prints the ~85-line usage; parse() makes it one line.
-    parser = ArgumentParser(prog="train.py", description="Train a recurrent-depth language model.",
-                            exit_on_error=False)
+    parser = ArgumentParser(prog="train.py", description="Train a recurrent-depth language model.", exit_on_error=False)
     parser.add_argument(CONFIG_FLAG, action=ActionConfigFile, help="YAML config file(s); flags override them")
     parser.add_class_arguments(TrainConfig, nested_key=None, fail_untyped=False)
     # The default size's shape, so that --help shows the model that a plain `train.py` trains.
@@ -128,8 +127,9 @@ def one_line_error(error: ArgumentError, parser: ArgumentParser) -> str:
 
 def _split_equals(argv: list[str]) -> list[str]:
     """`--flag=value` -> `--flag value`, so the rewrites below see one form."""
-    return [part for token in argv
-            for part in (token.split("=", 1) if token.startswith("--") and "=" in token else [token])]
+    return [
+        part for token in argv for part in (token.split("=", 1) if token.startswith("--") and "=" in token else [token])
+    ]
 
 
 def _legacy_config_text(path: str) -> str | None:
@@ -182,7 +182,7 @@ def _join_list_values(argv: list[str], parser: ArgumentParser) -> list[str]:
         end = i + 1
         while end < len(argv) and not argv[end].startswith("--"):
             end += 1
-        values = argv[i + 1:end]
+        values = argv[i + 1 : end]
         single_list = len(values) == 1 and (values[0].lstrip().startswith("[") or values[0] == "null")
         out += values if single_list or not values else ["[" + ", ".join(values) + "]"]
         i = end

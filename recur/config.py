@@ -85,10 +85,14 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     model: ModelConfig = field(default_factory=ModelConfig)
     # The default run ramps r̄ linearly from 1 to 4 over the first 30% of training, backprop depth 4.
-    recurrence: RecurrenceConfig = field(default_factory=lambda: RecurrenceConfig(
-        mean_recurrence=4, backprop_depth=4, mean_schedule="linear", mean_warmup=0.3))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
-        schedule=LRScheduleConfig(lr=2e-3, warmup_steps=DEFAULT_WARMUP_STEPS)))
+    recurrence: RecurrenceConfig = field(
+        default_factory=lambda: RecurrenceConfig(
+            mean_recurrence=4, backprop_depth=4, mean_schedule="linear", mean_warmup=0.3
+        )
+    )
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(schedule=LRScheduleConfig(lr=2e-3, warmup_steps=DEFAULT_WARMUP_STEPS))
+    )
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -115,17 +119,25 @@ def _check_init_from_shape(model: ModelConfig, init_from: str) -> None:
     saved = saved_config(init_from).resolved()
     if _check_model_builds(model) != _check_model_builds(saved):
         ours, theirs = flat_fields(model.resolved()), flat_fields(saved)
-        differing = [f"--model.{name} {ours[name]} (the model has {value})"
-                     for name, value in theirs.items() if ours[name] != value]
-        raise ValueError(f"--init_from {init_from}: its weights fix the model's shape; "
-                         f"{', '.join(differing) or 'the parameter shapes differ'}")
+        differing = [
+            f"--model.{name} {ours[name]} (the model has {value})"
+            for name, value in theirs.items()
+            if ours[name] != value
+        ]
+        raise ValueError(
+            f"--init_from {init_from}: its weights fix the model's shape; "
+            f"{', '.join(differing) or 'the parameter shapes differ'}"
+        )
 
 
 def _check_intervals(cfg: TrainConfig) -> None:
     """Progress and plot intervals are step moduli (0 would crash mid-run); eval/checkpoint 0 means 'at the end'."""
-    for flag, value, low in (("--log.interval", cfg.log.interval, 1), ("--log.plot_interval", cfg.log.plot_interval, 1),
-                             ("--eval.interval", cfg.eval.interval, 0),
-                             ("--checkpoint.interval", cfg.checkpoint.interval, 0)):
+    for flag, value, low in (
+        ("--log.interval", cfg.log.interval, 1),
+        ("--log.plot_interval", cfg.log.plot_interval, 1),
+        ("--eval.interval", cfg.eval.interval, 0),
+        ("--checkpoint.interval", cfg.checkpoint.interval, 0),
+    ):
         if value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
 
@@ -151,15 +163,18 @@ def validate_config(cfg: TrainConfig) -> None:
     check_schedule(cfg.optim.schedule, cfg.steps)
     _check_intervals(cfg)
     split_batch(cfg.data.global_batch_size, 1, cfg.data.micro_batch_size, "--data.")  # world size: at start-up
-    check_settings("--data.", seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window,
-                   num_workers=cfg.data.num_workers)
+    check_settings(
+        "--data.", seed=cfg.data.seed, shuffle_window=cfg.data.shuffle_window, num_workers=cfg.data.num_workers
+    )
     if cfg.stop_at is not None and not 0 < cfg.stop_at < cfg.steps:
         raise ValueError(f"--stop_at {cfg.stop_at} must lie in (0, --steps {cfg.steps})")
     if cfg.data.alg_tokens < 0:
         raise ValueError(f"--data.alg_tokens must be >= 0, got {cfg.data.alg_tokens}")
     if cfg.data.alg_tokens and cfg.data.path is not None:
-        raise ValueError("--data.alg_tokens generates its algorithmic phase from --data.tasks; "
-                         "it cannot be combined with --data.path (use --data.text_path for the language phase)")
+        raise ValueError(
+            "--data.alg_tokens generates its algorithmic phase from --data.tasks; "
+            "it cannot be combined with --data.path (use --data.text_path for the language phase)"
+        )
     if cfg.data.text_path is not None and not Path(cfg.data.text_path).is_dir():
         raise FileNotFoundError(f"--data.text_path: data directory {cfg.data.text_path} does not exist")
     if cfg.data.path is not None and not Path(cfg.data.path).is_dir():

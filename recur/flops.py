@@ -37,8 +37,9 @@ def count_params(model: DecoderLM) -> dict[str, int]:
     return parts
 
 
-def flop_terms(model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: float = 0,
-               grad_steps: float = 1) -> dict[str, float]:
+def flop_terms(
+    model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: float = 0, grad_steps: float = 1
+) -> dict[str, float]:
     """Per-token pieces of the training cost: N₁ (params applied with grad), N₂ (params applied without
     grad) and attention FLOPs, as the model's own `flop_terms` states them. n and k may be expectations
     (floats): the cost is affine in both. `cfg` is the config the model was built from; the model
@@ -46,8 +47,9 @@ def flop_terms(model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: 
     return model.flop_terms(seq_len, no_grad_steps, grad_steps)
 
 
-def flops_per_token(model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0,
-                    grad_steps: int = 1) -> float:
+def flops_per_token(
+    model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0, grad_steps: int = 1
+) -> float:
     """Training FLOPs per token for one step that runs n = no_grad_steps, k = grad_steps iterations."""
     terms = flop_terms(model, cfg, seq_len, no_grad_steps, grad_steps)
     return 6 * terms["n1"] + 2 * terms["n2"] + terms["attention"]
@@ -61,8 +63,9 @@ EXPECTATIONS = ("analytic", "draws")
 
 
 @lru_cache(maxsize=4096)
-def expected_steps(mean: int, depth: int, sampling: str = "poisson-lognormal", sigma: float = 0.5,
-                   max_recurrence: int | None = None) -> tuple[float, float]:
+def expected_steps(
+    mean: int, depth: int, sampling: str = "poisson-lognormal", sigma: float = 0.5, max_recurrence: int | None = None
+) -> tuple[float, float]:
     """(E[n], E[k]) for one step with scheduled mean r̄ and backprop depth s under the sampler's law.
 
     Poisson-lognormal: r = Poisson(λ) + 1 with log λ ~ Normal(log r̄ − σ²/2, σ). P(r = j) is the Poisson
@@ -84,8 +87,15 @@ def expected_steps(mean: int, depth: int, sampling: str = "poisson-lognormal", s
     return float((prob * (r - k)).sum()), float((prob * k).sum())
 
 
-def curriculum_flops(model: DecoderLM, cfg: ModelConfig, sampler: RecurrenceSampler, seq_len: int,
-                     tokens_per_step: int, steps: int | None = None, expectation: str = "draws") -> dict:
+def curriculum_flops(
+    model: DecoderLM,
+    cfg: ModelConfig,
+    sampler: RecurrenceSampler,
+    seq_len: int,
+    tokens_per_step: int,
+    steps: int | None = None,
+    expectation: str = "draws",
+) -> dict:
     """Training FLOPs of a run under the recurrence curriculum: Σ_steps tokens · (6·N₁ + 2·N₂ + attention).
 
     expectation="draws" replays the sampler's seeded (n, k) of every step, so the total equals what the
@@ -106,7 +116,13 @@ def curriculum_flops(model: DecoderLM, cfg: ModelConfig, sampler: RecurrenceSamp
             totals[name] += value * tokens_per_step
         sum_n, sum_k = sum_n + n, sum_k + k
     tokens = steps * tokens_per_step
-    return {"steps": steps, "tokens": tokens, "mean_no_grad_steps": sum_n / max(steps, 1),
-            "mean_grad_steps": sum_k / max(steps, 1), "flops_6DN1": 6 * totals["n1"], "flops_2DN2": 2 * totals["n2"],
-            "flops_attention": totals["attention"],
-            "total_flops": 6 * totals["n1"] + 2 * totals["n2"] + totals["attention"]}
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "mean_no_grad_steps": sum_n / max(steps, 1),
+        "mean_grad_steps": sum_k / max(steps, 1),
+        "flops_6DN1": 6 * totals["n1"],
+        "flops_2DN2": 2 * totals["n2"],
+        "flops_attention": totals["attention"],
+        "total_flops": 6 * totals["n1"] + 2 * totals["n2"] + totals["attention"],
+    }

@@ -54,14 +54,24 @@ def _state_to_save(model: nn.Module, dtype: torch.dtype | None) -> dict[str, tor
 
 def generation_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict:
     """transformers' generation defaults: the model's recurrence depth and context, greedy decoding."""
-    return {"num_steps": cfg.default_num_steps, "max_length": cfg.max_seq_len, "do_sample": False,
-            **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
+    return {
+        "num_steps": cfg.default_num_steps,
+        "max_length": cfg.max_seq_len,
+        "do_sample": False,
+        **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None},
+    }
 
 
-def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | None = None,
-                    extra_files: list[Path] | tuple[Path, ...] = (), dtype: str | None = None,
-                    overwrite: bool = False, special_ids: dict[str, int | None] | None = None,
-                    tokenizer: str | None = None) -> Path:
+def save_pretrained(
+    model: DecoderLM,
+    out_dir: str | Path,
+    conversion: dict | None = None,
+    extra_files: list[Path] | tuple[Path, ...] = (),
+    dtype: str | None = None,
+    overwrite: bool = False,
+    special_ids: dict[str, int | None] | None = None,
+    tokenizer: str | None = None,
+) -> Path:
     """Write `model` to `out_dir` atomically (a temp directory renamed into place).
 
     `extra_files` (e.g. tokenizer files) are copied alongside; `dtype` stores the weights in another
@@ -80,10 +90,16 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
         state = _state_to_save(model, DTYPES[dtype] if dtype else None)
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         special_ids = special_ids or {}
-        config = {"model_type": "recur", "architectures": ["RecurForCausalLM"], "auto_map": AUTO_MAP,
-                  "recur_format_version": FORMAT_VERSION, "tie_word_embeddings": model.cfg.tie_embeddings,
-                  "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."), **asdict(model.cfg),
-                  **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None}}
+        config = {
+            "model_type": "recur",
+            "architectures": ["RecurForCausalLM"],
+            "auto_map": AUTO_MAP,
+            "recur_format_version": FORMAT_VERSION,
+            "tie_word_embeddings": model.cfg.tie_embeddings,
+            "torch_dtype": str(next(iter(state.values())).dtype).removeprefix("torch."),
+            **asdict(model.cfg),
+            **{f"{name}_token_id": i for name, i in special_ids.items() if i is not None},
+        }
         if conversion is not None:
             config["conversion"] = conversion
         if tokenizer == "byte":  # recur reads its own byte tokenizer; transformers reads the equivalent files
@@ -92,11 +108,14 @@ def save_pretrained(model: DecoderLM, out_dir: str | Path, conversion: dict | No
             config["recur_tokenizer"] = tokenizer
             byte_hf_tokenizer().save_pretrained(tmp)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / GENERATION_CONFIG_NAME).write_text(json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n")
+        (tmp / GENERATION_CONFIG_NAME).write_text(
+            json.dumps(generation_config(model.cfg, special_ids), indent=2) + "\n"
+        )
         shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
         # recur's source, so the directory loads where recur is not installed (modeling_recur.py imports it).
-        shutil.copytree(PACKAGE_DIR, tmp / SOURCE_DIR / PACKAGE_DIR.name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            PACKAGE_DIR, tmp / SOURCE_DIR / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         for file in extra_files:
             shutil.copyfile(file, tmp / Path(file).name)
         for file in tmp.rglob("*"):
@@ -120,8 +139,10 @@ def read_config_json(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (expected a directory written by save_pretrained)")
     config = json.loads(config_file.read_text())
     if config.get("model_type") != "recur":
-        raise ValueError(f"{config_file}: model_type is '{config.get('model_type')}', not 'recur' "
-                         "(convert a Hugging Face checkpoint first with utils/convert_hf.py)")
+        raise ValueError(
+            f"{config_file}: model_type is '{config.get('model_type')}', not 'recur' "
+            "(convert a Hugging Face checkpoint first with utils/convert_hf.py)"
+        )
     return config
 
 
@@ -129,8 +150,10 @@ def read_model_config(path: str | Path, **runtime_overrides) -> ModelConfig:
     """The saved ModelConfig; only RUNTIME_FIELDS may be overridden (the rest fixes the weight shapes)."""
     bad = set(runtime_overrides) - set(RUNTIME_FIELDS)
     if bad:
-        raise ValueError(f"{path}: cannot override {sorted(bad)} of a saved model (they fix its weight shapes); "
-                         f"overridable: {', '.join(RUNTIME_FIELDS)}")
+        raise ValueError(
+            f"{path}: cannot override {sorted(bad)} of a saved model (they fix its weight shapes); "
+            f"overridable: {', '.join(RUNTIME_FIELDS)}"
+        )
     config = read_config_json(path)
     saved = {k: v for k, v in config.items() if k in saved_keys()}
     return ModelConfig.from_dict({**saved, **runtime_overrides}).resolved()
@@ -149,12 +172,16 @@ def load_pretrained_into(model: nn.Module, path: str | Path) -> None:
         expected.pop("lm_head.weight")
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"--init_from {path}: weights do not fit the model (missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}); build the model from read_model_config({str(path)!r})")
+        raise ValueError(
+            f"--init_from {path}: weights do not fit the model (missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}); build the model from read_model_config({str(path)!r})"
+        )
     for name, tensor in state.items():
         if expected[name].shape != tensor.shape:
-            raise ValueError(f"--init_from {path}: {name} has shape {tuple(tensor.shape)}, the model expects "
-                             f"{tuple(expected[name].shape)}")
+            raise ValueError(
+                f"--init_from {path}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(expected[name].shape)}"
+            )
     with torch.no_grad():
         for name, target in expected.items():
             target.copy_(state[name])

@@ -28,8 +28,19 @@ def device_peak_tflops(device: torch.device, override: float | None) -> float | 
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, log_interval: int, wandb_mode: str, wandb_project: str,
-                 run_name: str, config: dict, enabled: bool = True, resume: bool = False, show_depth: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        log_interval: int,
+        wandb_mode: str,
+        wandb_project: str,
+        run_name: str,
+        config: dict,
+        enabled: bool = True,
+        resume: bool = False,
+        show_depth: bool = True,
+    ):
         self.path = RunDir(run_dir).metrics
         self.total_steps, self.log_interval, self.enabled = total_steps, log_interval, enabled
         self.show_depth = show_depth  # off for models that ignore the sampled depth (the baseline)
@@ -44,8 +55,9 @@ class MetricsLogger:
                 raise ValueError(f"--log.wandb_mode: got '{wandb_mode}'; expected disabled, online or offline")
             import wandb
 
-            self.wandb = wandb.init(project=wandb_project, name=run_name, mode=wandb_mode, config=config,
-                                    dir=str(run_dir), resume="allow")
+            self.wandb = wandb.init(
+                project=wandb_project, name=run_name, mode=wandb_mode, config=config, dir=str(run_dir), resume="allow"
+            )
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run (and a
@@ -86,9 +98,13 @@ class MetricsLogger:
         eta = elapsed / max(done, 1) * (self.total_steps - step - 1)
         mfu = f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else ""
         depth = f"r {record['r']:>3} (r̄ {record['mean_recurrence']}, k {record['k']}) | " if self.show_depth else ""
-        print(f"step {step + 1:>6}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-              f"{depth}{record['tokens_per_s']:,.0f} tok/s{mfu} | gnorm {record['grad_norm']:.2f} | "
-              f"eta {_fmt_time(eta)}", file=sys.stderr, flush=True)
+        print(
+            f"step {step + 1:>6}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"{depth}{record['tokens_per_s']:,.0f} tok/s{mfu} | gnorm {record['grad_norm']:.2f} | "
+            f"eta {_fmt_time(eta)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.wandb is not None:

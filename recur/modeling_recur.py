@@ -51,12 +51,21 @@ def _recur() -> SimpleNamespace:
         from recur.models.config import ModelConfig, saved_keys
         from recur.models.layers import KVCache
     except ImportError as error:
-        raise ImportError(f"recur is not installed and the model directory has no {SOURCE_DIR}/ "
-                          "(re-export it with utils/export_checkpoint.py)") from error
-    return SimpleNamespace(ExitRule=ExitRule, adaptive_decode_step=adaptive_decode_step, depth_of=depth_of,
-                           load_pretrained_into=load_pretrained_into, create_model=create_model,
-                           is_looped=is_looped, ModelConfig=ModelConfig, KVCache=KVCache,
-                           saved_keys=saved_keys)
+        raise ImportError(
+            f"recur is not installed and the model directory has no {SOURCE_DIR}/ "
+            "(re-export it with utils/export_checkpoint.py)"
+        ) from error
+    return SimpleNamespace(
+        ExitRule=ExitRule,
+        adaptive_decode_step=adaptive_decode_step,
+        depth_of=depth_of,
+        load_pretrained_into=load_pretrained_into,
+        create_model=create_model,
+        is_looped=is_looped,
+        ModelConfig=ModelConfig,
+        KVCache=KVCache,
+        saved_keys=saved_keys,
+    )
 
 
 class RecurConfig(PretrainedConfig):
@@ -64,8 +73,14 @@ class RecurConfig(PretrainedConfig):
 
     model_type = "recur"
 
-    def __init__(self, recur: dict | None = None, num_steps: int | None = None, exit_criterion: str | None = None,
-                 exit_eps: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        recur: dict | None = None,
+        num_steps: int | None = None,
+        exit_criterion: str | None = None,
+        exit_eps: float = 0.0,
+        **kwargs,
+    ) -> None:
         # transformers reinterprets some ModelConfig names (rope_scaling, rope_theta become rope_parameters),
         # so recur's fields are kept apart, verbatim, in `recur`.
         names = _recur().saved_keys()  # with the legacy `extra` of directories written before the groups
@@ -105,9 +120,17 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
         return False
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *args, config: RecurConfig | None = None, dtype=None,
-                        torch_dtype=None, device_map=None, num_steps: int | None = None,
-                        **kwargs) -> RecurForCausalLM:
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *args,
+        config: RecurConfig | None = None,
+        dtype=None,
+        torch_dtype=None,
+        device_map=None,
+        num_steps: int | None = None,
+        **kwargs,
+    ) -> RecurForCausalLM:
         """Load through recur's reader (the same code every recur tool uses), so weights can never be
         mapped differently here. `num_steps` sets the default depth (lm_eval --model_args num_steps=8);
         hub-only kwargs (revision, token, ...) have nothing to act on and are ignored."""
@@ -132,10 +155,18 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> torch.nn.Linear:
         return self.model.lm_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, labels: torch.Tensor | None = None,
-                num_steps: int | None = None, exit_criterion: str | None = None, exit_eps: float | None = None,
-                use_cache: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        exit_criterion: str | None = None,
+        exit_eps: float | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         """`num_steps` / `exit_criterion` / `exit_eps` override the config's for this call. Adaptive exit
         applies to cached one-token decoding steps (the prompt runs at full depth), as in recur's generate;
         those steps return log-probabilities, which rank and sample exactly like the logits.
@@ -146,12 +177,15 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
         criterion = exit_criterion or self.config.exit_criterion
         recur = _recur()
         if criterion is not None and not recur.is_looped(self.model):
-            raise ValueError(f"exit_criterion: adaptive exit needs a looped model; this one is '{self.model.cfg.variant}'")
+            raise ValueError(
+                f"exit_criterion: adaptive exit needs a looped model; this one is '{self.model.cfg.variant}'"
+            )
         doc_ids = self._padding_documents(attention_mask, input_ids, cache, criterion)
         if criterion is not None and cache is not None and cache.seen_tokens and input_ids.shape[1] == 1:
             rule = recur.ExitRule(criterion, exit_eps if exit_eps is not None else self.config.exit_eps)
-            log_probs, _ = recur.adaptive_decode_step(self.model, input_ids, cache, recur.depth_of(self.model, steps),
-                                                      rule)
+            log_probs, _ = recur.adaptive_decode_step(
+                self.model, input_ids, cache, recur.depth_of(self.model, steps), rule
+            )
             return CausalLMOutputWithPast(logits=log_probs[:, None], cache=cache)
         logits = self.model(input_ids, num_steps=steps, cache=cache, doc_ids=doc_ids).logits
         loss = None
@@ -160,27 +194,43 @@ class RecurForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     @staticmethod
-    def _padding_documents(attention_mask: torch.Tensor | None, input_ids: torch.Tensor, cache: KVCache | None,
-                           criterion: str | None) -> torch.Tensor | None:
+    def _padding_documents(
+        attention_mask: torch.Tensor | None, input_ids: torch.Tensor, cache: KVCache | None, criterion: str | None
+    ) -> torch.Tensor | None:
         """attention_mask [B, cached + new] -> doc_ids for recur's attention (None when nothing is padded)."""
         if attention_mask is None or bool(attention_mask.all()):
             return None
         expected = (cache.seen_tokens if cache is not None else 0) + input_ids.shape[1]
         if attention_mask.shape != (input_ids.shape[0], expected):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
-                             f"{(input_ids.shape[0], expected)} (cached + new tokens)")
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                f"{(input_ids.shape[0], expected)} (cached + new tokens)"
+            )
         if criterion is not None:
             raise ValueError("exit_criterion: adaptive exit decodes unpadded batches only (attention_mask all ones)")
         return attention_mask.long()
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                                      attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-                                      num_steps: int | None = None, exit_criterion: str | None = None,
-                                      exit_eps: float | None = None, **kwargs) -> dict:
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
+        num_steps: int | None = None,
+        exit_criterion: str | None = None,
+        exit_eps: float | None = None,
+        **kwargs,
+    ) -> dict:
         """The first call runs the whole prompt into a fresh cache; later calls feed only new tokens."""
         if cache is None and use_cache:
             cache = _recur().KVCache()
         if cache is not None:
-            input_ids = input_ids[:, cache.seen_tokens:]
-        return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask, "num_steps": num_steps,
-                "exit_criterion": exit_criterion, "exit_eps": exit_eps}
+            input_ids = input_ids[:, cache.seen_tokens :]
+        return {
+            "input_ids": input_ids,
+            "cache": cache,
+            "attention_mask": attention_mask,
+            "num_steps": num_steps,
+            "exit_criterion": exit_criterion,
+            "exit_eps": exit_eps,
+        }

@@ -17,8 +17,10 @@ def plot_loss(records: list[dict], path: Path) -> None:
     steps = [r["step"] for r in records]
     losses = [r["loss"] for r in records]
     window = max(1, len(losses) // 50)
-    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-              for i in range(len(losses))]
+    smooth = [
+        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+        for i in range(len(losses))
+    ]
     fig, (ax, ax_r) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
     ax.plot(steps, losses, alpha=0.3, label="loss")
     ax.plot(steps, smooth, label=f"moving average ({window})")
@@ -33,4 +35,3 @@ def plot_loss(records: list[dict], path: Path) -> None:
     ax_r.set_ylabel("recurrence")
     ax_r.legend(fontsize=7)
     save_figure(fig, path)
-

@@ -37,17 +37,21 @@ class RecurrenceConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for flag, value, allowed in (("sampling", self.sampling, SAMPLINGS),
-                                     ("mean_schedule", self.mean_schedule, SCHEDULES),
-                                     ("backprop_schedule", self.backprop_schedule, SCHEDULES)):
+        for flag, value, allowed in (
+            ("sampling", self.sampling, SAMPLINGS),
+            ("mean_schedule", self.mean_schedule, SCHEDULES),
+            ("backprop_schedule", self.backprop_schedule, SCHEDULES),
+        ):
             if value not in allowed:
                 raise ValueError(f"--recurrence.{flag}: got '{value}'; expected one of {', '.join(allowed)}")
         for flag in ("mean_recurrence", "backprop_depth", "mean_start", "backprop_start"):
             if getattr(self, flag) < 1:
                 raise ValueError(f"--recurrence.{flag} must be >= 1, got {getattr(self, flag)}")
         if self.sampling == "fixed" and self.backprop_depth > self.mean_recurrence:
-            raise ValueError(f"--recurrence.backprop_depth {self.backprop_depth} exceeds the fixed recurrence "
-                             f"--recurrence.mean_recurrence {self.mean_recurrence} (k must be <= r)")
+            raise ValueError(
+                f"--recurrence.backprop_depth {self.backprop_depth} exceeds the fixed recurrence "
+                f"--recurrence.mean_recurrence {self.mean_recurrence} (k must be <= r)"
+            )
         if self.max_recurrence is not None and self.max_recurrence < 1:
             raise ValueError(f"--recurrence.max_recurrence must be >= 1, got {self.max_recurrence}")
 
@@ -83,8 +87,7 @@ class RecurrenceSampler:
         """(r̄, s) scheduled at `step`, with s clipped to r̄."""
         c = self.cfg
         mean = ramp(step, self.total_steps, c.mean_start, c.mean_recurrence, c.mean_warmup, c.mean_schedule)
-        depth = ramp(step, self.total_steps, c.backprop_start, c.backprop_depth, c.backprop_warmup,
-                     c.backprop_schedule)
+        depth = ramp(step, self.total_steps, c.backprop_start, c.backprop_depth, c.backprop_warmup, c.backprop_schedule)
         return mean, min(depth, mean)
 
     def __call__(self, step: int) -> StepDepth:

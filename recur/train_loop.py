@@ -46,7 +46,9 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _batch_to(
+    batch: dict, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(inputs, targets, loss mask, doc_ids) on `device`; doc_ids is None when every input row is one
     document, so attention runs as plain causal SDPA (flash/cuDNN) instead of a document-masked kernel.
     Decided on the host copy before the transfer: no device sync."""
@@ -59,8 +61,9 @@ def _batch_to(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 def train(cfg: TrainConfig, env: DistEnv | None = None, config_yaml: str | None = None) -> dict:
     """Run (or resume) training; under torchrun/srun every process calls this."""
-    env = env or init_distributed(cfg.device, cfg.dist.timeout_minutes, cfg.dist.master_port,
-                                  always=cfg.dist.backend not in ("auto", "none"))
+    env = env or init_distributed(
+        cfg.device, cfg.dist.timeout_minutes, cfg.dist.master_port, always=cfg.dist.backend not in ("auto", "none")
+    )
     run = RunDir(Path(cfg.out_dir) / cfg.run_name)
     fresh = not run.root.exists()
     try:
@@ -106,9 +109,12 @@ def _train(cfg: TrainConfig, env: DistEnv, config_yaml: str | None, run: RunDir)
         if config_yaml is not None:
             run.config.write_text(config_yaml)
         params = trainer.params
-        print(f"[model] {trainer.model_cfg.variant}: {params['total']:,} params "
-              f"({params['non_embedding']:,} non-embedding) on {env.device} x {env.world_size} "
-              f"({resolve_backend(cfg.dist.backend, env.world_size)})", file=sys.stderr)
+        print(
+            f"[model] {trainer.model_cfg.variant}: {params['total']:,} params "
+            f"({params['non_embedding']:,} non-embedding) on {env.device} x {env.world_size} "
+            f"({resolve_backend(cfg.dist.backend, env.world_size)})",
+            file=sys.stderr,
+        )
     return trainer.fit(resumed=resume_from is not None)
 
 
@@ -137,8 +143,14 @@ class Trainer:
     def state_dict(self) -> dict:
         """The trainer's part of a checkpoint (trainer_state.json): where the run stands, and what a resume
         checks it against."""
-        return {"step": self.step, "tokens": self.tokens, "loader": self.data.loader.state_dict(),
-                "seed": self.cfg.seed, "model_config": asdict(self.model_cfg), "backend": self.backend.name}
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loader": self.data.loader.state_dict(),
+            "seed": self.cfg.seed,
+            "model_config": asdict(self.model_cfg),
+            "backend": self.backend.name,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.data.loader.load_state_dict(state["loader"])
@@ -149,8 +161,11 @@ class Trainer:
         state = self.checkpointer.load(checkpoint, self.backend.checkpoint_state(), asdict(self.model_cfg))
         self.load_state_dict(state)
         if self.env.is_main:
-            print(f"[resume] {checkpoint} at step {self.step} (saved on {state.get('world_size')} ranks, "
-                  f"now {self.env.world_size})", file=sys.stderr)
+            print(
+                f"[resume] {checkpoint} at step {self.step} (saved on {state.get('world_size')} ranks, "
+                f"now {self.env.world_size})",
+                file=sys.stderr,
+            )
 
     def init_weights(self, source: str) -> None:
         """Start from the weights of another run or model (--init_from), with a fresh optimizer and schedule."""
@@ -168,9 +183,18 @@ class Trainer:
         """Steps from the current one to --steps, then the final checkpoint, evaluation and summary; or, on a
         preemption signal or at --stop_at, a checkpoint and {"preempted": True, "step": ...}."""
         cfg = self.cfg
-        self.logger = MetricsLogger(self.run.root, cfg.steps, cfg.log.interval, cfg.log.wandb_mode,
-                                    cfg.log.wandb_project, cfg.run_name, asdict(cfg), enabled=self.env.is_main,
-                                    resume=resumed, show_depth=self.backend.raw.uses_depth)
+        self.logger = MetricsLogger(
+            self.run.root,
+            cfg.steps,
+            cfg.log.interval,
+            cfg.log.wandb_mode,
+            cfg.log.wandb_project,
+            cfg.run_name,
+            asdict(cfg),
+            enabled=self.env.is_main,
+            resume=resumed,
+            show_depth=self.backend.raw.uses_depth,
+        )
         self.logger.truncate_after(self.step)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.preempt = PreemptionFlag()
@@ -197,30 +221,49 @@ class Trainer:
         step_tokens = sum(inputs.numel() for inputs, *_ in micro_batches)
         # One collective carries the global loss, the NaN verdict, the preemption vote and the data checksum,
         # so every rank takes the same decision on the same step.
-        total_loss, nonfinite, preempted, checksum = all_reduce_sum(torch.stack([
-            loss_sum, (~torch.isfinite(loss_sum)).double(), torch.tensor(float(self.preempt.raised is not None),
-                                                                       dtype=torch.float64, device=env.device),
-            checksum]))
+        total_loss, nonfinite, preempted, checksum = all_reduce_sum(
+            torch.stack(
+                [
+                    loss_sum,
+                    (~torch.isfinite(loss_sum)).double(),
+                    torch.tensor(float(self.preempt.raised is not None), dtype=torch.float64, device=env.device),
+                    checksum,
+                ]
+            )
+        )
         self.preempted = int(preempted)
         grad_norm = self._optimizer_step(step, nonfinite)
         self.step = step + 1
         self.tokens += step_tokens * env.world_size
         elapsed = time.perf_counter() - began
-        flops = flops_per_token(backend.raw, self.model_cfg, self.data.seq_len, depth.no_grad_steps,
-                                depth.grad_steps) * step_tokens
-        record = {"step": step, "loss": total_loss / target_tokens, "lr": lr, "r": depth.total,
-                  "mean_recurrence": depth.mean_recurrence, "k": depth.grad_steps,
-                  "backprop_depth": depth.backprop_depth, "tokens": self.tokens,
-                  "tokens_per_s": step_tokens * env.world_size / elapsed, "flops": flops * env.world_size,
-                  "mfu": flops / elapsed / (self.peak * 1e12) if self.peak else None, "grad_norm": grad_norm,
-                  "skipped": bool(nonfinite), "data_checksum": checksum,
-                  "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if env.device.type == "cuda" else None,
-                  "time": time.time()}
+        flops = (
+            flops_per_token(backend.raw, self.model_cfg, self.data.seq_len, depth.no_grad_steps, depth.grad_steps)
+            * step_tokens
+        )
+        record = {
+            "step": step,
+            "loss": total_loss / target_tokens,
+            "lr": lr,
+            "r": depth.total,
+            "mean_recurrence": depth.mean_recurrence,
+            "k": depth.grad_steps,
+            "backprop_depth": depth.backprop_depth,
+            "tokens": self.tokens,
+            "tokens_per_s": step_tokens * env.world_size / elapsed,
+            "flops": flops * env.world_size,
+            "mfu": flops / elapsed / (self.peak * 1e12) if self.peak else None,
+            "grad_norm": grad_norm,
+            "skipped": bool(nonfinite),
+            "data_checksum": checksum,
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if env.device.type == "cuda" else None,
+            "time": time.time(),
+        }
         record.update({f"stat/{k}": float(v) for k, v in out.stats.items()})
         return record
 
-    def _forward_backward(self, step: int, depth: StepDepth, micro_batches: list[tuple], weights: list[float]
-                          ) -> tuple[torch.Tensor, torch.Tensor, ModelOutput]:
+    def _forward_backward(
+        self, step: int, depth: StepDepth, micro_batches: list[tuple], weights: list[float]
+    ) -> tuple[torch.Tensor, torch.Tensor, ModelOutput]:
         """Forward and backward of every micro-batch, gradients synced on the last; returns the sum of loss x
         target tokens and the data fingerprint, both kept on the device (no sync per micro-batch), and the
         last micro-batch's model output (its stats go into the record)."""
@@ -234,9 +277,14 @@ class Trainer:
             last = micro == accum - 1
             with backend.micro_batch(last):
                 with _autocast(cfg, env.device):
-                    out = backend.model(inputs, targets=targets, loss_mask=mask,
-                                        num_steps=(depth.no_grad_steps, depth.grad_steps), doc_ids=docs,
-                                        noise=noise)
+                    out = backend.model(
+                        inputs,
+                        targets=targets,
+                        loss_mask=mask,
+                        num_steps=(depth.no_grad_steps, depth.grad_steps),
+                        doc_ids=docs,
+                        noise=noise,
+                    )
                 loss = out.loss * weights[micro]
                 if out.aux_loss is not None:
                     loss = loss + out.aux_loss / accum
@@ -254,13 +302,17 @@ class Trainer:
             if cfg.dist.nan_policy == "stop":
                 _report_nonfinite(self.run, step, env, "stop")
             if self.skipped_in_a_row >= cfg.dist.max_skipped_steps:
-                _report_nonfinite(self.run, step, env,
-                                  f"skip, {self.skipped_in_a_row} in a row = --dist.max_skipped_steps")
+                _report_nonfinite(
+                    self.run, step, env, f"skip, {self.skipped_in_a_row} in a row = --dist.max_skipped_steps"
+                )
             backend.skip_step()
             grad_norm = float("nan")
             if env.is_main:
-                print(f"[nan] step {step}: non-finite loss on {int(nonfinite)} rank(s); step skipped "
-                      "(--dist.nan_policy skip)", file=sys.stderr)
+                print(
+                    f"[nan] step {step}: non-finite loss on {int(nonfinite)} rank(s); step skipped "
+                    "(--dist.nan_policy skip)",
+                    file=sys.stderr,
+                )
         else:
             grad_norm = backend.clip_and_step(cfg.optim.grad_clip)
         backend.zero_grad()
@@ -290,8 +342,9 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         """Every rank evaluates (a sharded model needs all ranks in each forward); the main rank records."""
-        record = evaluate_during_training(self.backend.raw, self.tokenizer, self.cfg, self.step, self.run.root,
-                                          write=self.env.is_main)
+        record = evaluate_during_training(
+            self.backend.raw, self.tokenizer, self.cfg, self.step, self.run.root, write=self.env.is_main
+        )
         self.logger.log_eval(self.step, record["metrics"])
         return record
 
@@ -305,13 +358,20 @@ class Trainer:
         accuracy = self._evaluate()["accuracy"]
         if env.is_main:
             history = read_metrics(self.logger.path)
-            tail = history[-max(1, len(history) // 20):]
-            summary.update(final_loss=sum(r["loss"] for r in tail) / len(tail), first_loss=history[0]["loss"],
-                           mean_tokens_per_s=sum(r["tokens_per_s"] for r in history) / len(history),
-                           wall_time_s=history[-1]["time"] - history[0]["time"], eval=accuracy)
+            tail = history[-max(1, len(history) // 20) :]
+            summary.update(
+                final_loss=sum(r["loss"] for r in tail) / len(tail),
+                first_loss=history[0]["loss"],
+                mean_tokens_per_s=sum(r["tokens_per_s"] for r in history) / len(history),
+                wall_time_s=history[-1]["time"] - history[0]["time"],
+                eval=accuracy,
+            )
             write_json_atomic(self.run.summary, summary)
-            print(f"[done] final loss {summary['final_loss']:.4f}; accuracy "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items()), file=sys.stderr)
+            print(
+                f"[done] final loss {summary['final_loss']:.4f}; accuracy "
+                + ", ".join(f"{k} {v:.2f}" for k, v in summary["eval"].items()),
+                file=sys.stderr,
+            )
         self.logger.close()
         return summary
 
@@ -341,9 +401,13 @@ def _warn_collapse(record: dict, env: DistEnv, warned: bool) -> bool:
     if warned or spread is None or spread >= COLLAPSED_SPREAD:
         return warned
     if env.is_main:
-        print(f"[collapse] step {record['step']}: the recurrent state is the same at every position (spread "
-              f"{spread:.4f}); the model predicts one distribution everywhere. Lower --optim.schedule.lr (sandwich "
-              "blocks at nano size need <= 3e-4; docs/recurrence.md)", file=sys.stderr, flush=True)
+        print(
+            f"[collapse] step {record['step']}: the recurrent state is the same at every position (spread "
+            f"{spread:.4f}); the model predicts one distribution everywhere. Lower --optim.schedule.lr (sandwich "
+            "blocks at nano size need <= 3e-4; docs/recurrence.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     return True
 
 
@@ -352,6 +416,13 @@ def _report_nonfinite(run: RunDir, step: int, env: DistEnv, policy: str) -> None
     report, raise; the diverged state is not checkpointed."""
     report = run.nan_report
     if env.is_main:
-        write_json_atomic(report, {"step": step, "policy": policy, "world_size": env.world_size,
-                                   "hint": "resume from the last checkpoint with a lower lr or --dist.nan_policy skip"})
+        write_json_atomic(
+            report,
+            {
+                "step": step,
+                "policy": policy,
+                "world_size": env.world_size,
+                "hint": "resume from the last checkpoint with a lower lr or --dist.nan_policy skip",
+            },
+        )
     raise NonFiniteLossError(f"non-finite loss at step {step} (--dist.nan_policy {policy}); report in {report}")

@@ -31,8 +31,20 @@ from recur.run_dir import RunDir
 # Settings a resumed run must share with the run that wrote its checkpoints: they fix the lr / r̄ / k
 # schedules and the data (its generation and order), so a change would silently train a different run under
 # the same step numbers.
-RESUME_INVARIANTS = ("steps", "seed", "data.path", "data.tokenizer", "data.tasks", "data.num_docs", "data.seq_len",
-                     "data.seed", "data.text_docs", "data.global_batch_size", "optim.schedule", "recurrence")
+RESUME_INVARIANTS = (
+    "steps",
+    "seed",
+    "data.path",
+    "data.tokenizer",
+    "data.tasks",
+    "data.num_docs",
+    "data.seq_len",
+    "data.seed",
+    "data.text_docs",
+    "data.global_batch_size",
+    "optim.schedule",
+    "recurrence",
+)
 
 
 def _lookup(config: dict, dotted: str):
@@ -47,17 +59,21 @@ def check_new_run(cfg: TrainConfig, run: RunDir) -> None:
     eval.jsonl, and its config.yaml and metrics.jsonl would replace the old run's."""
     found = [path.name for path in run.started if path.exists()]
     if found:
-        raise ValueError(f"--run_name {cfg.run_name}: {run.root} already holds a run ({', '.join(found)}); "
-                         "continue it with --checkpoint.resume auto or choose a new --run_name")
+        raise ValueError(
+            f"--run_name {cfg.run_name}: {run.root} already holds a run ({', '.join(found)}); "
+            "continue it with --checkpoint.resume auto or choose a new --run_name"
+        )
 
 
 def check_no_newer_checkpoints(checkpointer: Checkpointer, checkpoint: Path, saved_step: int) -> None:
     """Refuse resuming an older checkpoint of a run that has newer ones: training on would save over them."""
     newer = checkpointer.newer_than(saved_step)
     if newer:
-        raise ValueError(f"--checkpoint.resume: {checkpoint} is at step {saved_step} but {checkpointer.root} holds "
-                         f"newer checkpoints ({', '.join(p.name for p in newer)}) that resuming would overwrite; "
-                         "move them elsewhere first or resume the newest (--checkpoint.resume auto)")
+        raise ValueError(
+            f"--checkpoint.resume: {checkpoint} is at step {saved_step} but {checkpointer.root} holds "
+            f"newer checkpoints ({', '.join(p.name for p in newer)}) that resuming would overwrite; "
+            "move them elsewhere first or resume the newest (--checkpoint.resume auto)"
+        )
 
 
 def resume_point(cfg: TrainConfig, run: RunDir, checkpointer: Checkpointer) -> tuple[Path | None, int]:
@@ -83,8 +99,11 @@ def already_complete(cfg: TrainConfig, run: RunDir, checkpoint: Path | None, sav
     if checkpoint is None or saved_step != cfg.steps or not run.summary.exists():
         return False
     if env.is_main:
-        print(f"[done] {run.root} is already complete at step {saved_step} ({checkpoint.name}, summary.json); "
-              "nothing to do", file=sys.stderr)
+        print(
+            f"[done] {run.root} is already complete at step {saved_step} ({checkpoint.name}, summary.json); "
+            "nothing to do",
+            file=sys.stderr,
+        )
     return True
 
 
@@ -93,18 +112,25 @@ def check_resumable(cfg: TrainConfig, run: RunDir, checkpoint: Path, saved_step:
     would be saved again under a smaller step number), or a run directory whose recorded config.yaml differs
     in a setting of RESUME_INVARIANTS."""
     if saved_step > cfg.steps:
-        raise ValueError(f"--checkpoint.resume: {checkpoint} is at step {saved_step}, past --steps {cfg.steps}; "
-                         "resume with the run's own --steps (use --stop_at to end it early)")
+        raise ValueError(
+            f"--checkpoint.resume: {checkpoint} is at step {saved_step}, past --steps {cfg.steps}; "
+            "resume with the run's own --steps (use --stop_at to end it early)"
+        )
     if not run.config.is_file():
         return
     import yaml
 
     old, new = yaml.safe_load(run.config.read_text()) or {}, json.loads(json.dumps(asdict(cfg)))
-    changed = [f"--{key} {_lookup(old, key)!r} -> {_lookup(new, key)!r}" for key in RESUME_INVARIANTS
-               if _lookup(old, key) != _lookup(new, key)]
+    changed = [
+        f"--{key} {_lookup(old, key)!r} -> {_lookup(new, key)!r}"
+        for key in RESUME_INVARIANTS
+        if _lookup(old, key) != _lookup(new, key)
+    ]
     if changed:
-        raise ValueError(f"--checkpoint.resume: {run.root} was trained with other settings ({'; '.join(changed)}); "
-                         "resume with the recorded ones (config.yaml) or start a new --run_name")
+        raise ValueError(
+            f"--checkpoint.resume: {run.root} was trained with other settings ({'; '.join(changed)}); "
+            "resume with the recorded ones (config.yaml) or start a new --run_name"
+        )
 
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -124,11 +150,23 @@ def prepare_data(cfg: TrainConfig, run: RunDir, env: DistEnv, resuming: bool) ->
         return path
     recipe = task_recipe(cfg.data)
     if env.is_main:
-        for out, num_docs, seed in ((run.train_data, cfg.data.num_docs, cfg.data.seed),
-                                    (run.val_data, max(256, cfg.data.num_docs // 50), cfg.data.seed + 1)):
-            build = partial(pack_dataset, out, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len,
-                            tasks=cfg.data.tasks, num_docs=num_docs, seed=seed, packing="bfd",
-                            mask_non_assistant=True, overwrite=True, recipe=recipe)
+        for out, num_docs, seed in (
+            (run.train_data, cfg.data.num_docs, cfg.data.seed),
+            (run.val_data, max(256, cfg.data.num_docs // 50), cfg.data.seed + 1),
+        ):
+            build = partial(
+                pack_dataset,
+                out,
+                tokenizer=cfg.data.tokenizer,
+                seq_len=cfg.data.seq_len,
+                tasks=cfg.data.tasks,
+                num_docs=num_docs,
+                seed=seed,
+                packing="bfd",
+                mask_non_assistant=True,
+                overwrite=True,
+                recipe=recipe,
+            )
             generate_once(out, recipe, build, resuming)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -153,11 +191,14 @@ def _data_seq_len(cfg: TrainConfig, path: Path) -> int:
     manifest = read_manifest(path)
     data_vocab = manifest["tokenizer"]["vocab_size"]
     if data_vocab > cfg.model.vocab_size:
-        raise ValueError(f"--model.vocab_size {cfg.model.vocab_size} is smaller than the vocabulary of "
-                         f"{path} ({data_vocab})")
+        raise ValueError(
+            f"--model.vocab_size {cfg.model.vocab_size} is smaller than the vocabulary of {path} ({data_vocab})"
+        )
     if manifest["seq_len"] > cfg.model.max_seq_len:
-        raise ValueError(f"--model.max_seq_len {cfg.model.max_seq_len} is shorter than the data's seq_len "
-                         f"{manifest['seq_len']} ({path})")
+        raise ValueError(
+            f"--model.max_seq_len {cfg.model.max_seq_len} is shorter than the data's seq_len "
+            f"{manifest['seq_len']} ({path})"
+        )
     return manifest["seq_len"]
 
 
@@ -166,18 +207,28 @@ def build_data(cfg: TrainConfig, run: RunDir, env: DistEnv, resuming: bool) -> T
     change under it."""
     if cfg.data.alg_tokens:
         row_len = cfg.data.seq_len + 1
-        split = SplitCurriculumConfig(alg_tokens=cfg.data.alg_tokens,
-                                      total_tokens=cfg.steps * cfg.data.global_batch_size * row_len,
-                                      alg_tasks=cfg.data.tasks, text_path=cfg.data.text_path)
+        split = SplitCurriculumConfig(
+            alg_tokens=cfg.data.alg_tokens,
+            total_tokens=cfg.steps * cfg.data.global_batch_size * row_len,
+            alg_tasks=cfg.data.tasks,
+            text_path=cfg.data.text_path,
+        )
         loader = build_phased_loader(cfg, run.root, env, split, resuming)
         rank_rows = cfg.data.global_batch_size // env.world_size
         micro = cfg.data.micro_batch_size or rank_rows
-        return TrainData(loader, run.alg_data, rank_rows, micro, loader.micro_batches_per_step,
-                         _data_seq_len(cfg, run.alg_data))
+        return TrainData(
+            loader, run.alg_data, rank_rows, micro, loader.micro_batches_per_step, _data_seq_len(cfg, run.alg_data)
+        )
     train_path = prepare_data(cfg, run, env, resuming)
     dataset, loader = open_rank_loader(train_path, cfg.data, env)
-    return TrainData(loader, train_path, dataset.rank_batch_size, dataset.micro_batch_size,
-                     dataset.micro_batches_per_step, _data_seq_len(cfg, train_path))
+    return TrainData(
+        loader,
+        train_path,
+        dataset.rank_batch_size,
+        dataset.micro_batch_size,
+        dataset.micro_batches_per_step,
+        _data_seq_len(cfg, train_path),
+    )
 
 
 def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int) -> tuple[ModelConfig, torch.nn.Module]:
@@ -187,9 +238,16 @@ def build_model(cfg: TrainConfig, env: DistEnv, seq_len: int, micro_rows: int) -
         # Time the kernels once on this run's shape; `auto` then means the fastest correct one, chosen
         # apart for batches of packed documents and for batches whose rows are single documents.
         for doc_masking in (True, False):
-            name, timings = select_backend(env.device, micro_rows, min(seq_len, 8192), model_cfg.n_heads,
-                                           model_cfg.n_kv_heads, model_cfg.head_dim, doc_masking=doc_masking,
-                                           dtype=compute_dtype(cfg, env.device))
+            name, timings = select_backend(
+                env.device,
+                micro_rows,
+                min(seq_len, 8192),
+                model_cfg.n_heads,
+                model_cfg.n_kv_heads,
+                model_cfg.head_dim,
+                doc_masking=doc_masking,
+                dtype=compute_dtype(cfg, env.device),
+            )
             if env.is_main:
                 times = ", ".join(f"{k} {v['seconds'] * 1e3:.2f}ms" for k, v in timings.items() if v["seconds"])
                 kind = "packed documents" if doc_masking else "one document per row"
@@ -216,7 +274,8 @@ def build(cfg: TrainConfig, run: RunDir, env: DistEnv, resuming: bool) -> TrainS
     data = build_data(cfg, run, env, resuming)
     model_cfg, model = build_model(cfg, env, data.seq_len, data.micro_rows)
     params = count_params(model)
-    backend = build_backend(cfg, model, env, data.micro_batches, data.micro_rows,
-                            lambda m: build_optimizer(m, cfg.optim))
+    backend = build_backend(
+        cfg, model, env, data.micro_batches, data.micro_rows, lambda m: build_optimizer(m, cfg.optim)
+    )
     seed_everything(cfg.seed + env.rank)  # per-rank streams from here on (e.g. dropout)
     return TrainSetup(data, model_cfg, backend, params)

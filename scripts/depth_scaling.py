@@ -49,8 +49,18 @@ DEFAULT_ARMS = {"baseline": "--variant baseline", "recurrent": "--variant recurr
 # The recipe of issue 14's experiment: r̄ ramps to 8 over the first half (1-sqrt), 4 iterations with grads;
 # peak lr 3e-4: at 1e-3 and 2e-3 every nano sandwich arm collapsed to a constant prediction after a loss
 # spike near the end of warmup (docs/recurrence.md), at 3e-4 none did.
-RECIPE_FLAGS = ["--recurrence.mean_recurrence", "8", "--recurrence.backprop_depth", "4",
-                "--recurrence.mean_schedule", "1-sqrt", "--recurrence.mean_warmup", "0.5", "--optim.schedule.lr", "3e-4"]
+RECIPE_FLAGS = [
+    "--recurrence.mean_recurrence",
+    "8",
+    "--recurrence.backprop_depth",
+    "4",
+    "--recurrence.mean_schedule",
+    "1-sqrt",
+    "--recurrence.mean_warmup",
+    "0.5",
+    "--optim.schedule.lr",
+    "3e-4",
+]
 # r̄ 4 with full backprop: the best retrofit arm of the recall probes (docs/recurrence.md, probes 7-9; r̄ 8 with
 # k 4 learned slower).
 RETROFIT_FLAGS = "--recurrence.mean_recurrence 4 --recurrence.backprop_depth 4"
@@ -73,14 +83,26 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--num_samples", type=int, default=256, help="problems per (task, difficulty, depth)")
     # The fp32 held-out loss dominates a sweep at large r (1,024 rows at r = 64: ~100 s with six sweeps on one GPU).
     p.add_argument("--max_rows", type=int, default=256, help="held-out rows scored per depth")
-    p.add_argument("--arm", action="append", default=[], metavar="NAME=FLAGS",
-                   help="an arm and its train.py flags (repeatable; replaces a default arm of the same name)")
+    p.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="an arm and its train.py flags (repeatable; replaces a default arm of the same name)",
+    )
     p.add_argument("--only", nargs="+", help="train/sweep only these arms (default: all)")
     p.add_argument("--parallel", type=int, default=1, help="arms trained at once (one GPU fits several nano runs)")
-    p.add_argument("--train_budget_s", type=float,
-                   help="preempt training (SIGTERM: checkpoint, exit 0) after this many seconds; sweeps use it")
-    p.add_argument("--retrofit", metavar="P,B,C", type=loop_split,
-                   help="also loop the trained baseline into prelude P / block B / coda C layers and train it on")
+    p.add_argument(
+        "--train_budget_s",
+        type=float,
+        help="preempt training (SIGTERM: checkpoint, exit 0) after this many seconds; sweeps use it",
+    )
+    p.add_argument(
+        "--retrofit",
+        metavar="P,B,C",
+        type=loop_split,
+        help="also loop the trained baseline into prelude P / block B / coda C layers and train it on",
+    )
     p.add_argument("--retrofit_steps", type=int, help="steps of the retrofit arm and its control (default: --steps)")
     p.add_argument("--retrofit_flags", default=RETROFIT_FLAGS, help="train.py flags of the retrofit arm")
     p.add_argument("--smoke", action="store_true", help="tiny CPU-sized pipeline check")
@@ -140,10 +162,15 @@ def retrofit_arms(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
         prelude, block, coda = args.retrofit
         layers = prelude + block + coda
         convert_to_dir(exported, looped, prelude, prelude, block, coda)
-        print(f"[depth_scaling] looped the baseline into {prelude}/{block}/{coda} of its {layers} layers: {looped}",
-              file=sys.stderr, flush=True)
-    return {RETROFIT: ["--variant", "recurrent", "--init_from", str(looped), *shlex.split(args.retrofit_flags)],
-            CONTROL: ["--variant", "baseline", "--init_from", str(exported)]}
+        print(
+            f"[depth_scaling] looped the baseline into {prelude}/{block}/{coda} of its {layers} layers: {looped}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        RETROFIT: ["--variant", "recurrent", "--init_from", str(looped), *shlex.split(args.retrofit_flags)],
+        CONTROL: ["--variant", "baseline", "--init_from", str(exported)],
+    }
 
 
 def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
@@ -156,32 +183,101 @@ def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
         if (path / MANIFEST_NAME).exists():
             recorded = read_manifest(path).get("recipe")
             if recorded != recipe:
-                raise ValueError(f"--out_dir {out}: its data was generated with other settings "
-                                 f"({recipe_changes(recorded, recipe)}); use a new --out_dir")
+                raise ValueError(
+                    f"--out_dir {out}: its data was generated with other settings "
+                    f"({recipe_changes(recorded, recipe)}); use a new --out_dir"
+                )
             continue
-        pack_dataset(path, tokenizer="byte", seq_len=args.seq_len, tasks=args.tasks, num_docs=docs, seed=seed,
-                     packing="bfd", mask_non_assistant=True, overwrite=True, recipe=recipe)
+        pack_dataset(
+            path,
+            tokenizer="byte",
+            seq_len=args.seq_len,
+            tasks=args.tasks,
+            num_docs=docs,
+            seed=seed,
+            packing="bfd",
+            mask_non_assistant=True,
+            overwrite=True,
+            recipe=recipe,
+        )
     return train, val
 
 
-def train_command(name: str, flags: list[str], args: argparse.Namespace, out: Path, data: tuple[Path, Path],
-                  train_args: list[str], steps: int) -> list[str]:
+def train_command(
+    name: str,
+    flags: list[str],
+    args: argparse.Namespace,
+    out: Path,
+    data: tuple[Path, Path],
+    train_args: list[str],
+    steps: int,
+) -> list[str]:
     warmup = max(1, min(100, steps // 10))
     # An arm stopped by --train_budget_s (or a crash) continues from its checkpoint when the command is rerun.
-    return [sys.executable, str(ROOT / "train.py"), "--model_size", args.size, "--model.vocab_size", "320",
-            "--model.max_seq_len", str(args.seq_len), "--steps", str(steps), "--out_dir", str(out),
-            "--run_name", name, "--checkpoint.resume", "auto", "--data.path", str(data[0]), "--data.val_path", str(data[1]),
-            "--data.global_batch_size", str(args.batch_size), "--data.tasks", json.dumps(args.tasks),
-            "--optim.schedule.warmup_steps", str(warmup), "--checkpoint.interval", str(max(1, steps // 10)),
-            "--eval.depths", "[1]", "--eval.num_samples", "8", "--log.interval", str(max(1, steps // 25)),
-            *RECIPE_FLAGS, *train_args, *flags]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--model_size",
+        args.size,
+        "--model.vocab_size",
+        "320",
+        "--model.max_seq_len",
+        str(args.seq_len),
+        "--steps",
+        str(steps),
+        "--out_dir",
+        str(out),
+        "--run_name",
+        name,
+        "--checkpoint.resume",
+        "auto",
+        "--data.path",
+        str(data[0]),
+        "--data.val_path",
+        str(data[1]),
+        "--data.global_batch_size",
+        str(args.batch_size),
+        "--data.tasks",
+        json.dumps(args.tasks),
+        "--optim.schedule.warmup_steps",
+        str(warmup),
+        "--checkpoint.interval",
+        str(max(1, steps // 10)),
+        "--eval.depths",
+        "[1]",
+        "--eval.num_samples",
+        "8",
+        "--log.interval",
+        str(max(1, steps // 25)),
+        *RECIPE_FLAGS,
+        *train_args,
+        *flags,
+    ]
 
 
 def sweep_command(name: str, args: argparse.Namespace, out: Path, val: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "utils" / "depth_sweep.py"), "--checkpoint", str(out / name),
-            "--out_dir", str(out / "sweeps"), "--latest_only", "--ood", "--tasks", *(args.sweep_tasks or args.tasks),
-            "--depths", *map(str, args.depths), "--num_samples", str(args.num_samples),
-            "--max_rows", str(args.max_rows), "--data", str(val), "--batch_size", "64"]
+    return [
+        sys.executable,
+        str(ROOT / "utils" / "depth_sweep.py"),
+        "--checkpoint",
+        str(out / name),
+        "--out_dir",
+        str(out / "sweeps"),
+        "--latest_only",
+        "--ood",
+        "--tasks",
+        *(args.sweep_tasks or args.tasks),
+        "--depths",
+        *map(str, args.depths),
+        "--num_samples",
+        str(args.num_samples),
+        "--max_rows",
+        str(args.max_rows),
+        "--data",
+        str(val),
+        "--batch_size",
+        "64",
+    ]
 
 
 def training_status(run_dir: Path) -> str:
@@ -196,8 +292,14 @@ def training_status(run_dir: Path) -> str:
     return f"step {last['step'] + 1} | loss {last['loss']:.4f} | {last['tokens_per_s']:,.0f} tok/s{spread}"
 
 
-def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s: float | None = None,
-            status: Callable[[str], str] | None = None, status_every_s: float = 30.0) -> list[str]:
+def run_all(
+    commands: dict[str, list[str]],
+    parallel: int,
+    logs: Path,
+    budget_s: float | None = None,
+    status: Callable[[str], str] | None = None,
+    status_every_s: float = 30.0,
+) -> list[str]:
     """Run the commands, `parallel` at a time, each logging to logs/<name>.log; returns the names that failed
     (one arm failing does not stop the others). After `budget_s` seconds the ones still running get
     SIGTERM, which train.py answers with a checkpoint and exit 0. Every `status_every_s` a line per running
@@ -229,8 +331,11 @@ def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s:
             del running[name]
             if proc.returncode:
                 tail = "\n".join((logs / f"{name}.log").read_text().splitlines()[-5:])
-                print(f"[depth_scaling] {name}: FAILED (exit {proc.returncode}), log {logs / name}.log:\n{tail}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[depth_scaling] {name}: FAILED (exit {proc.returncode}), log {logs / name}.log:\n{tail}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 failed.append(name)
             else:
                 print(f"[depth_scaling] {name}: done", file=sys.stderr, flush=True)
@@ -238,12 +343,23 @@ def run_all(commands: dict[str, list[str]], parallel: int, logs: Path, budget_s:
     return failed
 
 
-def train_arms(arms: dict[str, list[str]], args: argparse.Namespace, out: Path, data: tuple[Path, Path],
-               train_args: list[str], steps: int) -> list[str]:
+def train_arms(
+    arms: dict[str, list[str]],
+    args: argparse.Namespace,
+    out: Path,
+    data: tuple[Path, Path],
+    train_args: list[str],
+    steps: int,
+) -> list[str]:
     """Train the arms not yet finished (a rerun skips those with a summary.json); returns the failed ones."""
     todo = {name: flags for name, flags in arms.items() if not (out / name / "summary.json").exists()}
-    return run_all({n: train_command(n, f, args, out, data, train_args, steps) for n, f in todo.items()},
-                   args.parallel, out / "logs", args.train_budget_s, lambda name: training_status(out / name))
+    return run_all(
+        {n: train_command(n, f, args, out, data, train_args, steps) for n, f in todo.items()},
+        args.parallel,
+        out / "logs",
+        args.train_budget_s,
+        lambda name: training_status(out / name),
+    )
 
 
 def main() -> int:
@@ -257,8 +373,9 @@ def main() -> int:
         failed += train_arms(second, args, out, data, train_args, args.retrofit_steps)
         arms.update(second)
     trained = [n for n in arms if n not in failed]
-    failed += run_all({f"sweep_{n}": sweep_command(n, args, out, data[1]) for n in trained}, args.parallel,
-                      out / "logs")
+    failed += run_all(
+        {f"sweep_{n}": sweep_command(n, args, out, data[1]) for n in trained}, args.parallel, out / "logs"
+    )
     loaded = []
     for name in arms:
         sweeps = sorted((out / "sweeps").glob(f"sweep_{name}_step_*.json"))

@@ -48,15 +48,19 @@ def render(run_dir: Path) -> str:
         per_task.setdefault(task, {})[int(depth)] = accuracy
     tasks = []
     for task, by_depth in per_task.items():
-        low, high = wilson_interval(round(min(by_depth.values()) * n), n)[0], \
-            wilson_interval(round(max(by_depth.values()) * n), n)[1]
+        low, high = (
+            wilson_interval(round(min(by_depth.values()) * n), n)[0],
+            wilson_interval(round(max(by_depth.values()) * n), n)[1],
+        )
         tasks.append(f"{task} {_depth_ranges(by_depth, '.2f')} (95% interval over depths [{low:.2f}, {high:.2f}])")
     held_out = {int(k[1:]): v for k, v in (final_eval.get("val_loss") or {}).items()}
     date = datetime.datetime.fromtimestamp((run_dir / "summary.json").stat().st_mtime).date().isoformat()
-    return (f"Measured {date} ({summary['steps']} steps, {summary['mean_tokens_per_s']:,.0f} tokens/s, "
-            f"{summary['wall_time_s'] / 60:.1f} minutes of training): the loss falls from {summary['first_loss']:.2f} "
-            f"to {summary['final_loss']:.2f}, held-out loss {_depth_ranges(held_out, '.3f')}; exact match on "
-            f"{n} problems per task and depth: " + "; ".join(tasks) + ".")
+    return (
+        f"Measured {date} ({summary['steps']} steps, {summary['mean_tokens_per_s']:,.0f} tokens/s, "
+        f"{summary['wall_time_s'] / 60:.1f} minutes of training): the loss falls from {summary['first_loss']:.2f} "
+        f"to {summary['final_loss']:.2f}, held-out loss {_depth_ranges(held_out, '.3f')}; exact match on "
+        f"{n} problems per task and depth: " + "; ".join(tasks) + "."
+    )
 
 
 def main() -> None:
@@ -66,8 +70,11 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="exit 1 if the README block differs from the run")
     args = p.parse_args()
     if not (args.run / "summary.json").is_file():
-        p.exit(2, f"readme_default_run.py: error: --run {args.run} has no summary.json (run `python train.py` "
-                  "to completion first)\n")
+        p.exit(
+            2,
+            f"readme_default_run.py: error: --run {args.run} has no summary.json (run `python train.py` "
+            "to completion first)\n",
+        )
     text = args.readme.read_text()
     if BEGIN not in text or END not in text:
         p.exit(2, f"readme_default_run.py: error: --readme {args.readme} lacks the {BEGIN} ... {END} markers\n")

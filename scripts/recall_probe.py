@@ -52,9 +52,15 @@ class RopeBlock(torch.nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.norm1, self.norm2 = torch.nn.LayerNorm(d_model, bias=False), torch.nn.LayerNorm(d_model, bias=False)
-        self.qkv, self.out = torch.nn.Linear(d_model, 3 * d_model, bias=False), torch.nn.Linear(d_model, d_model, bias=False)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(d_model, 4 * d_model, bias=False), torch.nn.GELU(),
-                                       torch.nn.Linear(4 * d_model, d_model, bias=False))
+        self.qkv, self.out = (
+            torch.nn.Linear(d_model, 3 * d_model, bias=False),
+            torch.nn.Linear(d_model, d_model, bias=False),
+        )
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(d_model, 4 * d_model, bias=False),
+            torch.nn.GELU(),
+            torch.nn.Linear(4 * d_model, d_model, bias=False),
+        )
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, D = h.shape
@@ -70,20 +76,34 @@ class ReferenceGPT(torch.nn.Module):
     positions, pre-norm, GELU MLP, untied head, PyTorch's default init. It leaves the 2-pair plateau in ~2k
     CPU steps where recur's Llama-style model does not (docs/recurrence.md, probe 3): what differs is the lead."""
 
-    def __init__(self, vocab: int, d_model: int, n_layers: int, n_heads: int = 4, max_len: int = 1024,
-                 positions: str = "learned") -> None:
+    def __init__(
+        self, vocab: int, d_model: int, n_layers: int, n_heads: int = 4, max_len: int = 1024, positions: str = "learned"
+    ) -> None:
         super().__init__()
         self.tokens = torch.nn.Embedding(vocab, d_model)
         # "learned" (GPT-2), "rope" (recur's rotary in a GELU block) or "none" (NoPE: the causal mask only)
         self.positions = torch.nn.Embedding(max_len, d_model) if positions == "learned" else None
-        self.rotary = Rotary(ModelConfig(d_model=d_model, n_heads=n_heads, max_seq_len=max_len).resolved()) \
-            if positions == "rope" else None
+        self.rotary = (
+            Rotary(ModelConfig(d_model=d_model, n_heads=n_heads, max_seq_len=max_len).resolved())
+            if positions == "rope"
+            else None
+        )
         if self.rotary is not None:
             self.blocks = torch.nn.ModuleList(RopeBlock(d_model, n_heads) for _ in range(n_layers))
         else:
-            self.blocks = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(
-                d_model, n_heads, 4 * d_model, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
-                bias=False) for _ in range(n_layers))
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.TransformerEncoderLayer(
+                    d_model,
+                    n_heads,
+                    4 * d_model,
+                    dropout=0.0,
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=True,
+                    bias=False,
+                )
+                for _ in range(n_layers)
+            )
         self.norm, self.head = torch.nn.RMSNorm(d_model), torch.nn.Linear(d_model, vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> SimpleNamespace:
@@ -102,8 +122,9 @@ class ReferenceGPT(torch.nn.Module):
         return SimpleNamespace(logits=self.head(self.norm(h)))
 
 
-def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt: str,
-                   max_offset: int = 0) -> tuple[list[int], list[int]]:
+def chain_document(
+    rng: random.Random, pairs: int, hops: int, queries: int, fmt: str, max_offset: int = 0
+) -> tuple[list[int], list[int]]:
     """`pairs` shuffled binding chains of `hops` + 1 statements with distinct root digits, then `queries`
     questions (the first asks for the end of a chain, the rest any variable) -> (ids, loss mask). 0 to
     `max_offset` leading spaces shift every statement, so absolute positions no longer name a statement."""
@@ -111,11 +132,14 @@ def chain_document(rng: random.Random, pairs: int, hops: int, queries: int, fmt:
     roots = rng.sample(string.digits, pairs)
     statements = []
     for c, root in enumerate(roots):
-        chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     rng.shuffle(statements)
     t = TOKENIZER
-    ids, mask = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + " ".join(statements)), []
+    ids, mask = (
+        [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + " ".join(statements)),
+        [],
+    )
     mask = [0] * len(ids)
     for q in range(queries):
         c = rng.randrange(pairs)
@@ -139,12 +163,30 @@ def copy_document(rng: random.Random, length: int) -> tuple[list[int], list[int]
     return prompt + answer, [0] * len(prompt) + [1] * len(answer)
 
 
-def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int, hops: int | None, device: str,
-          copy_fraction: float = 0.0, multiple: int = 1):
+def batch(
+    rng: random.Random,
+    args: argparse.Namespace,
+    rows: int,
+    queries: int,
+    hops: int | None,
+    device: str,
+    copy_fraction: float = 0.0,
+    multiple: int = 1,
+):
     """`rows` documents padded to a common width (rounded up to `multiple`, so a compiled model sees few shapes)."""
-    docs = [copy_document(rng, rng.randint(8, args.copy_length)) if rng.random() < copy_fraction else
-            chain_document(rng, args.pairs, rng.randint(0, args.max_hops) if hops is None else hops, queries,
-                           args.format, args.max_offset) for _ in range(rows)]
+    docs = [
+        copy_document(rng, rng.randint(8, args.copy_length))
+        if rng.random() < copy_fraction
+        else chain_document(
+            rng,
+            args.pairs,
+            rng.randint(0, args.max_hops) if hops is None else hops,
+            queries,
+            args.format,
+            args.max_offset,
+        )
+        for _ in range(rows)
+    ]
     width = -(-max(len(ids) for ids, _ in docs) // multiple) * multiple
     x = torch.full((rows, width), TOKENIZER.pad_id, dtype=torch.long)
     m = torch.zeros(rows, width)
@@ -156,20 +198,27 @@ def batch(rng: random.Random, args: argparse.Namespace, rows: int, queries: int,
 def training_batch(args: argparse.Namespace, step: int) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Step `step`'s batch, drawn from its own seed: worker processes can build it ahead of the GPU and a
     resumed run sees the same data without carrying a generator state."""
-    x, m = batch(random.Random(args.seed * 1_000_003 + step), args, args.batch_size, args.queries, None, "cpu",
-                 args.copy_fraction, multiple=32)
+    x, m = batch(
+        random.Random(args.seed * 1_000_003 + step),
+        args,
+        args.batch_size,
+        args.queries,
+        None,
+        "cpu",
+        args.copy_fraction,
+        multiple=32,
+    )
     return x.numpy(), m.numpy()  # plain pickles: tensors cross processes as file descriptors, which ran out
 
 
 def retrofit(model: torch.nn.Module, baseline: dict[str, torch.Tensor]) -> None:
     """Load a baseline's weights into a looped model of the same unique layers: layer i goes to the prelude,
     core or coda in order, and everything outside the layers (embeddings, final norm, head) as is."""
-    sections = [f"{name}.{i}" for name in ("prelude", "core", "coda")
-                for i in range(len(getattr(model, name)))]
+    sections = [f"{name}.{i}" for name in ("prelude", "core", "coda") for i in range(len(getattr(model, name)))]
     mapped = {}
     for key, value in baseline.items():
         if key.startswith("layers."):
-            index, rest = key[len("layers."):].split(".", 1)
+            index, rest = key[len("layers.") :].split(".", 1)
             key = f"{sections[int(index)]}.{rest}"
         mapped[key] = value
     missing, unexpected = model.load_state_dict(mapped, strict=False)
@@ -197,24 +246,41 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
     p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
     p.add_argument("--max_offset", type=int, default=0, help="up to this many leading spaces per prompt")
-    p.add_argument("--copy_fraction", type=float, default=0.0,
-                   help="share of training rows that are copy documents (a random string, then its repeat)")
+    p.add_argument(
+        "--copy_fraction",
+        type=float,
+        default=0.0,
+        help="share of training rows that are copy documents (a random string, then its repeat)",
+    )
     p.add_argument("--copy_length", type=int, default=48, help="copy strings draw 8..copy_length characters")
     p.add_argument("--queries", type=int, default=8, help="questions per training prompt")
-    p.add_argument("--variant", default="baseline",
-                   help="a recur variant, reference_gpt (the control arm) or hf_llama (transformers' Llama)")
+    p.add_argument(
+        "--variant",
+        default="baseline",
+        help="a recur variant, reference_gpt (the control arm) or hf_llama (transformers' Llama)",
+    )
     p.add_argument("--mean_recurrence", type=int, default=4, help="looped variants: r̄ of the sampled depth")
     p.add_argument("--backprop_depth", type=int, default=4, help="looped variants: iterations with gradients")
-    p.add_argument("--eval_hops", type=int, nargs="+",
-                   help="final grid: hop counts to score (default 0..max_hops and 2x max_hops)")
-    p.add_argument("--eval_depths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
-                   help="final grid: recurrence depths to score (looped variants)")
+    p.add_argument(
+        "--eval_hops", type=int, nargs="+", help="final grid: hop counts to score (default 0..max_hops and 2x max_hops)"
+    )
+    p.add_argument(
+        "--eval_depths",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16, 32],
+        help="final grid: recurrence depths to score (looped variants)",
+    )
     p.add_argument("--d_model", type=int, default=128)
     p.add_argument("--n_layers", type=int, default=2)
     p.add_argument("--init_std", type=float, default=0.02, help="recur's weight init std (ModelConfig.init_std)")
     p.add_argument("--untied", action="store_true", help="separate input embedding and output head")
-    p.add_argument("--positions", choices=("learned", "rope", "none"), default="learned",
-                   help="reference_gpt's positions: learned (GPT-2), rope (recur's rotary), none (NoPE)")
+    p.add_argument(
+        "--positions",
+        choices=("learned", "rope", "none"),
+        default="learned",
+        help="reference_gpt's positions: learned (GPT-2), rope (recur's rotary), none (NoPE)",
+    )
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3000)
@@ -223,21 +289,39 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="append the result as one JSON line")
-    p.add_argument("--block_norm", choices=("pre", "post", "sandwich"),
-                   help="recur variants: block norm placement (default: the variant's)")
-    p.add_argument("--retrofit_from", type=Path,
-                   help="a --checkpoint of a trained recur baseline: a recurrent model starts from its layers "
-                        "(first | middle | last n_coda as prelude | core | coda, passthrough adapter)")
-    p.add_argument("--adapter_init", choices=("passthrough", "state"), default="passthrough",
-                   help="--retrofit_from: the adapter's start (`state` also starts the state as the prelude output, "
-                        "so the core iterates on its own output)")
-    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="recur variants: ModelConfig overrides, e.g. n_prelude=1 n_core=1 n_coda=1 state_norm=true")
+    p.add_argument(
+        "--block_norm",
+        choices=("pre", "post", "sandwich"),
+        help="recur variants: block norm placement (default: the variant's)",
+    )
+    p.add_argument(
+        "--retrofit_from",
+        type=Path,
+        help="a --checkpoint of a trained recur baseline: a recurrent model starts from its layers "
+        "(first | middle | last n_coda as prelude | core | coda, passthrough adapter)",
+    )
+    p.add_argument(
+        "--adapter_init",
+        choices=("passthrough", "state"),
+        default="passthrough",
+        help="--retrofit_from: the adapter's start (`state` also starts the state as the prelude output, "
+        "so the core iterates on its own output)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="recur variants: ModelConfig overrides, e.g. n_prelude=1 n_core=1 n_coda=1 state_norm=true",
+    )
     p.add_argument("--compile", action="store_true", help="recur variants: torch.compile every block")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--data_workers", type=int, default=2, help="processes drawing training batches ahead")
-    p.add_argument("--checkpoint", type=Path,
-                   help="resume from this file if it exists and save to it at the end (chains device calls)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="resume from this file if it exists and save to it at the end (chains device calls)",
+    )
     args = p.parse_args()
     args.eval_hops = args.eval_hops or sorted({*range(args.max_hops + 1), 2 * args.max_hops})
     most_hops = max(args.max_hops, *args.eval_hops)
@@ -246,24 +330,45 @@ def main() -> None:
     torch.manual_seed(args.seed)
     eval_rng = random.Random(args.seed + 1)
     if args.variant == "reference_gpt":
-        model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers,
-                             positions=args.positions).to(args.device)
+        model = ReferenceGPT(TOKENIZER.vocab_size, args.d_model, args.n_layers, positions=args.positions).to(
+            args.device
+        )
     elif args.variant == "hf_llama":  # transformers' Llama of recur's shape: is the plateau the architecture's?
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=TOKENIZER.vocab_size, hidden_size=args.d_model, intermediate_size=-(-8 * args.d_model // 192) * 64,
-            num_hidden_layers=args.n_layers, num_attention_heads=4, max_position_embeddings=1024,
-            initializer_range=args.init_std, tie_word_embeddings=not args.untied)).to(args.device)
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=TOKENIZER.vocab_size,
+                hidden_size=args.d_model,
+                intermediate_size=-(-8 * args.d_model // 192) * 64,
+                num_hidden_layers=args.n_layers,
+                num_attention_heads=4,
+                max_position_embeddings=1024,
+                initializer_range=args.init_std,
+                tie_word_embeddings=not args.untied,
+            )
+        ).to(args.device)
     else:
         extra = {"block_norm": args.block_norm} if args.block_norm else {}
         if args.retrofit_from:  # the retrofitting paper's start: r = 1 reproduces the baseline
-            extra.update(block_norm=args.block_norm or "pre", adapter_init=args.adapter_init,
-                         **({"init_state": "input"} if args.adapter_init == "state" else {}))
+            extra.update(
+                block_norm=args.block_norm or "pre",
+                adapter_init=args.adapter_init,
+                **({"init_state": "input"} if args.adapter_init == "state" else {}),
+            )
         extra.update(model_overrides(args.set))
-        model = create_model("tiny", variant=args.variant, d_model=args.d_model, n_layers=args.n_layers, n_heads=4,
-                             vocab_size=TOKENIZER.vocab_size, max_seq_len=1024, init_std=args.init_std,
-                             tie_embeddings=not args.untied, **extra).to(args.device)
+        model = create_model(
+            "tiny",
+            variant=args.variant,
+            d_model=args.d_model,
+            n_layers=args.n_layers,
+            n_heads=4,
+            vocab_size=TOKENIZER.vocab_size,
+            max_seq_len=1024,
+            init_std=args.init_std,
+            tie_embeddings=not args.untied,
+            **extra,
+        ).to(args.device)
         if args.retrofit_from:
             retrofit(model, torch.load(args.retrofit_from, map_location=args.device, weights_only=False)["model"])
     if args.compile and args.variant not in ("reference_gpt", "hf_llama"):
@@ -271,8 +376,10 @@ def main() -> None:
     autocast = torch.autocast("cuda", torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     looped = args.variant in LOOPED_VARIANTS
-    sampler = RecurrenceSampler(RecurrenceConfig(mean_recurrence=args.mean_recurrence,
-                                                 backprop_depth=args.backprop_depth, seed=args.seed), args.steps)
+    sampler = RecurrenceSampler(
+        RecurrenceConfig(mean_recurrence=args.mean_recurrence, backprop_depth=args.backprop_depth, seed=args.seed),
+        args.steps,
+    )
     eval_sets = {hops: batch(eval_rng, args, 512, 1, hops, args.device) for hops in args.eval_hops}
 
     def score(hops: int, depth: int | None) -> float:
@@ -310,8 +417,11 @@ def main() -> None:
         x, m = torch.from_numpy(x).to(args.device), torch.from_numpy(m).to(args.device)
         depth = sampler(step)
         with autocast:
-            logits = model(x[:, :-1], num_steps=(depth.no_grad_steps, depth.grad_steps)).logits if looped \
+            logits = (
+                model(x[:, :-1], num_steps=(depth.no_grad_steps, depth.grad_steps)).logits
+                if looped
                 else model(x[:, :-1]).logits
+            )
         losses = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="none")
         loss = (losses * m[:, 1:].flatten()).sum() / m[:, 1:].sum()
         opt.zero_grad(set_to_none=True)
@@ -321,24 +431,39 @@ def main() -> None:
         if step % args.eval_interval == 0:
             accuracy = score(args.max_hops, args.mean_recurrence if looped else None)
             first_090 = first_090 or (step if accuracy >= 0.9 else None)
-            print(f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
-                  f"{time.time() - start:.0f}s", flush=True)
+            print(
+                f"step {step} loss {loss.item():.3f} acc {accuracy:.3f} (n=512, chance {1 / args.pairs:.2f}) "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
     if pool:
         pool.terminate()
     if args.checkpoint:
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "step": step, "first_090": first_090,
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                   args.checkpoint.with_suffix(".tmp"))
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "first_090": first_090,
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            args.checkpoint.with_suffix(".tmp"),
+        )
         args.checkpoint.with_suffix(".tmp").replace(args.checkpoint)
     depths = args.eval_depths if looped else [None]
     grid = {str(hops): {str(d or "-"): round(score(hops, d), 4) for d in depths} for hops in args.eval_hops}
     for hops, row in grid.items():
         print(f"hops {hops}: " + " ".join(f"r={d} {a:.3f}" for d, a in row.items()), flush=True)
-    result = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "steps_run": step,
-              "accuracy": accuracy, "first_step_acc_0.9": first_090, "seconds": round(time.time() - start, 1),
-              "grid": grid}
+    result = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "steps_run": step,
+        "accuracy": accuracy,
+        "first_step_acc_0.9": first_090,
+        "seconds": round(time.time() - start, 1),
+        "grid": grid,
+    }
     print(json.dumps(result))
     if args.out:
         with args.out.open("a") as f:

@@ -39,12 +39,37 @@ def train_variant(variant: str, args: argparse.Namespace) -> Path:
         print(f"[ladder] {variant}: --force: removing the finished run {run_dir}", file=sys.stderr)
         shutil.rmtree(run_dir)  # train.py never trains a new run over an existing one
     # A run stopped part way (crash, Ctrl-C) continues from its newest checkpoint.
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "ladder" / f"{variant}.yaml"),
-           "--model_size", args.size, "--steps", str(args.steps), "--out_dir", args.out_dir,
-           "--run_name", run_dir.name, "--checkpoint.resume", "auto", "--data.seq_len", str(args.seq_len), "--data.num_docs", str(args.num_docs),
-           "--data.global_batch_size", str(args.batch_size), "--eval.num_samples", str(args.eval_samples),
-           "--eval.depths", json.dumps(args.depths), "--checkpoint.interval", "0", "--log.interval", "10",
-           *args.train_args]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "ladder" / f"{variant}.yaml"),
+        "--model_size",
+        args.size,
+        "--steps",
+        str(args.steps),
+        "--out_dir",
+        args.out_dir,
+        "--run_name",
+        run_dir.name,
+        "--checkpoint.resume",
+        "auto",
+        "--data.seq_len",
+        str(args.seq_len),
+        "--data.num_docs",
+        str(args.num_docs),
+        "--data.global_batch_size",
+        str(args.batch_size),
+        "--eval.num_samples",
+        str(args.eval_samples),
+        "--eval.depths",
+        json.dumps(args.depths),
+        "--checkpoint.interval",
+        "0",
+        "--log.interval",
+        "10",
+        *args.train_args,
+    ]
     print(f"[ladder] {variant}: {' '.join(cmd[1:])}", file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=ROOT, env=child_env(ROOT))
     return run_dir
@@ -54,23 +79,40 @@ def evaluate_variant(run_dir: Path, args: argparse.Namespace) -> None:
     """eval_hub's full suite (ID + OOD accuracy, needle, perplexity) at the ladder depths, for compare_runs.py."""
     if (run_dir / "eval" / "results_all.json").exists() and not args.force:
         return
-    cmd = [sys.executable, str(ROOT / "eval_hub.py"), "--checkpoint", str(run_dir), "--suite", "all",
-           "--num_steps", *map(str, args.depths), "--num_samples", str(args.eval_samples), "--max_rows", "256",
-           "--needle_samples", "2"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "eval_hub.py"),
+        "--checkpoint",
+        str(run_dir),
+        "--suite",
+        "all",
+        "--num_steps",
+        *map(str, args.depths),
+        "--num_samples",
+        str(args.eval_samples),
+        "--max_rows",
+        "256",
+        "--needle_samples",
+        "2",
+    ]
     print(f"[ladder] eval {run_dir.name}: {' '.join(cmd[1:])}", file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=ROOT, env=child_env(ROOT))
 
 
 def summary_table(run_dirs: list[Path]) -> str:
-    lines = ["| variant | params (total / non-emb) | first loss | final loss | tokens/s | wall s | mean accuracy |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | params (total / non-emb) | first loss | final loss | tokens/s | wall s | mean accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run_dir in run_dirs:
         s = json.loads((run_dir / "summary.json").read_text())
         acc = s.get("eval") or {}
         mean_acc = sum(acc.values()) / len(acc) if acc else float("nan")
-        lines.append(f"| {run_dir.name.split('_', 1)[1]} | {s['params']['total'] / 1e6:.2f}M / "
-                     f"{s['params']['non_embedding'] / 1e6:.2f}M | {s['first_loss']:.3f} | {s['final_loss']:.3f} | "
-                     f"{s['mean_tokens_per_s']:.0f} | {s['wall_time_s']:.0f} | {mean_acc:.3f} |")
+        lines.append(
+            f"| {run_dir.name.split('_', 1)[1]} | {s['params']['total'] / 1e6:.2f}M / "
+            f"{s['params']['non_embedding'] / 1e6:.2f}M | {s['first_loss']:.3f} | {s['final_loss']:.3f} | "
+            f"{s['mean_tokens_per_s']:.0f} | {s['wall_time_s']:.0f} | {mean_acc:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -104,8 +146,13 @@ def main() -> int:
     tmp.write_text(f"# Ladder at {args.size}, {args.steps} steps{extra}\n\n{table}")
     os.replace(tmp, out)
     print(table)
-    compare = [sys.executable, str(ROOT / "compare_runs.py"), *map(str, run_dirs),
-               "--out_dir", str(Path(args.out_dir) / "compare")]
+    compare = [
+        sys.executable,
+        str(ROOT / "compare_runs.py"),
+        *map(str, run_dirs),
+        "--out_dir",
+        str(Path(args.out_dir) / "compare"),
+    ]
     result = subprocess.run(compare, cwd=ROOT, env=child_env(ROOT))
     return result.returncode
 

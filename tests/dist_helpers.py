@@ -21,20 +21,63 @@ PYTHON = sys.executable
 SEQ_LEN = 32
 GLOBAL_BATCH = 12  # divisible by 1, 2, 3 and 4 ranks (6 per rank on 2 ranks)
 
-TINY = ["--model_size", "tiny", "--model.d_model", "64", "--model.n_heads", "4", "--model.n_layers", "4",
-        "--model.dropout", "0", "--steps", "20", "--seed", "3", "--device", "cpu",
-        "--data.global_batch_size", str(GLOBAL_BATCH), "--recurrence.mean_recurrence", "3",
-        "--recurrence.backprop_depth", "2", "--optim.schedule.warmup_steps", "2", "--optim.schedule.lr", "3e-3",
-        "--checkpoint.interval", "0", "--eval.num_samples", "1", "--eval.depths", "[1]",
-        "--eval.tasks", "[parity]", "--eval.max_new_tokens", "4", "--log.interval", "100",
-        "--log.plot_interval", "1000"]
+TINY = [
+    "--model_size",
+    "tiny",
+    "--model.d_model",
+    "64",
+    "--model.n_heads",
+    "4",
+    "--model.n_layers",
+    "4",
+    "--model.dropout",
+    "0",
+    "--steps",
+    "20",
+    "--seed",
+    "3",
+    "--device",
+    "cpu",
+    "--data.global_batch_size",
+    str(GLOBAL_BATCH),
+    "--recurrence.mean_recurrence",
+    "3",
+    "--recurrence.backprop_depth",
+    "2",
+    "--optim.schedule.warmup_steps",
+    "2",
+    "--optim.schedule.lr",
+    "3e-3",
+    "--checkpoint.interval",
+    "0",
+    "--eval.num_samples",
+    "1",
+    "--eval.depths",
+    "[1]",
+    "--eval.tasks",
+    "[parity]",
+    "--eval.max_new_tokens",
+    "4",
+    "--log.interval",
+    "100",
+    "--log.plot_interval",
+    "1000",
+]
 
 
 def make_dataset(out: Path) -> Path:
     from recur.data.packing import pack_dataset
 
-    pack_dataset(out, tokenizer="byte", seq_len=SEQ_LEN, tasks=["parity", "copy"], num_docs=600, seed=0,
-                 packing="concat", overwrite=True)
+    pack_dataset(
+        out,
+        tokenizer="byte",
+        seq_len=SEQ_LEN,
+        tasks=["parity", "copy"],
+        num_docs=600,
+        seed=0,
+        packing="concat",
+        overwrite=True,
+    )
     return out
 
 
@@ -45,8 +88,11 @@ def free_port() -> int:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                                                                    "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
+    }
     # One thread per process: the tests run several processes on 2 cores; also makes CPU numerics stable.
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DS_ACCELERATOR="cpu", **extra)
     return env
@@ -55,18 +101,35 @@ def child_env(**extra: str) -> dict[str, str]:
 def launch_command(nproc: int, script: list[str], port: int | None = None) -> list[str]:
     if nproc == 1:
         return [PYTHON, *script]
-    return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-            "--master_port", str(port or free_port()), *script]
+    return [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port or free_port()),
+        *script,
+    ]
 
 
 def train_args(data: Path, out: Path, run: str, *extra: str) -> list[str]:
     return ["train.py", *TINY, "--data.path", str(data), "--out_dir", str(out), "--run_name", run, *extra]
 
 
-def run_training(data: Path, out: Path, run: str, nproc: int = 1, *extra: str, check: bool = True,
-                 timeout: float = 240) -> subprocess.CompletedProcess:
-    result = subprocess.run(launch_command(nproc, train_args(data, out, run, *extra)), cwd=ROOT, env=child_env(),
-                            capture_output=True, text=True, timeout=timeout)
+def run_training(
+    data: Path, out: Path, run: str, nproc: int = 1, *extra: str, check: bool = True, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        launch_command(nproc, train_args(data, out, run, *extra)),
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"run {run} ({nproc} procs) failed with {result.returncode}:\n{result.stderr[-4000:]}")
     return result

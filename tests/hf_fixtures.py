@@ -29,8 +29,17 @@ def _save(model: torch.nn.Module, path: Path) -> Path:
 
 
 def _small_dims() -> dict[str, int]:
-    return dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                vocab_size=TINY_VOCAB, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=TINY_VOCAB,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def make_tiny_llama(tmp_path: Path, n_layers: int = 6, seed: int = 0) -> Path:

@@ -20,14 +20,17 @@ def write_local_tasks(root: Path) -> Path:
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
     (root / "mc.yaml").write_text(
         "task: recur_tiny_mc\n" + common + "output_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
-        "doc_to_choice: '{{choices}}'\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n")
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n"
+    )
     (root / "ppl.yaml").write_text(
         "task: recur_tiny_ppl\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
-        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n")
+        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
+    )
     (root / "gen.yaml").write_text(
         "task: recur_tiny_gen\n" + common + "output_type: generate_until\ndoc_to_text: '{{question}}'\n"
         "doc_to_target: '{{choices[answer]}}'\ngeneration_kwargs:\n  until: ['.']\n  max_gen_toks: 6\n"
-        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
+        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n"
+    )
     return root
 
 
@@ -38,6 +41,11 @@ def plain_hf_results(model_dir: Path, task_dir: Path, num_steps: int) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    return simple_evaluate(model="hf", model_args=f"pretrained={model_dir},trust_remote_code=True,num_steps={num_steps}",
-                           tasks=TASKS, task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                           device="cpu", batch_size=3)["results"]
+    return simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model_dir},trust_remote_code=True,num_steps={num_steps}",
+        tasks=TASKS,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        device="cpu",
+        batch_size=3,
+    )["results"]

@@ -13,12 +13,15 @@ def _parse(*argv: str):
     return parse_config(list(argv))[0]
 
 
-@pytest.mark.parametrize("argv", [
-    ["--data.tasks", "parity", "addition"],
-    ["--data.tasks=parity", "addition"],
-    ["--data.tasks", '["parity", "addition"]'],
-    ["--data.tasks", "[parity, addition]"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--data.tasks", "parity", "addition"],
+        ["--data.tasks=parity", "addition"],
+        ["--data.tasks", '["parity", "addition"]'],
+        ["--data.tasks", "[parity, addition]"],
+    ],
+)
 def test_list_flags_take_space_separated_values_or_one_list(argv):
     assert _parse(*argv, "--steps", "7").data.tasks == ["parity", "addition"]
 
@@ -37,26 +40,32 @@ def test_a_flag_beats_the_config_file_before_or_after_it(tmp_path: Path, before:
     assert cfg.steps == 12 and cfg.data.tasks == ["copy"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
-    (["--data.taks", "copy"], "unknown flag --data.taks; did you mean --data.tasks?"),
-    (["--steps", "abc"], "--steps: expected int, got 'abc'"),
-    (["--stop_at", "x"], "--stop_at: expected int | None, got 'x'"),
-    (["--eval.depths", "1", "a"], "--eval.depths: expected list[int], got 'a'"),
-    (["--steps"], "--steps: expected one argument"),
-    (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
+        (["--data.taks", "copy"], "unknown flag --data.taks; did you mean --data.tasks?"),
+        (["--steps", "abc"], "--steps: expected int, got 'abc'"),
+        (["--stop_at", "x"], "--stop_at: expected int | None, got 'x'"),
+        (["--eval.depths", "1", "a"], "--eval.depths: expected list[int], got 'a'"),
+        (["--steps"], "--steps: expected one argument"),
+        (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
+    ],
+)
 def test_a_rejected_command_line_is_one_message_naming_the_flag(argv, message):
     with pytest.raises(ValueError) as error:
         _parse(*argv)
     assert str(error.value) == message
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stpes: 3\n", "unknown option stpes (from a --config file); did you mean steps?"),
-    ("data:\n  taks: [copy]\n", "unknown option data.taks (from a --config file); did you mean data.tasks?"),
-    ("steps: abc\n", "--steps: expected int, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stpes: 3\n", "unknown option stpes (from a --config file); did you mean steps?"),
+        ("data:\n  taks: [copy]\n", "unknown option data.taks (from a --config file); did you mean data.tasks?"),
+        ("steps: abc\n", "--steps: expected int, got 'abc'"),
+    ],
+)
 def test_a_bad_config_file_is_one_message_naming_the_key(tmp_path: Path, text: str, message: str):
     config = tmp_path / "bad.yaml"
     config.write_text(text)

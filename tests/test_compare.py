@@ -15,28 +15,63 @@ from recur.eval.schema import GRID_VERSION, SCHEMA_VERSION, validate_results
 REPO = Path(__file__).resolve().parents[1]
 
 
-def results(variant: str, acc_by_depth: dict[int, tuple[float, float]], ppl_by_depth: dict[int, float],
-            n: int = 10) -> dict:
+def results(
+    variant: str, acc_by_depth: dict[int, tuple[float, float]], ppl_by_depth: dict[int, float], n: int = 10
+) -> dict:
     """A schema-valid results_all.json: parity at 8 (ID) and 16 (OOD) bits per depth, n problems per cell.
     The cells have no ci_low / ci_high, like files written before them: compare derives intervals from counts."""
-    rows = [{"depth": d, "difficulty": level, "in_distribution": level == 8, "accuracy": acc, "correct": round(acc * n),
-             "num_samples": n, "mean_steps": float(d), "max_new_tokens": 9}
-            for d, (id_acc, ood_acc) in acc_by_depth.items() for level, acc in ((8, id_acc), (16, ood_acc))]
+    rows = [
+        {
+            "depth": d,
+            "difficulty": level,
+            "in_distribution": level == 8,
+            "accuracy": acc,
+            "correct": round(acc * n),
+            "num_samples": n,
+            "mean_steps": float(d),
+            "max_new_tokens": 9,
+        }
+        for d, (id_acc, ood_acc) in acc_by_depth.items()
+        for level, acc in ((8, id_acc), (16, ood_acc))
+    ]
     data = {
-        "schema_version": SCHEMA_VERSION, "suite": "all",
-        "metadata": {"created": "now", "commit": "abc", "commit_dirty": False, "seed": 0, "grid_version": GRID_VERSION,
-                     "device": "cpu", "checkpoint": {"path": "x", "kind": "dcp", "run_dir": None, "step": 5, "tokens": 1},
-                     "model": {"variant": variant, "params": 10, "config": {}, "looped": variant != "baseline"},
-                     "tokenizer": "byte", "depths": sorted(acc_by_depth), "depth_note": None,
-                     "decoding": {"strategy": "greedy", "max_new_tokens": 9, "stop_ids": [1], "kv_cache": True,
-                                  "exit_rule": None}},
-        "algorithmic": {"tasks": {"parity": {"knob": "bits", "train_difficulty": 8, "results": rows}},
-                        "summary": [{"depth": d, "in_distribution": a, "ood": o} for d, (a, o) in acc_by_depth.items()],
-                        "skipped": []},
-        "longctx": {"results": [], "summary": [{"context_length": 256, "depth": d, "accuracy": 0.5}
-                                               for d in acc_by_depth], "skipped": []},
-        "perplexity": {"data": "val", "rows": 4, "results": [{"depth": d, "loss": 1.0, "perplexity": p, "tokens": 9}
-                                                             for d, p in ppl_by_depth.items()]},
+        "schema_version": SCHEMA_VERSION,
+        "suite": "all",
+        "metadata": {
+            "created": "now",
+            "commit": "abc",
+            "commit_dirty": False,
+            "seed": 0,
+            "grid_version": GRID_VERSION,
+            "device": "cpu",
+            "checkpoint": {"path": "x", "kind": "dcp", "run_dir": None, "step": 5, "tokens": 1},
+            "model": {"variant": variant, "params": 10, "config": {}, "looped": variant != "baseline"},
+            "tokenizer": "byte",
+            "depths": sorted(acc_by_depth),
+            "depth_note": None,
+            "decoding": {
+                "strategy": "greedy",
+                "max_new_tokens": 9,
+                "stop_ids": [1],
+                "kv_cache": True,
+                "exit_rule": None,
+            },
+        },
+        "algorithmic": {
+            "tasks": {"parity": {"knob": "bits", "train_difficulty": 8, "results": rows}},
+            "summary": [{"depth": d, "in_distribution": a, "ood": o} for d, (a, o) in acc_by_depth.items()],
+            "skipped": [],
+        },
+        "longctx": {
+            "results": [],
+            "summary": [{"context_length": 256, "depth": d, "accuracy": 0.5} for d in acc_by_depth],
+            "skipped": [],
+        },
+        "perplexity": {
+            "data": "val",
+            "rows": 4,
+            "results": [{"depth": d, "loss": 1.0, "perplexity": p, "tokens": 9} for d, p in ppl_by_depth.items()],
+        },
     }
     validate_results(data)
     return data
@@ -46,8 +81,7 @@ def make_run(root: Path, name: str, variant: str, wall: float, accs: dict, ppls:
     run = root / name
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "results_all.json").write_text(json.dumps(results(variant, accs, ppls, n)))
-    (run / "summary.json").write_text(json.dumps({"wall_time_s": wall, "mean_tokens_per_s": 1000.0,
-                                                  "final_loss": 1.0}))
+    (run / "summary.json").write_text(json.dumps({"wall_time_s": wall, "mean_tokens_per_s": 1000.0, "final_loss": 1.0}))
     return run
 
 
@@ -90,8 +124,9 @@ def test_bad_run_directories(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="run eval_hub.py"):
         compare_runs([tmp_path / "empty"], tmp_path / "out")
-    proc = subprocess.run([sys.executable, "compare_runs.py", str(tmp_path / "nope")], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "compare_runs.py", str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr
 
 
@@ -108,8 +143,12 @@ def test_runs_evaluated_on_different_data_are_flagged(tmp_path):
     loop = make_run(tmp_path, "loop", "recurrent", 100.0, {1: (0.6, 0.1)}, {1: 9.0}, n=10)
     _set_perplexity_rows(base, 134)
     _set_perplexity_rows(loop, 16)
-    proc = subprocess.run([sys.executable, "compare_runs.py", str(base), str(loop), "--out_dir", str(tmp_path / "out")],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "compare_runs.py", str(base), str(loop), "--out_dir", str(tmp_path / "out")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("compare_runs.py: warning: ")]
     assert len(warnings) == 2, proc.stderr
@@ -139,17 +178,23 @@ def test_small_difference_on_few_samples_is_not_significant(tmp_path):
     loop = make_run(tmp_path, "loop", "recurrent", 100.0, {1: (0.6, 0.2)}, {1: 10.0})
     report = compare_runs([base, loop], tmp_path / "out")
     row = report["runs"][1]
-    assert row["algorithmic_id_counts"] == {"correct": 6, "num_samples": 10, "ci_low": pytest.approx(0.3127, abs=1e-4),
-                                            "ci_high": pytest.approx(0.8318, abs=1e-4)}
+    assert row["algorithmic_id_counts"] == {
+        "correct": 6,
+        "num_samples": 10,
+        "ci_low": pytest.approx(0.3127, abs=1e-4),
+        "ci_high": pytest.approx(0.8318, abs=1e-4),
+    }
     assert row["significant"] == {"algorithmic_id": False, "ood": False, "per_task": {"parity": False}}
     c = row["criteria"]
     # Pass/fail is unchanged (+0.10 >= 0.05, 0.2 > 0.1); the passes are flagged as resting on noise.
     assert c["algorithmic_gain"]["pass"] and c["algorithmic_gain"]["significant"] is False
     assert c["better_ood"]["pass"] and c["better_ood"]["significant"] is False and c["wins"] is True
     assert md_row(tmp_path / "out", "| run | algorithmic gain", "loop") == (
-        "| loop | +0.100 pass (n.s.) | +0.100 pass (n.s.) | 1.00 pass | 1.00 pass | pass (n.s.) |")
+        "| loop | +0.100 pass (n.s.) | +0.100 pass (n.s.) | 1.00 pass | 1.00 pass | pass (n.s.) |"
+    )
     assert md_row(tmp_path / "out", "| run | variant", "loop").startswith(
-        "| loop | recurrent | 0.600 (1) [0.31, 0.83] n=10 (n.s.) | 0.200 (1) [0.06, 0.51] n=10 (n.s.) |")
+        "| loop | recurrent | 0.600 (1) [0.31, 0.83] n=10 (n.s.) | 0.200 (1) [0.06, 0.51] n=10 (n.s.) |"
+    )
     assert md_row(tmp_path / "out", "| run | parity", "loop") == "| loop | 0.600 [0.31, 0.83] n=10 (n.s.) |"
     assert "(n.s.)" not in md_row(tmp_path / "out", "| run | variant", "base")  # the reference itself
 
@@ -171,11 +216,32 @@ def test_means_pool_the_counts_of_their_cells(tmp_path):
     path = base / "eval" / "results_all.json"
     data = json.loads(path.read_text())
     # A second task with 90 OOD problems: the pooled OOD count is 1/10 + 9/90 = 10/100.
-    data["algorithmic"]["tasks"]["copy"] = {"knob": "length", "train_difficulty": 16, "results": [
-        {"depth": 1, "difficulty": 16, "in_distribution": True, "accuracy": 0.5, "correct": 5, "num_samples": 10,
-         "mean_steps": 1.0, "max_new_tokens": 9},
-        {"depth": 1, "difficulty": 64, "in_distribution": False, "accuracy": 0.1, "correct": 9, "num_samples": 90,
-         "mean_steps": 1.0, "max_new_tokens": 9}]}
+    data["algorithmic"]["tasks"]["copy"] = {
+        "knob": "length",
+        "train_difficulty": 16,
+        "results": [
+            {
+                "depth": 1,
+                "difficulty": 16,
+                "in_distribution": True,
+                "accuracy": 0.5,
+                "correct": 5,
+                "num_samples": 10,
+                "mean_steps": 1.0,
+                "max_new_tokens": 9,
+            },
+            {
+                "depth": 1,
+                "difficulty": 64,
+                "in_distribution": False,
+                "accuracy": 0.1,
+                "correct": 9,
+                "num_samples": 90,
+                "mean_steps": 1.0,
+                "max_new_tokens": 9,
+            },
+        ],
+    }
     validate_results(data)
     path.write_text(json.dumps(data))
     row = compare_runs([base], tmp_path / "out")["runs"][0]

@@ -75,14 +75,17 @@ def hf_models(llama_dir, olmo_dir):
 
 
 @pytest.mark.parametrize("arch", ["llama", "olmo2"])
-@pytest.mark.parametrize("split,keep", [
-    ((1, 1, 3, 1), None),  # all layers kept
-    ((0, 0, 5, 0), None),  # the whole model as the recurrent block
-    ((2, 2, 2, 1), [0, 1, 2, 3, 4]),  # layer-for-layer again, different boundaries
-    ((1, 2, 2, 1), [0, 2, 3, 4]),  # layer 1 dropped
-    ((1, 1, 1, 2), [0, 1, 3, 4]),  # layer 2 dropped
-    ((1, 3, 1, 0), [0, 3]),  # layers 1, 2, 4 dropped, no coda
-])
+@pytest.mark.parametrize(
+    "split,keep",
+    [
+        ((1, 1, 3, 1), None),  # all layers kept
+        ((0, 0, 5, 0), None),  # the whole model as the recurrent block
+        ((2, 2, 2, 1), [0, 1, 2, 3, 4]),  # layer-for-layer again, different boundaries
+        ((1, 2, 2, 1), [0, 2, 3, 4]),  # layer 1 dropped
+        ((1, 1, 1, 2), [0, 1, 3, 4]),  # layer 2 dropped
+        ((1, 3, 1, 0), [0, 3]),  # layers 1, 2, 4 dropped, no coda
+    ],
+)
 def test_converted_model_equals_hf_at_r1(arch, split, keep, llama_dir, olmo_dir, hf_models):
     import copy
 
@@ -93,10 +96,13 @@ def test_converted_model_equals_hf_at_r1(arch, split, keep, llama_dir, olmo_dir,
     assert (_ours(ours, IDS) - expected).abs().max() < TOL
 
 
-@pytest.mark.parametrize("adapter_init,keep", [
-    ("state", [0, 1, 1, 2, 3, 4]),  # r = 2 applies the one-layer block to its own output: layer 1 twice
-    ("passthrough", [0, 1, 2, 3, 4]),  # r = 2 recomputes the block on the prelude output: same as r = 1
-])
+@pytest.mark.parametrize(
+    "adapter_init,keep",
+    [
+        ("state", [0, 1, 1, 2, 3, 4]),  # r = 2 applies the one-layer block to its own output: layer 1 twice
+        ("passthrough", [0, 1, 2, 3, 4]),  # r = 2 recomputes the block on the prelude output: same as r = 1
+    ],
+)
 def test_converted_adapter_at_r2(adapter_init, keep, llama_dir, hf_models):
     import copy
 
@@ -129,7 +135,12 @@ def test_recur_baseline_loops_into_a_recurrent_model(tmp_path):
         one = convert_to_dir(tmp_path / "base", tmp_path / "one", 1, 1, 1, 3, adapter_init="state")
         assert (_ours(one, ids, r=2) - twice(ids).logits).abs().max() < TOL
     saved = json.loads((tmp_path / "one" / "config.json").read_text())
-    assert (saved["variant"], saved["n_core"], saved["recur_tokenizer"], saved["eos_token_id"]) == ("recurrent", 1, "byte", 2)
+    assert (saved["variant"], saved["n_core"], saved["recur_tokenizer"], saved["eos_token_id"]) == (
+        "recurrent",
+        1,
+        "byte",
+        2,
+    )
     with pytest.raises(ValueError, match="only a 'baseline' can be looped"):
         convert_to_dir(tmp_path / "one", tmp_path / "again", 1, 1, 1, 2)
 
@@ -151,11 +162,26 @@ def llama3_tied_dir(tmp_path_factory):
     unscaled frequency bands all occur within the test's positions."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=1,
-                      num_hidden_layers=3, vocab_size=TINY_VOCAB, max_position_embeddings=512,
-                      tie_word_embeddings=True, rope_parameters=rope, rms_norm_eps=1e-5)
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        num_hidden_layers=3,
+        vocab_size=TINY_VOCAB,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        rope_parameters=rope,
+        rms_norm_eps=1e-5,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("llama3") / "m"
     LlamaForCausalLM(cfg).save_pretrained(str(path))
@@ -227,17 +253,78 @@ def test_cli_and_bad_input(llama_dir, olmo_dir, tmp_path, capsys):
     from utils.convert_hf import main
 
     out = tmp_path / "cli"
-    assert main(["--arch", "llama", "--model_path", str(llama_dir), "--out", str(out), "--prelude_size", "1",
-                 "--start_index", "1", "--block_size", "3", "--coda_size", "1"]) == 0
+    assert (
+        main(
+            [
+                "--arch",
+                "llama",
+                "--model_path",
+                str(llama_dir),
+                "--out",
+                str(out),
+                "--prelude_size",
+                "1",
+                "--start_index",
+                "1",
+                "--block_size",
+                "3",
+                "--coda_size",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert from_pretrained(out).cfg.n_core == 3
-    bad = ["--model_path", str(llama_dir), "--out", str(tmp_path / "x"), "--prelude_size", "2",
-           "--start_index", "1", "--block_size", "3", "--coda_size", "1"]
+    bad = [
+        "--model_path",
+        str(llama_dir),
+        "--out",
+        str(tmp_path / "x"),
+        "--prelude_size",
+        "2",
+        "--start_index",
+        "1",
+        "--block_size",
+        "3",
+        "--coda_size",
+        "1",
+    ]
     assert main(bad) == 2 and "--prelude_size (2) must be <= --start_index (1)" in capsys.readouterr().err
-    wrong_arch = ["--arch", "llama", "--model_path", str(olmo_dir), "--out", str(tmp_path / "y"),
-                  "--prelude_size", "1", "--start_index", "1", "--block_size", "3", "--coda_size", "1"]
+    wrong_arch = [
+        "--arch",
+        "llama",
+        "--model_path",
+        str(olmo_dir),
+        "--out",
+        str(tmp_path / "y"),
+        "--prelude_size",
+        "1",
+        "--start_index",
+        "1",
+        "--block_size",
+        "3",
+        "--coda_size",
+        "1",
+    ]
     assert main(wrong_arch) == 2 and "model_type 'olmo2'" in capsys.readouterr().err
-    assert main(bad[:2] + ["--out", str(tmp_path / "z"), "--prelude_size", "0", "--start_index", "0",
-                           "--block_size", "9", "--coda_size", "0"]) == 2
+    assert (
+        main(
+            bad[:2]
+            + [
+                "--out",
+                str(tmp_path / "z"),
+                "--prelude_size",
+                "0",
+                "--start_index",
+                "0",
+                "--block_size",
+                "9",
+                "--coda_size",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
 
 

@@ -12,8 +12,9 @@ from recur.data.validate import open_packed_dataset
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     out = tmp_path_factory.mktemp("good") / "data"
-    pack_dataset(out, tokenizer="byte", seq_len=31, tasks=["copy", "parity"], num_docs=400, rows_per_shard=100,
-                 row_group_size=32)
+    pack_dataset(
+        out, tokenizer="byte", seq_len=31, tasks=["copy", "parity"], num_docs=400, rows_per_shard=100, row_group_size=32
+    )
     return out
 
 
@@ -81,8 +82,11 @@ def test_token_id_outside_vocab_reports_row_group_and_row(data):
     rows = table.column("input_ids").to_pylist()
     rows[40][7] = 263  # byte vocab_size is 263; row 40 lies in row group 1 (groups of 32 rows)
     _rewrite(data / SHARD, table.set_column(0, "input_ids", pa.array(rows, pa.list_(pa.int32()))))
-    with pytest.raises(ValueError, match=f"shard .*{SHARD}, row group 1, row 40: token id 263 at position 7 "
-                                         r"is outside the vocabulary \[0, 263\)"):
+    with pytest.raises(
+        ValueError,
+        match=f"shard .*{SHARD}, row group 1, row 40: token id 263 at position 7 "
+        r"is outside the vocabulary \[0, 263\)",
+    ):
         open_packed_dataset(data)
 
 

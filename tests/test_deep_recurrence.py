@@ -25,8 +25,9 @@ from tests.train_helpers import REPO
 
 
 def _looped(**kw):
-    cfg = ModelConfig(variant="recurrent", vocab_size=64, d_model=32, n_heads=4, max_seq_len=32, n_prelude=1,
-                      n_core=2, n_coda=1, **kw)
+    cfg = ModelConfig(
+        variant="recurrent", vocab_size=64, d_model=32, n_heads=4, max_seq_len=32, n_prelude=1, n_core=2, n_coda=1, **kw
+    )
     torch.manual_seed(0)
     return create_model(cfg).eval()
 
@@ -79,19 +80,47 @@ def test_overflowed_state_gives_uniform_logits_and_no_gradient():
 
 def test_briefly_trained_default_recipe_is_finite_and_no_worse_at_r64(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "train.py"), "--out_dir", str(tmp_path), "--run_name", "run", "--steps", "40",
-           "--optim.schedule.warmup_steps", "5", "--data.num_docs", "2000", "--data.global_batch_size", "16",
-           "--checkpoint.interval", "0", "--eval.depths", "[1]", "--eval.num_samples", "2",
-           "--log.plot_interval", "1000"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", "PATH": ""})
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--out_dir",
+        str(tmp_path),
+        "--run_name",
+        "run",
+        "--steps",
+        "40",
+        "--optim.schedule.warmup_steps",
+        "5",
+        "--data.num_docs",
+        "2000",
+        "--data.global_batch_size",
+        "16",
+        "--checkpoint.interval",
+        "0",
+        "--eval.depths",
+        "[1]",
+        "--eval.num_samples",
+        "2",
+        "--log.plot_interval",
+        "1000",
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", "PATH": ""},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     model, cfg, _ = load_model(run)
     assert cfg.variant == "recurrent" and cfg.block_norm == "sandwich"
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["stat/state_spread"] > COLLAPSED_SPREAD and "[collapse]" not in done.stderr
-    loss = {r["depth"]: r["loss"] for r in heldout_loss(model, run / "data" / "val", [1, 64], max_rows=64,
-                                                          progress=False)["results"]}
+    loss = {
+        r["depth"]: r["loss"]
+        for r in heldout_loss(model, run / "data" / "val", [1, 64], max_rows=64, progress=False)["results"]
+    }
     assert math.isfinite(loss[64]) and loss[64] <= loss[1], loss
 
 

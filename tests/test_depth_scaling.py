@@ -12,19 +12,32 @@ from tests.train_helpers import REPO
 
 def _sweep(looped: bool, losses: dict[int, float], chain: dict[tuple[int, int], int], n: int = 100) -> dict:
     """A minimal sweep results dict: held-out loss per depth and chain cells {(difficulty, depth): correct}."""
-    results = [{"depth": depth, "difficulty": level, "in_distribution": level == 4, "accuracy": correct / n,
-                "correct": correct, "num_samples": n, "ci_low": 0.0, "ci_high": 1.0}
-               for (level, depth), correct in chain.items()]
-    return {"metadata": {"model": {"looped": looped}},
-            "perplexity": {"results": [{"depth": d, "loss": v} for d, v in losses.items()]},
-            "algorithmic": {"tasks": {"chain": {"knob": "hops", "train_difficulty": 4, "results": results}}}}
+    results = [
+        {
+            "depth": depth,
+            "difficulty": level,
+            "in_distribution": level == 4,
+            "accuracy": correct / n,
+            "correct": correct,
+            "num_samples": n,
+            "ci_low": 0.0,
+            "ci_high": 1.0,
+        }
+        for (level, depth), correct in chain.items()
+    ]
+    return {
+        "metadata": {"model": {"looped": looped}},
+        "perplexity": {"results": [{"depth": d, "loss": v} for d, v in losses.items()]},
+        "algorithmic": {"tasks": {"chain": {"knob": "hops", "train_difficulty": 4, "results": results}}},
+    }
 
 
 def _arm(tmp_path, name: str, sweep: dict, losses=(2.0, 1.0), mean_recurrence: int = 8) -> Arm:
     run = tmp_path / name
     run.mkdir()
-    lines = [{"step": i, "loss": loss, "skipped": False, "mean_recurrence": mean_recurrence}
-             for i, loss in enumerate(losses)]
+    lines = [
+        {"step": i, "loss": loss, "skipped": False, "mean_recurrence": mean_recurrence} for i, loss in enumerate(losses)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return Arm(name, run, sweep)
 
@@ -32,11 +45,15 @@ def _arm(tmp_path, name: str, sweep: dict, losses=(2.0, 1.0), mean_recurrence: i
 def test_targets_pass_for_a_model_that_uses_depth_and_fail_for_one_that_ignores_it(tmp_path):
     assert ood_difficulty("chain") == 8
     base = _arm(tmp_path, "baseline", _sweep(False, {1: 1.0}, {(4, 1): 60, (8, 1): 30}))
-    good = _arm(tmp_path, "good", _sweep(True, {1: 1.0, 8: 0.9, 64: 0.905},
-                                         {(4, 1): 50, (8, 1): 20, (8, 8): 60, (8, 64): 58}))
-    flat = _arm(tmp_path, "flat", _sweep(True, {1: 1.0, 8: 0.99, 64: 1.3},
-                                         {(4, 1): 50, (8, 1): 30, (8, 8): 35, (8, 64): 10}),
-                losses=(2.0, float("nan"), 1.0))
+    good = _arm(
+        tmp_path, "good", _sweep(True, {1: 1.0, 8: 0.9, 64: 0.905}, {(4, 1): 50, (8, 1): 20, (8, 8): 60, (8, 64): 58})
+    )
+    flat = _arm(
+        tmp_path,
+        "flat",
+        _sweep(True, {1: 1.0, 8: 0.99, 64: 1.3}, {(4, 1): 50, (8, 1): 30, (8, 8): 35, (8, 64): 10}),
+        losses=(2.0, float("nan"), 1.0),
+    )
     report = depth_report([base, good, flat])
     ok, bad = report["arms"]["good"]["targets"], report["arms"]["flat"]["targets"]
     assert ok["no_nonfinite_training_steps"] and ok["deep_stable"] and ok["depth_gain"]
@@ -51,9 +68,29 @@ def test_targets_pass_for_a_model_that_uses_depth_and_fail_for_one_that_ignores_
 def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     out = tmp_path / "depth"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir",
-                           str(out), "--parallel", "2", "--tasks", "chain", "copy", "--sweep_tasks", "chain", "--retrofit", "1,2,1"],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "depth_scaling.py"),
+            "--smoke",
+            "--out_dir",
+            str(out),
+            "--parallel",
+            "2",
+            "--tasks",
+            "chain",
+            "copy",
+            "--sweep_tasks",
+            "chain",
+            "--retrofit",
+            "1,2,1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "depth_scaling.json").read_text())
     arms = {"baseline", "recurrent", "retrofit", "baseline_continued"}
@@ -72,6 +109,21 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     markdown = (out / "depth_scaling.md").read_text()  # copy trained alongside chain, but only chain is swept
     assert "### chain: exact match" in markdown and "### copy" not in markdown
     # A rerun into the same --out_dir with other data settings would compare arms trained on different data.
-    rerun = subprocess.run([sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir",
-                            str(out), "--tasks", "chain", "successor"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    rerun = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "depth_scaling.py"),
+            "--smoke",
+            "--out_dir",
+            str(out),
+            "--tasks",
+            "chain",
+            "successor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
     assert rerun.returncode == 2 and "use a new --out_dir" in rerun.stderr.strip().splitlines()[-1], rerun.stderr

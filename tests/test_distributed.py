@@ -26,14 +26,17 @@ from recur.parallel.env import (
 )
 
 
-@pytest.mark.parametrize("nodelist, hosts", [
-    ("node[01-03,07],gpu5", ["node01", "node02", "node03", "node07", "gpu5"]),
-    ("a1", ["a1"]),
-    ("gpu[8-10]", ["gpu8", "gpu9", "gpu10"]),
-    ("n[008-010]", ["n008", "n009", "n010"]),
-    ("r[1-2]n[3,5]", ["r1n3", "r1n5", "r2n3", "r2n5"]),
-    ("x[1-2],y,z[3]", ["x1", "x2", "y", "z3"]),
-])
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("node[01-03,07],gpu5", ["node01", "node02", "node03", "node07", "gpu5"]),
+        ("a1", ["a1"]),
+        ("gpu[8-10]", ["gpu8", "gpu9", "gpu10"]),
+        ("n[008-010]", ["n008", "n009", "n010"]),
+        ("r[1-2]n[3,5]", ["r1n3", "r1n5", "r2n3", "r2n5"]),
+        ("x[1-2],y,z[3]", ["x1", "x2", "y", "z3"]),
+    ],
+)
 def test_expand_nodelist(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
 
@@ -54,19 +57,43 @@ def test_expand_nodelist_rejects(bad):
 
 
 def test_topology_from_torchrun_wins_over_slurm():
-    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h0", "MASTER_PORT": "1234",
-           "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "x[1-2]"}
-    assert launch_topology(env) == {"rank": 3, "world_size": 8, "local_rank": 1, "master_addr": "h0",
-                                    "master_port": 1234}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "h0",
+        "MASTER_PORT": "1234",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_NODELIST": "x[1-2]",
+    }
+    assert launch_topology(env) == {
+        "rank": 3,
+        "world_size": 8,
+        "local_rank": 1,
+        "master_addr": "h0",
+        "master_port": 1234,
+    }
 
 
 def test_topology_from_slurm(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)  # no scontrol: use our parser
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-10]",
-           "SLURM_JOB_ID": "123456"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-10]",
+        "SLURM_JOB_ID": "123456",
+    }
     topology = launch_topology(env)
-    assert topology == {"rank": 5, "world_size": 8, "local_rank": 1, "master_addr": "gpu07",
-                        "master_port": slurm_master_port("123456")}
+    assert topology == {
+        "rank": 5,
+        "world_size": 8,
+        "local_rank": 1,
+        "master_addr": "gpu07",
+        "master_port": slurm_master_port("123456"),
+    }
     assert launch_topology(env, master_port=4000)["master_port"] == 4000
     assert slurm_master_port("123456") != slurm_master_port("123457")
 
@@ -114,23 +141,30 @@ def _build(path, **overrides):
 
 def test_deepspeed_config_auto_values_filled(tmp_path):
     config = _build(_ds_config(tmp_path, train_batch_size="auto", gradient_clipping=1.0))
-    assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
-            config["gradient_accumulation_steps"], config["gradient_clipping"], config["bf16"]["enabled"]) == (
-        32, 4, 4, 1.0, False)
+    assert (
+        config["train_batch_size"],
+        config["train_micro_batch_size_per_gpu"],
+        config["gradient_accumulation_steps"],
+        config["gradient_clipping"],
+        config["bf16"]["enabled"],
+    ) == (32, 4, 4, 1.0, False)
     for stage in (1, 2, 3):
         shipped = _build(f"configs/deepspeed/zero{stage}.json", bf16=True)
         assert shipped["zero_optimization"]["stage"] == stage and shipped["bf16"]["enabled"] is True
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"gradient_clipping": 0.5}, r"gradient_clipping = 0.5 contradicts --optim.grad_clip = 1.0"),
-    ({"train_batch_size": 64}, r"train_batch_size = 64 contradicts --data.global_batch_size = 32"),
-    ({"gradient_accumulation_steps": 2}, r"gradient_accumulation_steps = 2 contradicts"),
-    ({"bf16": {"enabled": True}}, r"bf16.enabled = True contradicts"),
-    ({"optimizer": {"type": "Adam"}}, r"'optimizer' block"),
-    ({"fp16": {"enabled": True}}, r"fp16 is not supported"),
-    ({"zero_optimization": {"stage": 0}}, r"zero_optimization.stage"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"gradient_clipping": 0.5}, r"gradient_clipping = 0.5 contradicts --optim.grad_clip = 1.0"),
+        ({"train_batch_size": 64}, r"train_batch_size = 64 contradicts --data.global_batch_size = 32"),
+        ({"gradient_accumulation_steps": 2}, r"gradient_accumulation_steps = 2 contradicts"),
+        ({"bf16": {"enabled": True}}, r"bf16.enabled = True contradicts"),
+        ({"optimizer": {"type": "Adam"}}, r"'optimizer' block"),
+        ({"fp16": {"enabled": True}}, r"fp16 is not supported"),
+        ({"zero_optimization": {"stage": 0}}, r"zero_optimization.stage"),
+    ],
+)
 def test_deepspeed_config_contradictions(tmp_path, values, message):
     with pytest.raises(ValueError, match=message) as error:
         _build(_ds_config(tmp_path, **values))

@@ -67,8 +67,9 @@ def test_fsdp_two_processes_match_single(fsdp_run, reference):
 
 @pytest.fixture(scope="session")
 def zero3_run(data, out, reference):
-    run_training(data, out, "zero3", 2, "--dist.backend", "deepspeed", "--dist.deepspeed_config",
-                 "configs/deepspeed/zero3.json")
+    run_training(
+        data, out, "zero3", 2, "--dist.backend", "deepspeed", "--dist.deepspeed_config", "configs/deepspeed/zero3.json"
+    )
     return metrics(out, "zero3")
 
 
@@ -95,11 +96,27 @@ def test_ddp_on_two_torchrun_nodes_matches_single(data, out, reference):
     port = free_port()
     procs = []
     for node_rank in (0, 1):
-        command = [PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
-                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                   *train_args(data, out, "ddp_2nodes", "--dist.backend", "ddp")]
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        command = [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node_rank),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            *train_args(data, out, "ddp_2nodes", "--dist.backend", "ddp"),
+        ]
+        procs.append(
+            subprocess.Popen(
+                command, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     results = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
     assert_same_run(metrics(out, "ddp_2nodes"), reference)
@@ -137,32 +154,48 @@ def test_fsdp_checkpoint_from_two_ranks_resumes_on(data, out, reference, fsdp_ru
     shutil.rmtree(out / run / "checkpoints" / "step_00000020")  # resuming step 10 would save over it: refused
     checkpoint = out / run / "checkpoints" / "step_00000010"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["world_size"] == 2
-    result = run_training(data, out, run, nproc, "--dist.backend", "fsdp", option, "true",
-                          "--checkpoint.resume", str(checkpoint))
+    result = run_training(
+        data, out, run, nproc, "--dist.backend", "fsdp", option, "true", "--checkpoint.resume", str(checkpoint)
+    )
     assert "saved on 2 ranks" in result.stderr
     assert_same_run(metrics(out, run)[10:], reference, first_step=10)
 
 
 def test_bad_inputs_fail_with_one_clear_error(data, out, reference):
-    shape = run_train_in_process(train_args(data, out, "shape", "--model.d_model", "32", "--checkpoint.resume",
-                                            str(out / "single" / "checkpoints" / "step_00000010"))[1:])
+    shape = run_train_in_process(
+        train_args(
+            data,
+            out,
+            "shape",
+            "--model.d_model",
+            "32",
+            "--checkpoint.resume",
+            str(out / "single" / "checkpoints" / "step_00000010"),
+        )[1:]
+    )
     assert shape.returncode == 2 and "is from a different model (d_model: checkpoint 64 vs run 32" in shape.stderr
     started = time.time()
-    divide = run_training(data, out, "bad_world", 2, "--data.global_batch_size", str(GLOBAL_BATCH + 1),
-                          check=False)
+    divide = run_training(data, out, "bad_world", 2, "--data.global_batch_size", str(GLOBAL_BATCH + 1), check=False)
     assert divide.returncode != 0 and time.time() - started < 120
     assert f"--data.global_batch_size {GLOBAL_BATCH + 1} is not divisible by the world size 2" in divide.stderr
     ds_config = out / "clip05.json"
     ds_config.write_text(json.dumps({"gradient_clipping": 0.5, "zero_optimization": {"stage": 2}}))
-    ds = run_training(data, out, "bad_ds", 1, "--dist.backend", "deepspeed", "--dist.deepspeed_config",
-                      str(ds_config), check=False)
+    ds = run_training(
+        data, out, "bad_ds", 1, "--dist.backend", "deepspeed", "--dist.deepspeed_config", str(ds_config), check=False
+    )
     assert ds.returncode == 2
     assert f"{ds_config}: gradient_clipping = 0.5 contradicts --optim.grad_clip = 1.0" in ds.stderr
 
 
 def _faulty_run(data, out, run: str, nproc: int, fail_rank: int, fail_step: int, kind: str, *extra: str):
-    script = ["-m", "tests.dist_helpers", str(fail_rank), str(fail_step), kind,
-              *train_args(data, out, run, "--steps", "6", *extra)[1:]]  # later flags win
+    script = [
+        "-m",
+        "tests.dist_helpers",
+        str(fail_rank),
+        str(fail_step),
+        kind,
+        *train_args(data, out, run, "--steps", "6", *extra)[1:],
+    ]  # later flags win
     command = launch_command(nproc, script)
     return subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=180)
 
@@ -206,8 +239,9 @@ def test_export_consolidates_sharded_and_deepspeed_checkpoints(out, reference, f
             torch.testing.assert_close(got[name], tensor, rtol=0, atol=2e-4, msg=f"{run}: {name}")
         model, cfg, meta = load_model(exported[run])
         assert meta.kind == "hf" and cfg.d_model == 64
-        torch.testing.assert_close(model.state_dict()["core.0.attn.wq.weight"], want["core.0.attn.wq.weight"],
-                                   rtol=0, atol=2e-4)
+        torch.testing.assert_close(
+            model.state_dict()["core.0.attn.wq.weight"], want["core.0.attn.wq.weight"], rtol=0, atol=2e-4
+        )
     with pytest.raises(ValueError, match="already an exported model"):
         export_checkpoint(exported["single"], tmp_path / "again")
 

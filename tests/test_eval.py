@@ -34,8 +34,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_config(variant: str = "recurrent") -> ModelConfig:
-    return ModelConfig(variant=variant, vocab_size=264, d_model=128, n_layers=3, n_heads=4, max_seq_len=128,
-                       default_num_steps=TRAIN_DEPTH, init_state="zeros")
+    return ModelConfig(
+        variant=variant,
+        vocab_size=264,
+        d_model=128,
+        n_layers=3,
+        n_heads=4,
+        max_seq_len=128,
+        default_num_steps=TRAIN_DEPTH,
+        init_state="zeros",
+    )
 
 
 def train_tiny(steps: int = 160) -> tuple[torch.nn.Module, list[float]]:
@@ -43,8 +51,7 @@ def train_tiny(steps: int = 160) -> tuple[torch.nn.Module, list[float]]:
     torch.manual_seed(0)
     tok = load_tokenizer("byte")
     model = create_model(tiny_config())
-    docs = [tok.apply_chat_template(sample_to_messages(s))
-            for s, _ in zip(iter_samples(TASK, 1, LEVEL), range(512))]
+    docs = [tok.apply_chat_template(sample_to_messages(s)) for s, _ in zip(iter_samples(TASK, 1, LEVEL), range(512))]
     width = max(len(ids) for ids, _ in docs)
     ids = torch.tensor([i + [tok.pad_id] * (width - len(i)) for i, _ in docs])
     mask = torch.tensor([m + [0] * (width - len(m)) for _, m in docs])
@@ -74,16 +81,32 @@ def run_dir(tmp_path_factory) -> Path:
     for step in (100, 300):  # two checkpoints (same weights) for the sweep's per-step plot
         Checkpointer(run / "checkpoints").save(step, DCPState(model, optimizer), {**state, "step": step})
     (run / "config.yaml").write_text("data:\n  tokenizer: byte\nmodel:\n  variant: recurrent\n")
-    pack_dataset(run / "data" / "val", tokenizer="byte", seq_len=48, tasks=[TASK], num_docs=40, seed=5,
-                 difficulty=LEVEL, packing="bfd", mask_non_assistant=True)
+    pack_dataset(
+        run / "data" / "val",
+        tokenizer="byte",
+        seq_len=48,
+        tasks=[TASK],
+        num_docs=40,
+        seed=5,
+        difficulty=LEVEL,
+        packing="bfd",
+        mask_non_assistant=True,
+    )
     return run
 
 
 def test_trained_model_reaches_known_accuracy_and_hub_reports_it(run_dir, tmp_path):
     losses = json.loads((run_dir / "losses.json").read_text())
     assert sum(losses[-10:]) / 10 < 0.1  # both reply tokens (digit, end of turn) are learned
-    cfg = HubConfig(checkpoint=str(run_dir), suite="algorithmic", tasks=[TASK], num_steps=[1, TRAIN_DEPTH],
-                    difficulties={TASK: [LEVEL]}, num_samples=20, out_dir=str(tmp_path))
+    cfg = HubConfig(
+        checkpoint=str(run_dir),
+        suite="algorithmic",
+        tasks=[TASK],
+        num_steps=[1, TRAIN_DEPTH],
+        difficulties={TASK: [LEVEL]},
+        num_samples=20,
+        out_dir=str(tmp_path),
+    )
     results, path = run_hub(cfg)
     assert path == tmp_path / "results_algorithmic.json"
     validate_results(json.loads(path.read_text()))
@@ -93,6 +116,7 @@ def test_trained_model_reaches_known_accuracy_and_hub_reports_it(run_dir, tmp_pa
     tok = load_tokenizer("byte")
     from recur.data.tasks import TASKS
     from recur.eval.algorithmic import EVAL_SEED_OFFSET
+
     seed = EVAL_SEED_OFFSET + 1009 * sorted(TASKS).index(TASK) + LEVEL
     correct = 0
     for sample, _ in zip(iter_samples(TASK, seed, LEVEL), range(20)):
@@ -137,15 +161,26 @@ def test_sweep_perplexity_equals_direct_forward(run_dir, tmp_path):
 
 
 def test_all_suites_follow_schema_and_skip_long_contexts(run_dir, tmp_path):
-    cfg = HubConfig(checkpoint=str(run_dir), suite="all", tasks=[TASK], num_steps=[TRAIN_DEPTH], num_samples=2,
-                    out_dir=str(tmp_path), needle_samples=1, needle_positions=[0.0, 1.0], max_rows=8)
+    cfg = HubConfig(
+        checkpoint=str(run_dir),
+        suite="all",
+        tasks=[TASK],
+        num_steps=[TRAIN_DEPTH],
+        num_samples=2,
+        out_dir=str(tmp_path),
+        needle_samples=1,
+        needle_positions=[0.0, 1.0],
+        max_rows=8,
+    )
     results, path = run_hub(cfg)
     assert schema_errors(json.loads(path.read_text()), RESULTS) == []
     skipped = {s["context_length"] for s in results["longctx"]["skipped"]}
     assert skipped == {1024, 2048, 4096}  # the model's context is 128 tokens
     assert {r["context_length"] for r in results["longctx"]["results"]} == {128}
-    assert all((r["ci_low"], r["ci_high"]) == wilson_interval(r["correct"], r["num_samples"])
-               for r in results["longctx"]["results"])
+    assert all(
+        (r["ci_low"], r["ci_high"]) == wilson_interval(r["correct"], r["num_samples"])
+        for r in results["longctx"]["results"]
+    )
     meta = results["metadata"]
     assert meta["commit"] and meta["grid_version"] and meta["decoding"]["strategy"] == "greedy"
     ood = [r for r in results["algorithmic"]["tasks"][TASK]["results"] if not r["in_distribution"]]
@@ -153,8 +188,9 @@ def test_all_suites_follow_schema_and_skip_long_contexts(run_dir, tmp_path):
 
 
 def test_schema_validator_rejects_broken_results(run_dir, tmp_path):
-    results, _ = run_hub(HubConfig(checkpoint=str(run_dir), suite="perplexity", out_dir=str(tmp_path), max_rows=4,
-                                   plots=False))
+    results, _ = run_hub(
+        HubConfig(checkpoint=str(run_dir), suite="perplexity", out_dir=str(tmp_path), max_rows=4, plots=False)
+    )
     broken = json.loads(json.dumps(results))
     del broken["metadata"]["commit"]
     broken["perplexity"]["results"][0]["loss"] = "low"
@@ -205,11 +241,16 @@ def test_bad_inputs_fail_with_one_clear_error(run_dir, tmp_path):
 
 
 def test_cli_turns_errors_into_one_line_and_exit_code_2(tmp_path):
-    proc = subprocess.run([sys.executable, "eval_hub.py", "--checkpoint", str(tmp_path / "missing")], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "eval_hub.py", "--checkpoint", str(tmp_path / "missing")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"eval_hub.py: error: --checkpoint: {tmp_path / 'missing'} does "
-                                                "not exist"]
+    assert proc.stderr.strip().splitlines() == [
+        f"eval_hub.py: error: --checkpoint: {tmp_path / 'missing'} does not exist"
+    ]
 
 
 def test_evaluation_during_training_logs_and_plots(run_dir, tmp_path):

@@ -15,14 +15,31 @@ from recur.recurrence import RecurrenceConfig, RecurrenceSampler
 
 def test_hand_computation_small_config():
     d, ff, V, T = 16, 32, 10, 8
-    cfg = ModelConfig(vocab_size=V, d_model=d, n_heads=2, d_ff=ff, n_prelude=1, n_core=2, n_coda=1,
-                      tie_embeddings=False, max_seq_len=T).resolved()
+    cfg = ModelConfig(
+        vocab_size=V,
+        d_model=d,
+        n_heads=2,
+        d_ff=ff,
+        n_prelude=1,
+        n_core=2,
+        n_coda=1,
+        tie_embeddings=False,
+        max_seq_len=T,
+    ).resolved()
     model = create_model(cfg)
     block = 4 * d * d + 3 * d * ff + 4 * d  # q, k, v, o; SwiGLU gate, up, down; four RMSNorm gains (sandwich)
     params = count_params(model)
-    assert params == {"tok_embeddings": V * d, "prelude": block, "adapter": 2 * d * d, "core": 2 * block,
-                      "coda": block, "norm": d, "lm_head": V * d,
-                      "total": 2 * V * d + 4 * block + 2 * d * d + d, "non_embedding": V * d + 4 * block + 2 * d * d + d}
+    assert params == {
+        "tok_embeddings": V * d,
+        "prelude": block,
+        "adapter": 2 * d * d,
+        "core": 2 * block,
+        "coda": block,
+        "norm": d,
+        "lm_head": V * d,
+        "total": 2 * V * d + 4 * block + 2 * d * d + d,
+        "non_embedding": V * d + 4 * block + 2 * d * d + d,
+    }
     n, k = 3, 2
     fixed, loop = 2 * block + V * d, 2 * block + 2 * d * d  # applied once with grad / per iteration
     attn = 4 * T * d * (3 * (2 + 2 * k) + 2 * n)  # QKᵀ + AV per layer application: fwd ×1, fwd+bwd ×3
@@ -55,8 +72,14 @@ def test_fixed_sampling_is_exact():
 def test_curriculum_analytic_close_to_draws_and_ramp_costs_less():
     cfg = ModelConfig(vocab_size=64, d_model=32, n_heads=2, n_prelude=1, n_core=2, n_coda=1).resolved()
     model = create_model(cfg)
-    rec = RecurrenceConfig(mean_recurrence=8, backprop_depth=4, mean_schedule="1-sqrt", mean_warmup=0.5,
-                           backprop_schedule="linear", backprop_warmup=0.5)
+    rec = RecurrenceConfig(
+        mean_recurrence=8,
+        backprop_depth=4,
+        mean_schedule="1-sqrt",
+        mean_warmup=0.5,
+        backprop_schedule="linear",
+        backprop_warmup=0.5,
+    )
     sampler = RecurrenceSampler(rec, total_steps=2000)
     draws = curriculum_flops(model, cfg, sampler, seq_len=16, tokens_per_step=64, expectation="draws")
     analytic = curriculum_flops(model, cfg, sampler, seq_len=16, tokens_per_step=64, expectation="analytic")
@@ -79,14 +102,25 @@ def test_counter_equals_trainer_logged_flops(tmp_path):
     from utils.param_counter import count_run, main
 
     data = tmp_path / "data"
-    pack_dataset(data, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=120, seed=0, packing="bfd",
-                 mask_non_assistant=True)
+    pack_dataset(
+        data, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=120, seed=0, packing="bfd", mask_non_assistant=True
+    )
     run_dir = tmp_path / "runs" / "flops"
-    args = tiny_args(run_dir, data, steps=10, **{"--recurrence.mean_recurrence": "4",
-                                                 "--recurrence.mean_schedule": "linear",
-                                                 "--recurrence.mean_warmup": "0.5", "--model.d_model": "32",
-                                                 "--data.global_batch_size": "2", "--checkpoint.interval": "0",
-                                                 "--eval.num_samples": "1", "--log.interval": "100"})
+    args = tiny_args(
+        run_dir,
+        data,
+        steps=10,
+        **{
+            "--recurrence.mean_recurrence": "4",
+            "--recurrence.mean_schedule": "linear",
+            "--recurrence.mean_warmup": "0.5",
+            "--model.d_model": "32",
+            "--data.global_batch_size": "2",
+            "--checkpoint.interval": "0",
+            "--eval.num_samples": "1",
+            "--log.interval": "100",
+        },
+    )
     cfg, _ = parse_config(args)
     train(cfg)
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -15,8 +15,9 @@ STOP = {7}
 
 def make(variant: str, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=2, max_seq_len=48,
-                      init_std=0.2, **overrides)  # a large init gives varied, non-constant greedy outputs
+    cfg = ModelConfig(
+        variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=2, max_seq_len=48, init_std=0.2, **overrides
+    )  # a large init gives varied, non-constant greedy outputs
     return create_model(cfg).eval()
 
 
@@ -36,8 +37,10 @@ def test_cached_generation_equals_uncached(variant, depth):
     assert len({tuple(t) for t in cached.tokens}) > 1 or variant == "baseline"
 
 
-@pytest.mark.parametrize("variant,extra", [("recurrent", {}), ("shared_loop", {}),
-                                           ("recurrent", {"injection": "add", "init_state": "zeros"})])
+@pytest.mark.parametrize(
+    "variant,extra",
+    [("recurrent", {}), ("shared_loop", {}), ("recurrent", {"injection": "add", "init_state": "zeros"})],
+)
 @pytest.mark.parametrize("criterion", ["delta", "kl"])
 def test_adaptive_exit_with_zero_eps_equals_fixed_depth(variant, extra, criterion):
     model = make(variant, **extra)
@@ -81,7 +84,7 @@ def test_stop_token_ends_decoding_and_is_not_returned():
     first = generate(model, prompts(), 6, set(), num_steps=2).tokens
     stop = {first[0][2]}
     out = generate(model, prompts(), 6, stop, num_steps=2)
-    assert out.tokens[0] == first[0][:first[0].index(first[0][2])]
+    assert out.tokens[0] == first[0][: first[0].index(first[0][2])]
     assert out.stop_reasons[0] == "stop_token"
 
 

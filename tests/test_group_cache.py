@@ -21,8 +21,9 @@ def many_groups(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("world_size, global_batch", [(1, 8), (4, 32)])
 def test_groups_held_stay_bounded(many_groups: Path, world_size: int, global_batch: int) -> None:
-    ds = StatefulParquetDataset(many_groups, global_batch_size=global_batch, world_size=world_size, rank=0,
-                                shuffle_window=1, infinite=False)
+    ds = StatefulParquetDataset(
+        many_groups, global_batch_size=global_batch, world_size=world_size, rank=0, shuffle_window=1, infinite=False
+    )
     lanes = global_batch // world_size
     most_held = 0
     for item, _ in enumerate(ds):
@@ -47,8 +48,9 @@ def test_a_replaced_cache_stops_decoding(many_groups: Path) -> None:
     assert old._reader._shutdown and not old._held  # queued decodes were cancelled with it
 
 
-def test_the_next_epochs_plan_is_built_ahead_on_the_decoding_thread(many_groups: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_next_epochs_plan_is_built_ahead_on_the_decoding_thread(
+    many_groups: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     built_on: dict[int, str] = {}
     build = ReadPlan._build
 

@@ -37,8 +37,12 @@ def exported(request, tmp_path_factory):
     if request.param == "baseline":  # the same export in-process; the recurrent run goes through the real command
         export_checkpoint(run, out)
         return run, out
-    result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run),
-                             "--out_dir", str(out)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint", str(run), "--out_dir", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     return run, out
 
@@ -76,7 +80,9 @@ def test_train_init_from_export_and_checkpoint(exported, tmp_path):
     run, out = exported
     checkpoint = sorted((run / "checkpoints").glob("step_*[0-9]"))[-1]
     for name, source in (("from_export", out), ("from_checkpoint", checkpoint)):
-        result = run_train_in_process(tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA}))
+        result = run_train_in_process(
+            tiny_args(tmp_path / "runs" / name, None, steps=6, **{"--init_from": str(source), **DATA})
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"[init] weights from {source}" in result.stderr
 
@@ -93,13 +99,14 @@ def test_automodel_matches_recur(exported):
     for steps in (1, 3):
         want = greedy_generate(ours, PROMPT, 8, set(), num_steps=steps)[0]
         got = hf.generate(x, max_new_tokens=8, num_steps=steps, do_sample=False, eos_token_id=None)
-        assert got[0, x.shape[1]:].tolist() == want
+        assert got[0, x.shape[1] :].tolist() == want
     if is_looped(ours):  # adaptive exit: the same tokens as recur's, with some tokens exiting early
         decoded = generate(ours, PROMPT, 8, set(), num_steps=4, exit_rule=ExitRule("delta", 0.2))
         assert decoded.mean_steps() < 4
-        got = hf.generate(x, max_new_tokens=8, num_steps=4, exit_criterion="delta", exit_eps=0.2, do_sample=False,
-                          eos_token_id=None)
-        assert got[0, x.shape[1]:].tolist() == decoded.tokens[0]
+        got = hf.generate(
+            x, max_new_tokens=8, num_steps=4, exit_criterion="delta", exit_eps=0.2, do_sample=False, eos_token_id=None
+        )
+        assert got[0, x.shape[1] :].tolist() == decoded.tokens[0]
     deep = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True, num_steps=3)
     torch.testing.assert_close(deep(x).logits, ours(x, num_steps=3).logits, rtol=0, atol=1e-4)
     torch.manual_seed(0)
@@ -119,12 +126,13 @@ def test_left_padded_batches_compute_what_unpadded_rows_do(exported):
     padded = hf(ids, attention_mask=mask, num_steps=3).logits
     for row, prompt in enumerate((short, long)):
         alone = hf(torch.tensor([prompt]), num_steps=3).logits[0]
-        torch.testing.assert_close(padded[row, -len(prompt):], alone, rtol=0, atol=1e-4)
-    batch = hf.generate(ids, attention_mask=mask, max_new_tokens=6, num_steps=3, do_sample=False,
-                        eos_token_id=None, pad_token_id=pad)
+        torch.testing.assert_close(padded[row, -len(prompt) :], alone, rtol=0, atol=1e-4)
+    batch = hf.generate(
+        ids, attention_mask=mask, max_new_tokens=6, num_steps=3, do_sample=False, eos_token_id=None, pad_token_id=pad
+    )
     for row, prompt in enumerate((short, long)):
         alone = hf.generate(torch.tensor([prompt]), max_new_tokens=6, num_steps=3, do_sample=False, eos_token_id=None)
-        assert batch[row, ids.shape[1]:].tolist() == alone[0, len(prompt):].tolist()
+        assert batch[row, ids.shape[1] :].tolist() == alone[0, len(prompt) :].tolist()
 
 
 # A Python where recur is not installed: the editable install's finder and the checkout leave the path.
@@ -167,8 +175,11 @@ def test_plain_lm_eval_scores_a_trained_export(exported, tmp_path, monkeypatch):
     tasks = write_local_tasks(tmp_path)
     plain = plain_hf_results(exported[1], tasks, num_steps=2)
     ours = evaluate_at_depths(str(exported[1]), TASKS, [2], include_path=str(tasks), include_defaults=False)[2]
-    for task, metric in (("recur_tiny_mc", "acc,none"), ("recur_tiny_ppl", "word_perplexity,none"),
-                         ("recur_tiny_gen", "exact_match,none")):
+    for task, metric in (
+        ("recur_tiny_mc", "acc,none"),
+        ("recur_tiny_ppl", "word_perplexity,none"),
+        ("recur_tiny_gen", "exact_match,none"),
+    ):
         assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
 
 
@@ -193,16 +204,32 @@ def test_eval_hub_and_compare_runs_read_an_export(exported, tmp_path):
     run_copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     shutil.copytree(sorted((run / "checkpoints").glob("step_*[0-9]"))[-1], run_copy / "checkpoints" / "step_6")
     for directory in (export, run_copy):
-        args = ["--checkpoint", str(directory), "--suite", "algorithmic", "--tasks", "copy", "--num_samples", "4",
-                "--no_ood", "--no_plots", "--device", "cpu"]
+        args = [
+            "--checkpoint",
+            str(directory),
+            "--suite",
+            "algorithmic",
+            "--tasks",
+            "copy",
+            "--num_samples",
+            "4",
+            "--no_ood",
+            "--no_plots",
+            "--device",
+            "cpu",
+        ]
         if directory == run_copy:  # eval_hub.py's main() in-process; the export goes through the real command
             assert _eval_hub_in_process(args) == 0
         else:
             hub = subprocess.run([sys.executable, "eval_hub.py", *args], capture_output=True, text=True, cwd=REPO)
             assert hub.returncode == 0, hub.stderr[-2000:]
         assert (directory / "eval" / "results_algorithmic.json").is_file()
-    compared = subprocess.run([sys.executable, "compare_runs.py", str(export), str(run_copy), "--out_dir",
-                               str(tmp_path / "compare")], capture_output=True, text=True, cwd=REPO)
+    compared = subprocess.run(
+        [sys.executable, "compare_runs.py", str(export), str(run_copy), "--out_dir", str(tmp_path / "compare")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert compared.returncode == 0, compared.stderr[-2000:]
     names = [r["name"] for r in json.loads((tmp_path / "compare" / "compare.json").read_text())["runs"]]
     assert names == ["export", "run"]
@@ -217,15 +244,28 @@ def test_byte_tokenizer_files_match_recur(exported):
     for text in ("hello world", "héllo ✓ 日本\n\ttabs", ""):
         assert hf.encode(text, add_special_tokens=False) == ours.encode(text)
         assert hf.decode(ours.encode(text)) == text
-    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "4"}]
+    chat = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
     assert hf.apply_chat_template(chat, return_dict=False) == ours.apply_chat_template(chat)[0]
     assert hf.apply_chat_template(chat[:2], add_generation_prompt=True, return_dict=False) == ours.prompt_ids(chat[:2])
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (ours.bos_id, ours.eos_id, ours.pad_id)
 
 
 def test_bad_export_input_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "utils" / "export_checkpoint.py"), "--checkpoint",
-                             str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "utils" / "export_checkpoint.py"),
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--out_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -8,12 +8,15 @@ from recur.convert.kneedle import find_knee, find_knees
 X = np.arange(20.0)
 
 
-@pytest.mark.parametrize("curve,direction,y,knee", [
-    ("concave", "increasing", np.where(X < 7, 3 * X, 21 + 0.2 * (X - 7)), 7),
-    ("convex", "decreasing", np.where(X < 7, 21 - 3 * X, -0.2 * (X - 7)), 7),
-    ("convex", "increasing", np.where(X < 12, 0.2 * X, 2.4 + 3 * (X - 12)), 12),
-    ("concave", "decreasing", np.where(X < 12, 10 - 0.2 * X, 7.6 - 3 * (X - 12)), 12),
-])
+@pytest.mark.parametrize(
+    "curve,direction,y,knee",
+    [
+        ("concave", "increasing", np.where(X < 7, 3 * X, 21 + 0.2 * (X - 7)), 7),
+        ("convex", "decreasing", np.where(X < 7, 21 - 3 * X, -0.2 * (X - 7)), 7),
+        ("convex", "increasing", np.where(X < 12, 0.2 * X, 2.4 + 3 * (X - 12)), 12),
+        ("concave", "decreasing", np.where(X < 12, 10 - 0.2 * X, 7.6 - 3 * (X - 12)), 12),
+    ],
+)
 def test_piecewise_linear_knee_in_every_orientation(curve, direction, y, knee):
     assert find_knees(X, y, curve, direction) == [knee]
     assert find_knee(X, y, curve, direction) == knee
@@ -43,16 +46,19 @@ def test_no_knee_on_flat_or_straight_curves():
     assert find_knee(X, np.full_like(X, 5.0), "convex", "decreasing") is None
 
 
-@pytest.mark.parametrize("x,y,kwargs,match", [
-    ([0, 1], [0, 1], {}, "at least 3 points"),
-    ([0, 2, 1], [0, 1, 2], {}, "strictly increasing"),
-    ([0, 1, 2], [0, 1], {}, "equal length"),
-    ([0, 1, 2], [0, np.nan, 2], {}, "finite"),
-    ([0, 1, 2], [0, 1, 2], {"curve": "wavy"}, "curve must be"),
-    ([0, 1, 2], [0, 1, 2], {"direction": "up"}, "direction must be"),
-    ([0, 1, 2], [0, 1, 2], {"S": -1.0}, "S must be >= 0"),
-    ([0, 1, 2], [0, 1, 2], {"smooth_window": 2}, "odd integer"),
-])
+@pytest.mark.parametrize(
+    "x,y,kwargs,match",
+    [
+        ([0, 1], [0, 1], {}, "at least 3 points"),
+        ([0, 2, 1], [0, 1, 2], {}, "strictly increasing"),
+        ([0, 1, 2], [0, 1], {}, "equal length"),
+        ([0, 1, 2], [0, np.nan, 2], {}, "finite"),
+        ([0, 1, 2], [0, 1, 2], {"curve": "wavy"}, "curve must be"),
+        ([0, 1, 2], [0, 1, 2], {"direction": "up"}, "direction must be"),
+        ([0, 1, 2], [0, 1, 2], {"S": -1.0}, "S must be >= 0"),
+        ([0, 1, 2], [0, 1, 2], {"smooth_window": 2}, "odd integer"),
+    ],
+)
 def test_bad_input_raises_clear_error(x, y, kwargs, match):
     with pytest.raises(ValueError, match=match):
         find_knees(x, y, **kwargs)
@@ -60,9 +66,11 @@ def test_bad_input_raises_clear_error(x, y, kwargs, match):
 
 def test_select_first_versus_prominent():
     # Rise, plateau, steep rise, plateau: bends at 5 (gentle) and 12 (after the steep rise).
-    y = np.piecewise(X, [X < 5, (X >= 5) & (X < 9), (X >= 9) & (X < 12), X >= 12],
-                     [lambda v: v, lambda v: 5 + 0.1 * (v - 5), lambda v: 5.4 + 2 * (v - 9),
-                      lambda v: 11.4 + 0.01 * (v - 12)])
+    y = np.piecewise(
+        X,
+        [X < 5, (X >= 5) & (X < 9), (X >= 9) & (X < 12), X >= 12],
+        [lambda v: v, lambda v: 5 + 0.1 * (v - 5), lambda v: 5.4 + 2 * (v - 9), lambda v: 11.4 + 0.01 * (v - 12)],
+    )
     assert find_knees(X, y) == [5, 12]
     assert find_knee(X, y, select="first") == 5
     # The prominent knee is the one furthest above the diagonal of the normalised curve.

@@ -28,8 +28,13 @@ class CountingLoader:
 
 
 def make_loader(alg_tokens=30, total_tokens=100) -> PhasedLoader:
-    return PhasedLoader([CountingLoader(1), CountingLoader(2)], micro_batches_per_step=2, tokens_per_step=10,
-                        alg_tokens=alg_tokens, total_tokens=total_tokens)
+    return PhasedLoader(
+        [CountingLoader(1), CountingLoader(2)],
+        micro_batches_per_step=2,
+        tokens_per_step=10,
+        alg_tokens=alg_tokens,
+        total_tokens=total_tokens,
+    )
 
 
 def test_phases_switch_at_step_boundary_and_stop_at_total():

@@ -52,6 +52,7 @@ def llama_dir(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------- zones and split (no model)
 
+
 def test_zone_boundaries_follow_the_knees_of_the_angular_curve():
     zones = find_zone_boundaries(U_CURVE)
     assert (zones.encode_knee, zones.decode_knee, zones.curve_minimum) == (2, 12, 6)
@@ -109,12 +110,15 @@ def test_any_curve_and_target_give_a_valid_split(data):
     assert zones.count("Recurrent") == split.block_size and zones[0] == "Prelude" and zones[-1] == "Coda"
 
 
-@pytest.mark.parametrize("args,match", [
-    ((6, 2, 1, 2, 1), "--prelude_size \\(2\\) must be <= --start_index"),
-    ((6, 1, 1, 4, 2), "overlaps the coda"),
-    ((6, 1, 1, 0, 1), "--block_size must be >= 1"),
-    ((6, -1, 1, 2, 1), "--prelude_size must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((6, 2, 1, 2, 1), "--prelude_size \\(2\\) must be <= --start_index"),
+        ((6, 1, 1, 4, 2), "overlaps the coda"),
+        ((6, 1, 1, 0, 1), "--block_size must be >= 1"),
+        ((6, -1, 1, 2, 1), "--prelude_size must be >= 0"),
+    ],
+)
 def test_invalid_splits_are_rejected(args, match):
     with pytest.raises(ValueError, match=match):
         validate_split(*args)
@@ -123,6 +127,7 @@ def test_invalid_splits_are_rejected(args, match):
 
 
 # ----------------------------------------------------------------- calibration data
+
 
 def test_calibration_sources(tmp_path):
     assert load_calibration_texts(None) == list(BUILTIN_PROMPTS) and len(BUILTIN_PROMPTS) == 32
@@ -154,6 +159,7 @@ def test_calibration_sources(tmp_path):
 
 # ----------------------------------------------------------------- metrics on a real HF model
 
+
 def test_metrics_match_direct_computation_and_ignore_padding(llama_dir):
     model, tokenizer = load_model(llama_dir, torch.device("cpu"))
     texts = list(BUILTIN_PROMPTS[:6])
@@ -169,7 +175,10 @@ def test_metrics_match_direct_computation_and_ignore_padding(llama_dir):
     for text in texts:
         ids = torch.tensor([tokenizer(text, truncation=True, max_length=48)["input_ids"]])
         pairs = []
-        hooks = [layer.register_forward_hook(lambda m, a, o, k=i, pairs=pairs: pairs.append((k, a[0], o))) for i, layer in enumerate(layers)]
+        hooks = [
+            layer.register_forward_hook(lambda m, a, o, k=i, pairs=pairs: pairs.append((k, a[0], o)))
+            for i, layer in enumerate(layers)
+        ]
         with torch.no_grad():
             model(input_ids=ids)
         for h in hooks:
@@ -178,8 +187,12 @@ def test_metrics_match_direct_computation_and_ignore_padding(llama_dir):
             cos_all[k].append(torch.nn.functional.cosine_similarity(inp[0], out[0], dim=-1))
     cos = [torch.cat(c).double() for c in cos_all]
     np.testing.assert_allclose(batched.block_influence, [1 - c.mean().item() for c in cos], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(batched.angular_distance,
-                               [(torch.arccos(c.clamp(-1, 1)) / np.pi).mean().item() for c in cos], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        batched.angular_distance,
+        [(torch.arccos(c.clamp(-1, 1)) / np.pi).mean().item() for c in cos],
+        rtol=1e-4,
+        atol=1e-6,
+    )
     assert all(0 < b < 2 for b in batched.block_influence)
 
 
@@ -210,8 +223,25 @@ def test_cli_target_size_and_calibration_file_on_olmo2(tmp_path, capsys):
     cal = tmp_path / "cal.jsonl"
     cal.write_text("\n".join(json.dumps({"text": t}) for t in BUILTIN_PROMPTS[::-1]) + "\n")
     out_json, plot = tmp_path / "o.json", tmp_path / "plots" / "o.png"
-    assert main(["--model_path", str(model_dir), "--calibration", str(cal), "--num_samples", "5",
-                 "--target_recurrent_size", "2", "--out_json", str(out_json), "--save_plot", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "--model_path",
+                str(model_dir),
+                "--calibration",
+                str(cal),
+                "--num_samples",
+                "5",
+                "--target_recurrent_size",
+                "2",
+                "--out_json",
+                str(out_json),
+                "--save_plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out_json.read_text())
     assert data["num_samples"] == 5 and data["target_recurrent_size"] == 2
     assert data["split"]["block_size"] == 2 and [r["zone"] for r in data["layers"]].count("Recurrent") == 2
@@ -220,17 +250,25 @@ def test_cli_target_size_and_calibration_file_on_olmo2(tmp_path, capsys):
 
 
 def test_cli_bad_input_is_one_line_error_with_exit_code_2(llama_dir, tmp_path, capsys):
-    assert main(["--model_path", str(llama_dir), "--target_recurrent_size", "9", "--out_json", str(tmp_path / "a.json")]) == 2
+    assert (
+        main(["--model_path", str(llama_dir), "--target_recurrent_size", "9", "--out_json", str(tmp_path / "a.json")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert err == "error: --target_recurrent_size must be between 1 and 4 for a model with 6 layers " \
-                  "(one prelude and one coda layer are kept), got 9"
+    assert (
+        err == "error: --target_recurrent_size must be between 1 and 4 for a model with 6 layers "
+        "(one prelude and one coda layer are kept), got 9"
+    )
     assert not (tmp_path / "a.json").exists()
     assert main(["--model_path", str(tmp_path), "--out_json", str(tmp_path / "a.json")]) == 2
     assert "no config.json" in capsys.readouterr().err
 
     # As a real script: missing model directory.
-    proc = subprocess.run([sys.executable, str(CLI), "--model_path",
-                           str(tmp_path / "nope"), "--out_json", str(tmp_path / "b.json")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(CLI), "--model_path", str(tmp_path / "nope"), "--out_json", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: --model_path {tmp_path / 'nope'}: directory not found"]

@@ -24,6 +24,7 @@ from recur.hf_model import save_pretrained  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmeval")
@@ -52,7 +53,7 @@ def _direct_loglikelihood(lm: RecurLM, context: list[int], continuation: list[in
     ids = context + continuation
     with torch.no_grad():
         logp = F.log_softmax(lm.model(torch.tensor([ids[:-1]]), num_steps=lm.num_steps).logits[0].float(), -1)
-    return logp[-len(continuation):].gather(1, torch.tensor(continuation)[:, None]).sum().item()
+    return logp[-len(continuation) :].gather(1, torch.tensor(continuation)[:, None]).sum().item()
 
 
 class _ForwardLog:
@@ -103,8 +104,13 @@ def test_rolling_and_generation_match_model(model_dir):
 
 def test_local_tasks_at_several_depths(model_dir, task_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    results = evaluate_at_depths(str(model_dir), ["recur_tiny_mc", "recur_tiny_ppl", "recur_tiny_gen"], [1, 4],
-                                 include_path=str(task_dir), include_defaults=False)
+    results = evaluate_at_depths(
+        str(model_dir),
+        ["recur_tiny_mc", "recur_tiny_ppl", "recur_tiny_gen"],
+        [1, 4],
+        include_path=str(task_dir),
+        include_defaults=False,
+    )
     assert set(results) == {1, 4}
     for depth in (1, 4):
         assert 0.0 <= results[depth]["recur_tiny_mc"]["acc,none"] <= 1.0
@@ -116,13 +122,38 @@ def test_local_tasks_at_several_depths(model_dir, task_dir, monkeypatch, tmp_pat
 @pytest.mark.slow  # a fresh interpreter imports lm-eval and indexes its ~10k built-in task YAMLs
 def test_lm_eval_cli_with_recur_model(model_dir, task_dir, tmp_path):
     """`python -m recur.eval.lm_eval_adapter` is lm_eval's own CLI with --model recur registered."""
-    env = {**os.environ, "PYTHONPATH": REPO, "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"),
-           "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": REPO,
+        "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"),
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "recur.eval.lm_eval_adapter", "--model", "recur",
-                           "--model_args", f"path={model_dir},num_steps=2", "--tasks", "recur_tiny_mc",
-                           "--include_path", str(task_dir), "--output_path", str(out), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recur.eval.lm_eval_adapter",
+            "--model",
+            "recur",
+            "--model_args",
+            f"path={model_dir},num_steps=2",
+            "--tasks",
+            "recur_tiny_mc",
+            "--include_path",
+            str(task_dir),
+            "--output_path",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.rglob("results*.json"))
     assert files and "recur_tiny_mc" in json.loads(files[0].read_text())["results"]
@@ -138,9 +169,13 @@ def test_plain_lm_eval_hf_model_scores_like_the_adapter(model_dir, task_dir, mon
     ours = depths[2]
     # num_steps reached the model: depth 1 scores the perplexity task differently.
     assert plain["recur_tiny_ppl"]["word_perplexity,none"] != pytest.approx(
-        depths[1]["recur_tiny_ppl"]["word_perplexity,none"], rel=1e-6)
-    for task, metric in (("recur_tiny_mc", "acc,none"), ("recur_tiny_ppl", "word_perplexity,none"),
-                         ("recur_tiny_gen", "exact_match,none")):
+        depths[1]["recur_tiny_ppl"]["word_perplexity,none"], rel=1e-6
+    )
+    for task, metric in (
+        ("recur_tiny_mc", "acc,none"),
+        ("recur_tiny_ppl", "word_perplexity,none"),
+        ("recur_tiny_gen", "exact_match,none"),
+    ):
         assert plain[task][metric] == pytest.approx(ours[task][metric], rel=1e-6), (task, plain[task], ours[task])
 
 
@@ -156,9 +191,14 @@ def test_chat_template_prompts_score_as_the_template_ids(model_dir, task_dir, mo
     assert chatml.tok_encode(chatml.apply_chat_template(messages)) == chatml.tok.prompt_ids(messages)
     lm = RecurLM(str(model_dir), num_steps=2, tokenizer="byte")
     assert lm.tok_encode(lm.apply_chat_template(messages)) == lm.tok.prompt_ids(messages)
-    out = simple_evaluate(model=lm, tasks=["recur_tiny_mc"], apply_chat_template=True, log_samples=True,
-                          task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                          bootstrap_iters=0)
+    out = simple_evaluate(
+        model=lm,
+        tasks=["recur_tiny_mc"],
+        apply_chat_template=True,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        bootstrap_iters=0,
+    )
     samples = out["samples"]["recur_tiny_mc"]
     assert len(samples) == len(DOCS)
     for sample in samples:
@@ -180,7 +220,7 @@ def test_batched_generation_equals_one_request_at_a_time(model_dir):
     assert max(log.batches) == 3  # prompts of different lengths were decoded together, left-padded
     lm.batch_size = 1
     assert batched == lm.generate_until(reqs, disable_tqdm=True)
-    assert batched[-1] == batched[0][:len(batched[-1])] and any(batched)
+    assert batched[-1] == batched[0][: len(batched[-1])] and any(batched)
 
 
 def test_generation_stops_at_until_strings(model_dir):
@@ -190,12 +230,14 @@ def test_generation_stops_at_until_strings(model_dir):
     free_ids = greedy_generate(lm.model, [lm.tok_encode("The cat")], 12, {lm.eot_token_id}, num_steps=2)[0]
     assert len(free_ids) == 12
     free = lm.tok_decode(free_ids)
-    stop = free[len(lm.tok_decode(free_ids[:4])):len(lm.tok_decode(free_ids[:6]))]  # complete by token 6
+    stop = free[len(lm.tok_decode(free_ids[:4])) : len(lm.tok_decode(free_ids[:6]))]  # complete by token 6
     assert stop
-    reqs = [_req("The cat", {"until": ["never there", stop], "max_gen_toks": 200}),
-            _req("The cat", {"until": ["also absent", free[:2]], "max_gen_toks": 200})]
+    reqs = [
+        _req("The cat", {"until": ["never there", stop], "max_gen_toks": 200}),
+        _req("The cat", {"until": ["also absent", free[:2]], "max_gen_toks": 200}),
+    ]
     with _ForwardLog(lm.model) as log:
         outs = lm.generate_until(reqs, disable_tqdm=True)
     assert len(log.batches) <= 6  # the prompt forward, then at most 5 decoding steps of 200
-    assert outs == [free[:free.find(stop)], ""]
+    assert outs == [free[: free.find(stop)], ""]
     assert stop not in outs[0]

@@ -301,7 +301,9 @@ def test_workers_fork_from_a_dataset_already_read_in_process(data_dir: Path, ref
 def test_a_version_1_state_refuses_naming_the_format_version(data_dir: Path) -> None:
     # A state saved by the loader before lanes (format version 1) took batches in walk order.
     state = {**make(data_dir).state_dict(), "version": 1, "batch_index": 3}
-    with pytest.raises(ValueError, match=r"^loader state format version 1 cannot be resumed exactly .*version 2[^\n]*$"):
+    with pytest.raises(
+        ValueError, match=r"^loader state format version 1 cannot be resumed exactly .*version 2[^\n]*$"
+    ):
         make(data_dir).load_state_dict(state)
 
 
@@ -364,22 +366,32 @@ def test_errors_name_the_settings_as_the_caller_spells_them(data_dir: Path) -> N
 _DROP = object()  # a state key to leave out
 
 
-@pytest.mark.parametrize("argv, state_edit, message", [
-    (["--global_batch_size", "24", "--shuffle_window", "0"], None, "--shuffle_window must be >= 1, got 0"),
-    (["--global_batch_size", "0"], None, "--global_batch_size (0) and world size (1) must be >= 1"),
-    ([], None, "--global_batch_size is required when no --state is given"),
-    (["--global_batch_size", "24", "--seed", "-1"], None, "--seed must be >= 0, got -1"),
-    (["--global_batch_size", "24", "--world_size", "4", "--rank", "4"], None,
-     "--rank 4 must lie in [0, --world_size 4)"),
-    ([], {"global_batch_size": _DROP}, "--global_batch_size is required: --state STATE holds none"),
-    ([], {"seed": "x"}, "--state STATE: seed must be an integer >= 0, got 'x'"),
-    ([], {"shuffle_window": 0}, "--state STATE: shuffle_window must be an integer >= 1, got 0"),
-    ([], {"shuffle": "yes"}, "--state STATE: shuffle must be true or false, got 'yes'"),
-    ([], {"batch_index": "x"}, "--state STATE: loader state key batch_index must be an integer, got 'x'"),
-    ([], {"batch_index": 3.7}, "--state STATE: loader state key batch_index must be an integer, got 3.7"),
-])
+@pytest.mark.parametrize(
+    "argv, state_edit, message",
+    [
+        (["--global_batch_size", "24", "--shuffle_window", "0"], None, "--shuffle_window must be >= 1, got 0"),
+        (["--global_batch_size", "0"], None, "--global_batch_size (0) and world size (1) must be >= 1"),
+        ([], None, "--global_batch_size is required when no --state is given"),
+        (["--global_batch_size", "24", "--seed", "-1"], None, "--seed must be >= 0, got -1"),
+        (
+            ["--global_batch_size", "24", "--world_size", "4", "--rank", "4"],
+            None,
+            "--rank 4 must lie in [0, --world_size 4)",
+        ),
+        ([], {"global_batch_size": _DROP}, "--global_batch_size is required: --state STATE holds none"),
+        ([], {"seed": "x"}, "--state STATE: seed must be an integer >= 0, got 'x'"),
+        ([], {"shuffle_window": 0}, "--state STATE: shuffle_window must be an integer >= 1, got 0"),
+        ([], {"shuffle": "yes"}, "--state STATE: shuffle must be true or false, got 'yes'"),
+        ([], {"batch_index": "x"}, "--state STATE: loader state key batch_index must be an integer, got 'x'"),
+        ([], {"batch_index": 3.7}, "--state STATE: loader state key batch_index must be an integer, got 3.7"),
+    ],
+)
 def test_cli_bad_input_is_one_line_naming_the_flag_and_exit_2(
-    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], state_edit: dict | None,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    argv: list[str],
+    state_edit: dict | None,
     message: str,
 ) -> None:
     from stateful_parquet_dataset import main
@@ -400,8 +412,10 @@ def test_workers_dividing_the_micro_batches_per_step_decode_disjoint_groups(
     # The claim of recur/data/loader.py "Workers" and docs/data.md: k | per_step gives each worker its own lanes.
     dataset = make(data_dir, micro_batch_size=micro, shuffle_window=1)
     per_step = dataset.micro_batches_per_step
-    decoded = [set(ReadPlan(dataset.order, 0, dataset.micro_batch_size, per_step, Reads(w, workers)).epoch(0)
-                   .groups.tolist()) for w in range(workers)]
+    decoded = [
+        set(ReadPlan(dataset.order, 0, dataset.micro_batch_size, per_step, Reads(w, workers)).epoch(0).groups.tolist())
+        for w in range(workers)
+    ]
     groups = len(dataset.shards.group_sizes)
     if per_step % workers == 0:
         assert sum(map(len, decoded)) <= groups + per_step - 1  # shared only where two workers' lanes meet

@@ -13,8 +13,16 @@ def _write(path, text: str) -> None:
 
 
 def _logger(run_dir) -> MetricsLogger:
-    return MetricsLogger(run_dir, total_steps=10, log_interval=1, wandb_mode="disabled", wandb_project="p",
-                         run_name="r", config={}, resume=True)
+    return MetricsLogger(
+        run_dir,
+        total_steps=10,
+        log_interval=1,
+        wandb_mode="disabled",
+        wandb_project="p",
+        run_name="r",
+        config={},
+        resume=True,
+    )
 
 
 def test_torn_last_line_is_dropped_on_resume_with_a_note(tmp_path, capsys):

@@ -17,8 +17,7 @@ def packed(tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
     # ~1M tokens in total over three sources of different sizes and row fill (concat vs bfd).
     pack_dataset(root / "parity", tokenizer="byte", seq_len=63, tasks=["parity"], num_docs=12000, seed=1)
-    pack_dataset(root / "copy", tokenizer="byte", seq_len=63, tasks=["copy"], num_docs=12000, seed=2,
-                 packing="bfd")
+    pack_dataset(root / "copy", tokenizer="byte", seq_len=63, tasks=["copy"], num_docs=12000, seed=2, packing="bfd")
     pack_dataset(root / "add", tokenizer="byte", seq_len=63, tasks=["addition", "successor"], num_docs=8000, seed=3)
     pack_dataset(root / "short", tokenizer="byte", seq_len=31, tasks=["parity"], num_docs=100)
     return root
@@ -104,8 +103,12 @@ def test_yaml_config_and_apportion(packed, tmp_path):
         f"sources:\n  - {{path: {packed / 'parity'}, weight: 2}}\n  - {{path: {packed / 'add'}, weight: 1}}\n"
     )
     assert load_mix_config(config) == [MixSource(str(packed / "parity"), 2.0), MixSource(str(packed / "add"), 1.0)]
-    assert mix_cli.main(["--config", str(config), "--num_rows", "90", "--num_shards", "3", "--out_dir",
-                         str(tmp_path / "m")]) == 0
+    assert (
+        mix_cli.main(
+            ["--config", str(config), "--num_rows", "90", "--num_shards", "3", "--out_dir", str(tmp_path / "m")]
+        )
+        == 0
+    )
     assert open_packed_dataset(tmp_path / "m")["num_rows"] == 90
     counts = apportion(10, np.array([1.0, 1.0, 1.0]))
     assert counts.sum() == 10 and sorted(counts) == [3, 3, 4]

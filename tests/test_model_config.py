@@ -15,12 +15,25 @@ from recur.models.config import ActConfig, LatentConfig, MemoryConfig, ModelConf
 
 SHAPE = dict(vocab_size=40, d_model=32, n_layers=3, n_heads=2, max_seq_len=64)
 # Every legacy key once, with the group field it now lives in.
-LEGACY = {"n_thoughts": 4, "thought_chunk": 4, "d_thought": 16, "thought_heads": 2, "read_layer": 1,
-          "ssm_d_state": 8, "ssm_headdim": 16, "ssm_expand": 2, "ssm_d_conv": 3, "ssm_scan_chunk": 8,
-          "n_memory": 4, "memory_chunk": 8}
-TYPED = dict(latent=LatentConfig(n_thoughts=4, thought_chunk=4, d_thought=16, thought_heads=2, read_layer=1),
-             ssm=SSMConfig(d_state=8, headdim=16, expand=2, d_conv=3, scan_chunk=8),
-             memory=MemoryConfig(n_slots=4, chunk=8))
+LEGACY = {
+    "n_thoughts": 4,
+    "thought_chunk": 4,
+    "d_thought": 16,
+    "thought_heads": 2,
+    "read_layer": 1,
+    "ssm_d_state": 8,
+    "ssm_headdim": 16,
+    "ssm_expand": 2,
+    "ssm_d_conv": 3,
+    "ssm_scan_chunk": 8,
+    "n_memory": 4,
+    "memory_chunk": 8,
+}
+TYPED = dict(
+    latent=LatentConfig(n_thoughts=4, thought_chunk=4, d_thought=16, thought_heads=2, read_layer=1),
+    ssm=SSMConfig(d_state=8, headdim=16, expand=2, d_conv=3, scan_chunk=8),
+    memory=MemoryConfig(n_slots=4, chunk=8),
+)
 
 
 def _legacy_dict(cfg: ModelConfig, extra: dict) -> dict:
@@ -86,8 +99,10 @@ def test_print_config_shows_the_groups_defaults(capsys):
 def test_a_run_config_yaml_with_legacy_extra_loads_with_config(tmp_path):
     """Every run's config.yaml before the groups had `model.extra`; --config maps it into the groups."""
     old = tmp_path / "config.yaml"
-    old.write_text("model:\n  variant: act\n  extra: {n_thoughts: 5, lambda_ponder: 0.1}\n"
-                   "recurrence: {sampling: fixed, mean_recurrence: 4, backprop_depth: 4}\n")
+    old.write_text(
+        "model:\n  variant: act\n  extra: {n_thoughts: 5, lambda_ponder: 0.1}\n"
+        "recurrence: {sampling: fixed, mean_recurrence: 4, backprop_depth: 4}\n"
+    )
     cfg, _ = parse_config(["--config", str(old), "--steps", "10"])
     assert cfg.model.latent.n_thoughts == 5 and cfg.model.act.lambda_ponder == 0.1
 

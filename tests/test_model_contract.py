@@ -39,8 +39,9 @@ class TwoStackLM(DecoderLM):
     def effective_depth(self) -> int:
         return len(self.lower) + len(self.upper) * self.cfg.default_num_steps
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(
+        self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, noise: NoiseKey | None
+    ) -> tuple[torch.Tensor, ModelOutput]:
         no_grad_steps, grad_steps = split_steps(num_steps, self.cfg.default_num_steps)
         h = self.run_blocks(self.lower, x, ctx, "lower")
         with torch.no_grad():
@@ -58,8 +59,15 @@ class TwoStackLM(DecoderLM):
 
     def flop_terms(self, seq_len: int, no_grad_steps: float = 0, grad_steps: float = 1) -> dict[str, float]:
         fixed = param_count(self.lower) + self.lm_head.weight.numel()
-        return loop_flop_terms(fixed, param_count(self.upper), len(self.lower), len(self.upper),
-                               attention_flops_per_layer(self.cfg, seq_len), no_grad_steps, grad_steps)
+        return loop_flop_terms(
+            fixed,
+            param_count(self.upper),
+            len(self.lower),
+            len(self.upper),
+            attention_flops_per_layer(self.cfg, seq_len),
+            no_grad_steps,
+            grad_steps,
+        )
 
 
 @pytest.fixture
@@ -74,8 +82,11 @@ def _expected_flops(model: TwoStackLM, seq_len: int, n: int, k: int) -> int:
     fixed = param_count(model.lower) + model.lm_head.weight.numel()
     loop = param_count(model.upper)
     attn = 4 * seq_len * model.cfg.n_heads * model.cfg.head_dim
-    return 6 * (fixed + k * loop) + 2 * n * loop + attn * (3 * (len(model.lower) + k * len(model.upper))
-                                                           + n * len(model.upper))
+    return (
+        6 * (fixed + k * loop)
+        + 2 * n * loop
+        + attn * (3 * (len(model.lower) + k * len(model.upper)) + n * len(model.upper))
+    )
 
 
 def test_registration_is_scoped_and_checked(two_stack):
@@ -142,14 +153,31 @@ def test_trains_through_the_public_api_with_fsdp(two_stack, tmp_path, capfd):
     from recur.train_loop import train
 
     data = tmp_path / "data"
-    pack_dataset(data, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=40, seed=0, packing="bfd",
-                 mask_non_assistant=True)
+    pack_dataset(
+        data, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=40, seed=0, packing="bfd", mask_non_assistant=True
+    )
     run_dir = tmp_path / "runs" / "two_stack"
-    args = tiny_args(run_dir, data, steps=4, **{
-        "--model.variant": "two_stack", "--model.d_model": "32", "--model.n_heads": "2", "--model.n_layers": "4",
-        "--model.vocab_size": "264", "--model.max_seq_len": "64", "--data.global_batch_size": "2",
-        "--checkpoint.interval": "0", "--checkpoint.save_final": "false", "--eval.num_samples": "1",
-        "--log.interval": "100", "--optim.schedule.warmup_steps": "1", "--dist.backend": "fsdp", "--dist.activation_checkpointing": "true"})
+    args = tiny_args(
+        run_dir,
+        data,
+        steps=4,
+        **{
+            "--model.variant": "two_stack",
+            "--model.d_model": "32",
+            "--model.n_heads": "2",
+            "--model.n_layers": "4",
+            "--model.vocab_size": "264",
+            "--model.max_seq_len": "64",
+            "--data.global_batch_size": "2",
+            "--checkpoint.interval": "0",
+            "--checkpoint.save_final": "false",
+            "--eval.num_samples": "1",
+            "--log.interval": "100",
+            "--optim.schedule.warmup_steps": "1",
+            "--dist.backend": "fsdp",
+            "--dist.activation_checkpointing": "true",
+        },
+    )
     cfg, _ = parse_config(args)
     train(cfg)
     assert "two_stack:" in capfd.readouterr().err.split("(fsdp)")[0]  # "[model] two_stack: ... (fsdp)"

@@ -6,8 +6,17 @@ from recur.models.layers import KVCache
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(variant="recurrent", vocab_size=97, d_model=64, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                n_prelude=1, n_core=2, n_coda=1)
+    base = dict(
+        variant="recurrent",
+        vocab_size=97,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=64,
+        n_prelude=1,
+        n_core=2,
+        n_coda=1,
+    )
     return ModelConfig(**{**base, **kw})
 
 
@@ -16,8 +25,9 @@ def test_recurrent_r1_equals_baseline_with_passthrough_adapter(block_norm):
     """The property converted HF models rely on, for every block kind."""
     torch.manual_seed(0)
     looped = create_model(tiny_cfg(adapter_init="passthrough", block_norm=block_norm))
-    base = create_model(tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None, n_layers=4,
-                                 block_norm=block_norm))
+    base = create_model(
+        tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None, n_layers=4, block_norm=block_norm)
+    )
     blocks = list(looped.prelude) + list(looped.core) + list(looped.coda)
     for dst, src in zip(base.layers, blocks):
         dst.load_state_dict(src.state_dict())
@@ -40,8 +50,9 @@ def test_state_adapter_iterates_the_core_on_its_own_output(steps):
     torch.manual_seed(0)
     looped = create_model(tiny_cfg(adapter_init="state", init_state="input", block_norm="pre"))
     blocks = list(looped.prelude) + list(looped.core) * steps + list(looped.coda)
-    base = create_model(tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None,
-                                 n_layers=len(blocks), block_norm="pre"))
+    base = create_model(
+        tiny_cfg(variant="baseline", n_prelude=None, n_core=None, n_coda=None, n_layers=len(blocks), block_norm="pre")
+    )
     for dst, src in zip(base.layers, blocks):
         dst.load_state_dict(src.state_dict())
     base.tok_embeddings.load_state_dict(looped.tok_embeddings.state_dict())
@@ -66,6 +77,7 @@ def test_truncated_backprop_equals_backprop_through_last_k_steps():
     # Reference: run n iterations, cut the graph, then differentiate through k more.
     model.zero_grad()
     from recur.models.layers import AttentionContext
+
     cos, sin = model.rotary(torch.arange(16))
     ctx = AttentionContext(cos=cos, sin=sin)
     e = model.run_blocks(model.prelude, model.tok_embeddings(x), ctx, "p")
@@ -75,6 +87,7 @@ def test_truncated_backprop_equals_backprop_through_last_k_steps():
     for step in range(n, n + k):
         s = model.iterate(s, e, ctx, step)
     from recur.models.lm import lm_loss
+
     lm_loss(model.norm(model.run_blocks(model.coda, s, ctx, "c")), model.lm_head, x, None).backward()
     want = {n_: p.grad.clone() for n_, p in model.named_parameters() if p.grad is not None}
     assert got.keys() == want.keys()
@@ -111,13 +124,16 @@ def test_activation_memory_grows_with_k_not_r():
 @pytest.mark.parametrize("steps", [1, 3])
 def test_cached_forward_matches_full_forward(variant, steps):
     torch.manual_seed(0)
-    model = create_model(tiny_cfg(variant=variant) if variant == "recurrent" else
-                         tiny_cfg(variant=variant, n_prelude=None, n_core=None, n_coda=None, n_layers=3)).eval()
+    model = create_model(
+        tiny_cfg(variant=variant)
+        if variant == "recurrent"
+        else tiny_cfg(variant=variant, n_prelude=None, n_core=None, n_coda=None, n_layers=3)
+    ).eval()
     x = torch.randint(0, 97, (2, 12))
     full = model(x, num_steps=steps).logits
     cache = KVCache()
     parts = [model(x[:, :5], num_steps=steps, cache=cache).logits]
-    parts += [model(x[:, t:t + 1], num_steps=steps, cache=cache).logits for t in range(5, 12)]
+    parts += [model(x[:, t : t + 1], num_steps=steps, cache=cache).logits for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-5)
 
 
@@ -134,13 +150,16 @@ def test_document_mask_isolates_documents():
     assert not torch.allclose(model(x).logits[0, 8:], model(y).logits[0, 8:], atol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(variant="nope"), "unknown variant 'nope'"),
-    (dict(n_layers=5), "does not match --model.n_layers 5"),
-    (dict(n_core=None), "must be given together"),
-    (dict(n_heads=3), "not divisible by --model.n_heads 3"),
-    (dict(injection="mul"), "--model.injection"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(variant="nope"), "unknown variant 'nope'"),
+        (dict(n_layers=5), "does not match --model.n_layers 5"),
+        (dict(n_core=None), "must be given together"),
+        (dict(n_heads=3), "not divisible by --model.n_heads 3"),
+        (dict(injection="mul"), "--model.injection"),
+    ],
+)
 def test_bad_model_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         create_model(tiny_cfg(**kwargs))

@@ -35,8 +35,9 @@ def _one_thread():
 @pytest.mark.parametrize("name", ["cosine", "wsd", "constant"])
 @pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
 def test_schedule_start_end_and_monotone(name: str, shape: str) -> None:
-    cfg = LRScheduleConfig(name=name, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, decay_fraction=0.25,
-                           decay_shape=shape)
+    cfg = LRScheduleConfig(
+        name=name, lr=1e-3, min_lr_ratio=0.1, warmup_steps=10, decay_fraction=0.25, decay_shape=shape
+    )
     total = 100
     lrs = [lr_at(s, cfg, total) for s in range(total + 5)]
     assert lrs[0] == pytest.approx(1e-3 / 10, rel=1e-12)
@@ -53,13 +54,14 @@ def test_schedule_start_end_and_monotone(name: str, shape: str) -> None:
         decay_start = total - wsd_decay_steps(cfg, total)
         assert decay_start == 75
         assert all(lr == 1e-3 for lr in lrs[9:decay_start])  # the stable phase is exactly flat
-        assert all(a > b for a, b in zip(lrs[decay_start - 1:total], lrs[decay_start:total]))
+        assert all(a > b for a, b in zip(lrs[decay_start - 1 : total], lrs[decay_start:total]))
 
 
 def test_wsd_shapes_differ_and_cosine_midpoint() -> None:
     lin = LRScheduleConfig(name="wsd", lr=1.0, min_lr_ratio=0.0, warmup_steps=0, decay_fraction=0.5)
-    sqrt = LRScheduleConfig(name="wsd", lr=1.0, min_lr_ratio=0.0, warmup_steps=0, decay_fraction=0.5,
-                            decay_shape="1-sqrt")
+    sqrt = LRScheduleConfig(
+        name="wsd", lr=1.0, min_lr_ratio=0.0, warmup_steps=0, decay_fraction=0.5, decay_shape="1-sqrt"
+    )
     # decay covers steps 50..99; step 74 is at progress 0.5
     assert lr_at(74, lin, 100) == pytest.approx(0.5)
     assert lr_at(74, sqrt, 100) == pytest.approx(1 - math.sqrt(0.5))
@@ -104,7 +106,7 @@ def test_param_groups_no_decay_and_muon_selection(tie: bool) -> None:
     muon_names = {names[id(p)] for g in opt.param_groups if g.get("use_muon") for p in g["params"]}
     assert "core.0.attn.wq.weight" in muon_names and "adapter.weight" in muon_names
     set_lr(opt, 1e-2)
-    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([1e-2, 1e-2, 2e-2][-len(opt.param_groups):])
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([1e-2, 1e-2, 2e-2][-len(opt.param_groups) :])
 
 
 # ----------------------------------------------------------------------------- Muon
@@ -135,8 +137,9 @@ def test_muon_matches_torch_muon_bitwise(adjust: str, nesterov: bool) -> None:
     init, grads = muon_problem(1)
     ours = [nn.Parameter(p.clone()) for p in init]
     ref = [nn.Parameter(p.clone()) for p in init]
-    opt = MuonWithAdamW([{"params": ours, "use_muon": True}], lr=0.02, weight_decay=0.1, nesterov=nesterov,
-                        adjust_lr=adjust)
+    opt = MuonWithAdamW(
+        [{"params": ours, "use_muon": True}], lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr=adjust
+    )
     ref_opt = torch.optim.Muon(ref, lr=0.02, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust)
     for step_grads in grads:
         for a, b, g in zip(ours, ref, step_grads):
@@ -200,8 +203,9 @@ def test_ellis_update_clip_damps_a_gradient_spike() -> None:
     assert rms(spike_clipped) < 0.3 * rms(spike_plain)
     # Without a spike (first step: v_hat = g^2, ratio RMS = 1) clipping changes nothing.
     calm = grads[:1]
-    assert torch.equal(_ellis_step_delta(calm, atan=False, update_clip=True),
-                       _ellis_step_delta(calm, atan=False, update_clip=False))
+    assert torch.equal(
+        _ellis_step_delta(calm, atan=False, update_clip=True), _ellis_step_delta(calm, atan=False, update_clip=False)
+    )
 
 
 def test_ellis_without_options_is_adamw() -> None:
@@ -252,8 +256,9 @@ def test_ellis_finite_check_on_first_step_stays_finite() -> None:
 def _regression(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(16, 64), nn.LayerNorm(64), nn.GELU(), nn.Linear(64, 64), nn.GELU(),
-                          nn.Linear(64, 4))
+    model = nn.Sequential(
+        nn.Linear(16, 64), nn.LayerNorm(64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4)
+    )
     x = torch.randn(256, 16, generator=gen)
     y = torch.sin(x[:, :4] * 2) + x[:, 4:8] * x[:, 8:12]
     return model, x, y

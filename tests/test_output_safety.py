@@ -29,8 +29,12 @@ def test_failed_overwrite_of_a_mix_keeps_the_old_mix(tmp_path, dataset, capsys):
     assert mix_cli.main(["--source", f"{dataset}:1", "--out_dir", str(mix)]) == 0
     before = tree_digest(mix)
     (tmp_path / "B").mkdir()  # not a dataset: the new mix fails after the old one would have been cleared
-    assert mix_cli.main(["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1", "--overwrite",
-                         "--out_dir", str(mix)]) == 2
+    assert (
+        mix_cli.main(
+            ["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1", "--overwrite", "--out_dir", str(mix)]
+        )
+        == 2
+    )
     assert tree_digest(mix) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "M"]  # no temporary directory left
 
@@ -39,23 +43,32 @@ def test_failed_overwrite_of_a_packed_dataset_keeps_it(tmp_path, dataset, capsys
     before = tree_digest(dataset)
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"text": "x" * 500}) + "\n")  # longer than a row: bfd fails late
-    assert preprocess_cli.main([str(long), "--seq_len", "64", "--packing", "bfd", "--overwrite",
-                                "--out_dir", str(dataset)]) == 2
+    assert (
+        preprocess_cli.main(
+            [str(long), "--seq_len", "64", "--packing", "bfd", "--overwrite", "--out_dir", str(dataset)]
+        )
+        == 2
+    )
     assert "bfd never splits documents" in capsys.readouterr().err
     assert tree_digest(dataset) == before
 
 
 def test_failed_mix_into_a_new_directory_leaves_nothing(tmp_path, dataset):
     (tmp_path / "B").mkdir()
-    assert mix_cli.main(["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1",
-                         "--out_dir", str(tmp_path / "new")]) == 2
+    assert (
+        mix_cli.main(
+            ["--source", f"{dataset}:1", "--source", f"{tmp_path / 'B'}:1", "--out_dir", str(tmp_path / "new")]
+        )
+        == 2
+    )
     assert not (tmp_path / "new").exists()
 
 
 def test_successful_overwrite_replaces_the_dataset(tmp_path, dataset):
     before = tree_digest(dataset)
-    pack_dataset(dataset, tokenizer="byte", seq_len=64, tasks=["parity"], num_docs=100, seed=1, packing="bfd",
-                 overwrite=True)
+    pack_dataset(
+        dataset, tokenizer="byte", seq_len=64, tasks=["parity"], num_docs=100, seed=1, packing="bfd", overwrite=True
+    )
     after = tree_digest(dataset)
     assert after != before and "manifest.json" in after
     assert json.loads((dataset / "manifest.json").read_text())["sources"][0]["tasks"] == ["parity"]
@@ -71,8 +84,20 @@ def test_a_non_empty_directory_that_is_no_dataset_is_refused(tmp_path):
 
 def test_train_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path):
     (tmp_path / "not_data").mkdir()
-    result = run_train_in_process(["--out_dir", str(tmp_path / "runs"), "--run_name", "r", "--data.path",
-                                   str(tmp_path / "not_data"), "--steps", "5", "--optim.schedule.warmup_steps", "1"])
+    result = run_train_in_process(
+        [
+            "--out_dir",
+            str(tmp_path / "runs"),
+            "--run_name",
+            "r",
+            "--data.path",
+            str(tmp_path / "not_data"),
+            "--steps",
+            "5",
+            "--optim.schedule.warmup_steps",
+            "1",
+        ]
+    )
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "runs" / "r").exists()
 
@@ -134,8 +159,10 @@ def test_a_shard_changed_after_packing_fails_the_sha256_check(tmp_path, dataset,
     assert inspect_cli.main([str(dataset), "--global_batch_size", "4", "--verify_sha256"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(message in line for line in errors), errors
-    result = run_train_in_process(tiny_args(tmp_path / "runs" / "r", dataset, steps=6,
-                                            **{"--data.verify_sha256": "true"}))
-    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"train.py: error: {message}; the file "
-                                                                            "changed after packing)"], result.stderr
+    result = run_train_in_process(
+        tiny_args(tmp_path / "runs" / "r", dataset, steps=6, **{"--data.verify_sha256": "true"})
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"train.py: error: {message}; the file changed after packing)"
+    ], result.stderr
     assert not (tmp_path / "runs" / "r").exists()

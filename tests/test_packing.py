@@ -55,15 +55,16 @@ def _text_docs(n):
 def test_concat_preserves_tokens_and_pads_only_the_end(tmp_path):
     docs = _text_docs(300)
     source = _write_jsonl(tmp_path / "in.jsonl", docs)
-    manifest = pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=63, inputs=[source], rows_per_shard=17,
-                            row_group_size=5)
+    manifest = pack_dataset(
+        tmp_path / "out", tokenizer="byte", seq_len=63, inputs=[source], rows_per_shard=17, row_group_size=5
+    )
     manifest, ids, mask, starts = _rows(tmp_path / "out")
     tok = load_tokenizer("byte")
     expected = np.concatenate([render_document(doc, tok, False).ids for doc in docs])
     flat = ids.reshape(-1)
     pad = len(flat) - len(expected)
     assert 0 <= pad < 64 and manifest["num_tokens"] == len(expected)
-    assert (flat[: len(expected)] == expected).all() and (flat[len(expected):] == tok.pad_id).all()
+    assert (flat[: len(expected)] == expected).all() and (flat[len(expected) :] == tok.pad_id).all()
     assert mask.reshape(-1).sum() == len(expected)  # every real token trains, padding never does
     # Document starts: every doc begins at a recorded start, each row starts with 0, padding is a segment.
     global_starts = {r * 64 + s for r, row in enumerate(starts) for s in row}
@@ -78,8 +79,9 @@ def test_bfd_never_splits_and_masks_exactly_the_replies(tmp_path, spec, hf_dir):
     tokenizer = "byte" if spec == "byte" else hf_dir
     docs = make_task_documents(["addition", "copy", "dyck", "chain"], 400, seed=5)
     source = _write_jsonl(tmp_path / "chat.jsonl", docs)
-    manifest = pack_dataset(tmp_path / "out", tokenizer=tokenizer, seq_len=383, inputs=[source], packing="bfd",
-                            mask_non_assistant=True)
+    manifest = pack_dataset(
+        tmp_path / "out", tokenizer=tokenizer, seq_len=383, inputs=[source], packing="bfd", mask_non_assistant=True
+    )
     _, ids, mask, starts = _rows(tmp_path / "out")
     tok = load_tokenizer(tokenizer)
     expected = Counter()
@@ -110,9 +112,15 @@ def test_generated_tasks_and_all_input_formats(tmp_path):
     pq.write_table(pa.Table.from_pylist(chat), tmp_path / "c.parquet")
     assert read_documents(tmp_path / "a.txt") == [{"text": "first paragraph\nstill first"}, {"text": "second one"}]
     assert read_documents(tmp_path / "c.parquet") == chat
-    manifest = pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=32, tasks=["parity", "successor"],
-                            num_docs=50, seed=1,
-                            inputs=[str(tmp_path / n) for n in ("a.txt", "b.parquet", "c.parquet")])
+    manifest = pack_dataset(
+        tmp_path / "out",
+        tokenizer="byte",
+        seq_len=32,
+        tasks=["parity", "successor"],
+        num_docs=50,
+        seed=1,
+        inputs=[str(tmp_path / n) for n in ("a.txt", "b.parquet", "c.parquet")],
+    )
     assert [s["documents"] for s in manifest["sources"]] == [2, 1, 2, 50]
     assert manifest["sources"][-1]["path"] == "tasks:parity,successor"
 
@@ -121,8 +129,9 @@ def test_bfd_too_long_document_needs_truncate(tmp_path):
     source = _write_jsonl(tmp_path / "long.jsonl", [{"text": "short"}, {"text": "x" * 100}])
     with pytest.raises(ValueError, match=r"document 1 of .*long.jsonl has 101 tokens > row_len 33.*--truncate"):
         pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=32, inputs=[source], packing="bfd")
-    manifest = pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=32, inputs=[source], packing="bfd",
-                            truncate=True)
+    manifest = pack_dataset(
+        tmp_path / "out", tokenizer="byte", seq_len=32, inputs=[source], packing="bfd", truncate=True
+    )
     assert manifest["num_tokens"] == 6 + 33 and manifest["num_rows"] == 2
 
 
@@ -169,10 +178,24 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     for extra, message in cases:
         assert preprocess_cli.main([*extra, "--seq_len", "16", "--out_dir", str(tmp_path / "out")]) == 2
         stderr = capsys.readouterr().err
-        assert message in stderr and stderr.startswith("preprocess_data_packing.py: error: ") and stderr.count("\n") == 1, stderr
+        assert (
+            message in stderr and stderr.startswith("preprocess_data_packing.py: error: ") and stderr.count("\n") == 1
+        ), stderr
     # The script itself turns the error into exit status 2.
-    result = subprocess.run([sys.executable, str(ROOT / "preprocess_data_packing.py"), str(empty), "--seq_len", "8",
-                             "--out_dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "preprocess_data_packing.py"),
+            str(empty),
+            "--seq_len",
+            "8",
+            "--out_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and f"input file {empty} is empty" in result.stderr
 
 
@@ -186,7 +209,9 @@ def test_refuses_to_overwrite_without_flag(tmp_path):
     pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=16, tasks=["copy"], num_docs=40)
     with pytest.raises(ValueError, match="already holds a packed dataset.*--overwrite"):
         pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=16, tasks=["copy"], num_docs=4)
-    pack_dataset(tmp_path / "out", tokenizer="byte", seq_len=16, tasks=["copy"], num_docs=4, overwrite=True,
-                 rows_per_shard=1)
+    pack_dataset(
+        tmp_path / "out", tokenizer="byte", seq_len=16, tasks=["copy"], num_docs=4, overwrite=True, rows_per_shard=1
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.json"] + [
-        f"shard-{i:05d}.parquet" for i in range(open_packed_dataset(tmp_path / "out")["num_shards"])]
+        f"shard-{i:05d}.parquet" for i in range(open_packed_dataset(tmp_path / "out")["num_shards"])
+    ]

@@ -14,8 +14,9 @@ from recur.parallel.compile import compile_model
 
 def _tiny(variant: str = "recurrent", **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=variant, vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                      max_seq_len=32, **kw)
+    cfg = ModelConfig(
+        variant=variant, vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=32, **kw
+    )
     return create_model(cfg)
 
 
@@ -124,5 +125,6 @@ def test_flex_document_mask_equals_sdpa_on_cpu() -> None:
     gen = torch.Generator().manual_seed(6)
     q, k, v = (torch.randn(2, 64, h, 16, generator=gen) for h in (4, 2, 2))
     doc_ids = torch.tensor([[0] * 20 + [1] * 30 + [2] * 14, [0] * 7 + [1] * 57])
-    torch.testing.assert_close(attend(q, k, v, doc_ids, backend="flex"), attend(q, k, v, doc_ids, backend="sdpa"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        attend(q, k, v, doc_ids, backend="flex"), attend(q, k, v, doc_ids, backend="sdpa"), rtol=1e-4, atol=1e-5
+    )

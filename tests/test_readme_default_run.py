@@ -14,12 +14,24 @@ SCRIPT = REPO / "scripts" / "readme_default_run.py"
 def _fake_run(run: Path) -> Path:
     """The three files the script reads, in the shapes train.py writes them."""
     run.mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({
-        "steps": 300, "first_loss": 5.77, "final_loss": 0.2012, "mean_tokens_per_s": 5812.4, "wall_time_s": 240.0,
-        "eval": {"successor@r1": 1.0, "successor@r2": 1.0, "parity@r1": 0.5, "parity@r2": 0.453125}}))
-    (run / "eval.jsonl").write_text(json.dumps({"step": 150, "val_loss": {"r1": 9.0}}) + "\n"
-                                    + json.dumps({"step": 300, "val_loss": {"r1": 0.2761, "r2": 0.2744, "r4": 0.2741}})
-                                    + "\n")
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "steps": 300,
+                "first_loss": 5.77,
+                "final_loss": 0.2012,
+                "mean_tokens_per_s": 5812.4,
+                "wall_time_s": 240.0,
+                "eval": {"successor@r1": 1.0, "successor@r2": 1.0, "parity@r1": 0.5, "parity@r2": 0.453125},
+            }
+        )
+    )
+    (run / "eval.jsonl").write_text(
+        json.dumps({"step": 150, "val_loss": {"r1": 9.0}})
+        + "\n"
+        + json.dumps({"step": 300, "val_loss": {"r1": 0.2761, "r2": 0.2744, "r4": 0.2741}})
+        + "\n"
+    )
     (run / "config.yaml").write_text("eval:\n  num_samples: 64\n")
     return run
 

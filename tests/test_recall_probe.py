@@ -31,8 +31,9 @@ def test_supervised_digits_follow_the_bindings(fmt):
                 value = bindings[value]
             assert chr(digit) == value
         # Supervised tokens are the answers only: digits, the end marker and, for echo, "name=".
-        allowed = {TOKENIZER.end_id, *range(ord("0"), ord("9") + 1)} | ({ord("=")} | set(map(ord, questions))
-                                                                           if fmt == "echo" else set())
+        allowed = {TOKENIZER.end_id, *range(ord("0"), ord("9") + 1)} | (
+            {ord("=")} | set(map(ord, questions)) if fmt == "echo" else set()
+        )
         assert {i for i, m in zip(ids, mask) if m} <= allowed
 
 
@@ -41,12 +42,29 @@ def test_checkpoint_resume_continues_the_same_run(tmp_path):
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "recall_probe.py"
-    base = [sys.executable, str(script), "--variant", "recurrent", "--d_model", "32", "--n_layers", "3",
-            "--eval_interval", "3", "--eval_depths", "1", "--batch_size", "4", "--eval_hops", "0"]
+    base = [
+        sys.executable,
+        str(script),
+        "--variant",
+        "recurrent",
+        "--d_model",
+        "32",
+        "--n_layers",
+        "3",
+        "--eval_interval",
+        "3",
+        "--eval_depths",
+        "1",
+        "--batch_size",
+        "4",
+        "--eval_hops",
+        "0",
+    ]
 
     def last_step_line(steps: int, checkpoint: Path) -> str:
-        out = subprocess.run(base + ["--steps", str(steps), "--checkpoint", str(checkpoint)], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            base + ["--steps", str(steps), "--checkpoint", str(checkpoint)], check=True, capture_output=True, text=True
+        ).stdout
         return [line.rsplit(" ", 1)[0] for line in out.splitlines() if line.startswith("step ")][-1]
 
     straight = last_step_line(6, tmp_path / "a.pt")
@@ -65,8 +83,9 @@ def test_retrofit_reproduces_the_baseline_at_one_iteration(tmp_path):
 
     shape = dict(d_model=32, n_layers=4, n_heads=4, vocab_size=TOKENIZER.vocab_size, max_seq_len=64)
     baseline = create_model("tiny", variant="baseline", **shape).eval()
-    looped = create_model("tiny", variant="recurrent", block_norm="pre", adapter_init="passthrough",
-                          init_state="zeros", **shape).eval()
+    looped = create_model(
+        "tiny", variant="recurrent", block_norm="pre", adapter_init="passthrough", init_state="zeros", **shape
+    ).eval()
     retrofit(looped, baseline.state_dict())
     x = torch.randint(0, TOKENIZER.vocab_size, (2, 24))
     with torch.no_grad():

@@ -46,11 +46,14 @@ def test_fixed_sampling_and_cap():
     assert max(capped(s).total for s in range(1000)) == 20
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sampling="fixed", mean_recurrence=2, backprop_depth=4), "exceeds the fixed recurrence"),
-    (dict(mean_schedule="cosine"), "--recurrence.mean_schedule"),
-    (dict(mean_recurrence=0), "--recurrence.mean_recurrence must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sampling="fixed", mean_recurrence=2, backprop_depth=4), "exceeds the fixed recurrence"),
+        (dict(mean_schedule="cosine"), "--recurrence.mean_schedule"),
+        (dict(mean_recurrence=0), "--recurrence.mean_recurrence must be >= 1"),
+    ],
+)
 def test_bad_recurrence_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RecurrenceSampler(RecurrenceConfig(**kwargs), 10)

@@ -29,20 +29,32 @@ def env(tmp_path) -> dict[str, str]:
     config = tmp_path / "machine_config.sh"
     config.write_text("")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "OMP_", "NPROC"))}
-    clean.update(PATH=f"{bin_dir}:{os.environ['PATH']}", RECUR_MACHINE_CONFIG=str(config), PYTHON=sys.executable,
-                 RECUR_ROOT=str(ROOT))
+    clean.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        RECUR_MACHINE_CONFIG=str(config),
+        PYTHON=sys.executable,
+        RECUR_ROOT=str(ROOT),
+    )
     return clean
 
 
 def _run(script: str, env: dict, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "shells" / script), *args], env={**env, **extra},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(ROOT / "shells" / script), *args], env={**env, **extra}, capture_output=True, text=True, timeout=60
+    )
 
 
 def _dry_launch(env: dict, *args: str, **slurm: str) -> tuple[dict[str, str], list[str]]:
     """(exported variables, command) that launch.sh would run."""
-    job = {"SLURM_JOB_ID": "123456", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]",
-           "SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "8", "SLURM_CPUS_PER_TASK": "6", **slurm}
+    job = {
+        "SLURM_JOB_ID": "123456",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_NTASKS_PER_NODE": "8",
+        "SLURM_CPUS_PER_TASK": "6",
+        **slurm,
+    }
     result = _run("launch.sh", env, *args, DRY_RUN="1", **job)
     assert result.returncode == 0, result.stderr
     variables, command = result.stdout.strip().splitlines()
@@ -55,10 +67,17 @@ def test_scripts_parse(script):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("nodelist,first", [
-    ("gpu[07-09,12],cpu1", "gpu07"), ("node5", "node5"), ("a,b[1-2]", "a"), ("r[1-2]n[03-04]", "r1n03"),
-    ("c[100-101]", "c100"), ("x-y[5]", "x-y5"),
-])
+@pytest.mark.parametrize(
+    "nodelist,first",
+    [
+        ("gpu[07-09,12],cpu1", "gpu07"),
+        ("node5", "node5"),
+        ("a,b[1-2]", "a"),
+        ("r[1-2]n[03-04]", "r1n03"),
+        ("c[100-101]", "c100"),
+        ("x-y[5]", "x-y5"),
+    ],
+)
 def test_master_is_first_host_of_nodelist(env, nodelist, first):
     variables, _ = _dry_launch(env, SLURM_JOB_NODELIST=nodelist)
     assert variables["MASTER_ADDR"] == first
@@ -73,25 +92,45 @@ def test_srun_mode_one_task_per_gpu(env):
     assert variables == {"MASTER_ADDR": "gpu07", "MASTER_PORT": str(15000 + 123456 % 10000), "OMP_NUM_THREADS": "6"}
     assert cmd[0] == "srun" and "--kill-on-bad-exit=1" in cmd
     assert {"--nodes=2", "--ntasks=16", "--ntasks-per-node=8", "--cpus-per-task=6"} <= set(cmd)
-    assert cmd[cmd.index(sys.executable):] == [sys.executable, "train.py", "--checkpoint.resume", "auto",
-                                               "--config", "configs/x.yaml", "--steps", "7"]
+    assert cmd[cmd.index(sys.executable) :] == [
+        sys.executable,
+        "train.py",
+        "--checkpoint.resume",
+        "auto",
+        "--config",
+        "configs/x.yaml",
+        "--steps",
+        "7",
+    ]
 
 
 def test_cpu_mode_uses_tasks_per_node(env):
-    _, cmd = _dry_launch(env, SLURM_NNODES="1", SLURM_JOB_NODELIST="vm", SLURM_GPUS_ON_NODE="",
-                         SLURM_GPUS_PER_NODE="0", SLURM_NTASKS_PER_NODE="2(x3)", SLURM_CPUS_PER_TASK="1")
+    _, cmd = _dry_launch(
+        env,
+        SLURM_NNODES="1",
+        SLURM_JOB_NODELIST="vm",
+        SLURM_GPUS_ON_NODE="",
+        SLURM_GPUS_PER_NODE="0",
+        SLURM_NTASKS_PER_NODE="2(x3)",
+        SLURM_CPUS_PER_TASK="1",
+    )
     assert {"--nodes=1", "--ntasks=2", "--ntasks-per-node=2"} <= set(cmd)
 
 
 def test_torchrun_mode_one_agent_per_node(env):
     variables, cmd = _dry_launch(env, "--steps", "3", LAUNCH_MODE="torchrun", SLURM_GPUS_ON_NODE="4")
     assert {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1"} <= set(cmd)
-    run = cmd[cmd.index("torch.distributed.run") + 1:]
-    assert {"--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", "--rdzv-id=123456",
-            f"--rdzv-endpoint=gpu07:{variables['MASTER_PORT']}"} <= set(run)
+    run = cmd[cmd.index("torch.distributed.run") + 1 :]
+    assert {
+        "--nnodes=2",
+        "--nproc-per-node=4",
+        "--rdzv-backend=c10d",
+        "--rdzv-id=123456",
+        f"--rdzv-endpoint=gpu07:{variables['MASTER_PORT']}",
+    } <= set(run)
     signals = next(a for a in run if a.startswith("--signals-to-handle="))
     assert "SIGUSR1" in signals.split("=")[1].split(",")  # torchrun must forward the preemption signal
-    assert run[run.index("train.py"):] == ["train.py", "--checkpoint.resume", "auto", "--steps", "3"]
+    assert run[run.index("train.py") :] == ["train.py", "--checkpoint.resume", "auto", "--steps", "3"]
 
 
 def test_requeued_start_always_resumes(env):
@@ -104,8 +143,9 @@ def test_requeued_start_always_resumes(env):
 def test_launcher_bad_input(env):
     outside = _run("launch.sh", env, DRY_RUN="1")
     assert outside.returncode == 2 and "SLURM_JOB_ID is not set" in outside.stderr
-    mode = _run("launch.sh", env, DRY_RUN="1", LAUNCH_MODE="mpi", SLURM_JOB_ID="1", SLURM_NNODES="1",
-                SLURM_JOB_NODELIST="vm")
+    mode = _run(
+        "launch.sh", env, DRY_RUN="1", LAUNCH_MODE="mpi", SLURM_JOB_ID="1", SLURM_NNODES="1", SLURM_JOB_NODELIST="vm"
+    )
     assert mode.returncode == 2 and "LAUNCH_MODE=mpi" in mode.stderr
     missing = _run("launch.sh", env, DRY_RUN="1", RECUR_MACHINE_CONFIG="/nonexistent/machine_config.sh")
     assert missing.returncode == 2 and "/nonexistent/machine_config.sh" in missing.stderr
@@ -121,11 +161,27 @@ def test_machine_config_is_sourced(env, tmp_path):
     assert variables["MASTER_PORT"] == "29999"
 
 
-@pytest.mark.parametrize("nproc,expected", [
-    ("1", [sys.executable, "train.py", "--checkpoint.resume", "auto", "--steps", "5"]),
-    ("3", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "train.py",
-           "--checkpoint.resume", "auto", "--steps", "5"]),
-])
+@pytest.mark.parametrize(
+    "nproc,expected",
+    [
+        ("1", [sys.executable, "train.py", "--checkpoint.resume", "auto", "--steps", "5"]),
+        (
+            "3",
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=3",
+                "train.py",
+                "--checkpoint.resume",
+                "auto",
+                "--steps",
+                "5",
+            ],
+        ),
+    ],
+)
 def test_local_launcher(env, nproc, expected):
     result = _run("local.sh", env, "--steps", "5", DRY_RUN="1", NPROC=nproc)
     assert result.returncode == 0, result.stderr
@@ -142,8 +198,9 @@ def fake_sbatch(env, tmp_path):
     """An sbatch that records its arguments (one line of shell words per call) and prints job ids 1001, 1002..."""
     calls = tmp_path / "sbatch_calls"
     script = Path(env["PATH"].split(":")[0]) / "sbatch"
-    script.write_text(f'#!/bin/bash\nprintf "%q " "$@" >> {calls}\necho >> {calls}\n'
-                      f'echo "$((1000 + $(wc -l < {calls})));cluster"\n')
+    script.write_text(
+        f'#!/bin/bash\nprintf "%q " "$@" >> {calls}\necho >> {calls}\necho "$((1000 + $(wc -l < {calls})));cluster"\n'
+    )
     script.chmod(0o755)
     env["RECUR_OUT_ROOT"] = str(tmp_path / "out")
     return lambda: [shlex.split(line) for line in calls.read_text().splitlines()]
@@ -155,9 +212,19 @@ def test_nano_ladder_chains_train_eval_compare(env, fake_sbatch, tmp_path):
     calls = fake_sbatch()
     train_b, eval_b, train_l, eval_l, compare = calls
     out = tmp_path / "out" / "ladder"
-    assert train_b[train_b.index("shells/launch.sh"):] == [
-        "shells/launch.sh", "--config", "configs/ladder/baseline.yaml", "--model_size", "50M", "--out_dir", str(out),
-        "--run_name", "50M_baseline", "--steps", "100"]
+    assert train_b[train_b.index("shells/launch.sh") :] == [
+        "shells/launch.sh",
+        "--config",
+        "configs/ladder/baseline.yaml",
+        "--model_size",
+        "50M",
+        "--out_dir",
+        str(out),
+        "--run_name",
+        "50M_baseline",
+        "--steps",
+        "100",
+    ]
     assert "--dependency=afterok:1001" in eval_b and eval_b[-3:] == [str(out / "50M_baseline"), "--suite", "all"]
     assert "--dependency=afterok:1003" in eval_l and "configs/ladder/latent.yaml" in train_l
     assert "--dependency=afterok:1002:1004" in compare
@@ -175,9 +242,17 @@ def test_1b_16k_submits_the_launcher(env, fake_sbatch, tmp_path):
     assert result.returncode == 0, result.stderr
     (call,) = fake_sbatch()
     assert {"--job-name=1b_16k", "--nodes=8", "--time=48:00:00"} <= set(call)
-    assert call[call.index("shells/launch.sh"):] == [
-        "shells/launch.sh", "--config", "configs/1b_16k.yaml", "--out_dir", str(tmp_path / "out"),
-        "--run_name", "1b_16k", "--data.path", "/data/x"]
+    assert call[call.index("shells/launch.sh") :] == [
+        "shells/launch.sh",
+        "--config",
+        "configs/1b_16k.yaml",
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--run_name",
+        "1b_16k",
+        "--data.path",
+        "/data/x",
+    ]
 
 
 def test_retrofit_converts_once_then_trains(env, fake_sbatch, tmp_path):
@@ -186,9 +261,11 @@ def test_retrofit_converts_once_then_trains(env, fake_sbatch, tmp_path):
     (model / "config.json").write_text("{}")
     python_calls = tmp_path / "python_calls"
     fake_python = tmp_path / "bin" / "python-fake"  # writes what utils/convert_hf.py would, records its args
-    fake_python.write_text(f'#!/bin/bash\necho "$@" >> {python_calls}\n'
-                           'while (($#)); do [[ $1 == --out ]] && mkdir -p "$2" && touch "$2/model.safetensors"; '
-                           'shift; done\n')
+    fake_python.write_text(
+        f'#!/bin/bash\necho "$@" >> {python_calls}\n'
+        'while (($#)); do [[ $1 == --out ]] && mkdir -p "$2" && touch "$2/model.safetensors"; '
+        "shift; done\n"
+    )
     fake_python.chmod(0o755)
     # A checkout of its own, so the test does not depend on the real config's contents.
     checkout = tmp_path / "checkout"
@@ -197,19 +274,49 @@ def test_retrofit_converts_once_then_trains(env, fake_sbatch, tmp_path):
     (checkout / "configs" / "retrofit_two_phase.yaml").write_text("")
     env.update(PYTHON=str(fake_python), RECUR_ROOT=str(checkout))
     script = str(checkout / "shells" / "retrofit.sh")
-    result = subprocess.run(["bash", script, str(model), "4", "10", "8", "4", "--steps", "9"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", script, str(model), "4", "10", "8", "4", "--steps", "9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     init = tmp_path / "out" / "retrofit_init" / "TinyLlama-4-10-8-4"
     assert python_calls.read_text().split() == [
-        "utils/convert_hf.py", "--arch", "llama", "--model_path", str(model), "--out", str(init),
-        "--prelude_size", "4", "--start_index", "10", "--block_size", "8", "--coda_size", "4"]
+        "utils/convert_hf.py",
+        "--arch",
+        "llama",
+        "--model_path",
+        str(model),
+        "--out",
+        str(init),
+        "--prelude_size",
+        "4",
+        "--start_index",
+        "10",
+        "--block_size",
+        "8",
+        "--coda_size",
+        "4",
+    ]
     (call,) = fake_sbatch()
-    assert call[call.index("shells/launch.sh"):] == [
-        "shells/launch.sh", "--config", "configs/retrofit_two_phase.yaml", "--init_from", str(init),
-        "--out_dir", str(tmp_path / "out"), "--run_name", "retrofit_TinyLlama-4-10-8-4", "--steps", "9"]
-    again = subprocess.run(["bash", script, str(model), "4", "10", "8", "4"], env=env, capture_output=True,
-                           text=True, timeout=60)
+    assert call[call.index("shells/launch.sh") :] == [
+        "shells/launch.sh",
+        "--config",
+        "configs/retrofit_two_phase.yaml",
+        "--init_from",
+        str(init),
+        "--out_dir",
+        str(tmp_path / "out"),
+        "--run_name",
+        "retrofit_TinyLlama-4-10-8-4",
+        "--steps",
+        "9",
+    ]
+    again = subprocess.run(
+        ["bash", script, str(model), "4", "10", "8", "4"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 0 and "using the existing conversion" in again.stderr
     assert len(python_calls.read_text().splitlines()) == 1  # converted once
 

@@ -27,10 +27,32 @@ SLURM_LOCAL = ROOT / "scripts" / "slurm_local.sh"
 NTASKS = 2  # ranks of the job (gloo on CPU); both runs use the same launcher, so the sums match bit for bit
 STEPS = 40
 TRAIN_ARGS = [
-    "--model.d_model", "64", "--steps", str(STEPS), "--data.num_docs", "200", "--data.seq_len", "64",
-    "--data.global_batch_size", "4", "--checkpoint.interval", "5", "--log.interval", "5",
-    "--optim.schedule.warmup_steps", "5", "--recurrence.mean_recurrence", "2", "--recurrence.backprop_depth", "2",
-    "--eval.num_samples", "2", "--eval.depths", "[1]", "--eval.max_new_tokens", "4",
+    "--model.d_model",
+    "64",
+    "--steps",
+    str(STEPS),
+    "--data.num_docs",
+    "200",
+    "--data.seq_len",
+    "64",
+    "--data.global_batch_size",
+    "4",
+    "--checkpoint.interval",
+    "5",
+    "--log.interval",
+    "5",
+    "--optim.schedule.warmup_steps",
+    "5",
+    "--recurrence.mean_recurrence",
+    "2",
+    "--recurrence.backprop_depth",
+    "2",
+    "--eval.num_samples",
+    "2",
+    "--eval.depths",
+    "[1]",
+    "--eval.max_new_tokens",
+    "4",
 ]
 TIMEOUT_S = 420  # a hang guard; the test takes ~1-3 min (2 cores, more when the machine is shared)
 
@@ -72,10 +94,28 @@ def _slurm(env: dict, *args: str) -> str:
 
 
 def _submit(env: dict, out_dir: Path, run_name: str, log: Path) -> str:
-    return _slurm(env, "sbatch", "--parsable", f"--job-name={run_name}", "--gpus-per-node=0",
-                  f"--ntasks-per-node={NTASKS}", "--cpus-per-task=1", "--time=10", f"--output={log}",
-                  f"--error={log}", str(ROOT / "shells" / "launch.sh"), *TRAIN_ARGS,
-                  "--out_dir", str(out_dir), "--run_name", run_name).strip().split(";")[0]
+    return (
+        _slurm(
+            env,
+            "sbatch",
+            "--parsable",
+            f"--job-name={run_name}",
+            "--gpus-per-node=0",
+            f"--ntasks-per-node={NTASKS}",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--output={log}",
+            f"--error={log}",
+            str(ROOT / "shells" / "launch.sh"),
+            *TRAIN_ARGS,
+            "--out_dir",
+            str(out_dir),
+            "--run_name",
+            run_name,
+        )
+        .strip()
+        .split(";")[0]
+    )
 
 
 def _job(env: dict, job_id: str) -> dict[str, str]:
@@ -124,20 +164,27 @@ def test_preempted_job_requeues_resumes_and_matches_uninterrupted_run(slurm_env,
     reference = _submit(slurm_env, out_dir, "reference", logs["reference"])
 
     metrics = out_dir / "preempted" / "metrics.jsonl"
-    _wait_for("the job to log 3 steps", lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
-              list(logs.values()), deadline)
+    _wait_for(
+        "the job to log 3 steps",
+        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+        list(logs.values()),
+        deadline,
+    )
     _slurm(slurm_env, "scancel", "--signal=USR1", "--batch", job)
     # A requeued job is held for ~2 minutes before it is eligible again; release it sooner, but not within
     # the second its old instance ended: slurmctld then still sees the old launch credential as revoked
     # and fails the job ("Killing non-startable batch job: Job credential revoked").
-    _wait_for("the job to be requeued", lambda: _job(slurm_env, job).get("Restarts") == "1",
-              list(logs.values()), deadline)
+    _wait_for(
+        "the job to be requeued", lambda: _job(slurm_env, job).get("Restarts") == "1", list(logs.values()), deadline
+    )
     time.sleep(3)
     _slurm(slurm_env, "scontrol", "update", f"JobId={job}", "StartTime=now")
 
     def finished() -> bool:
         states = {j: _job(slurm_env, j)["JobState"] for j in (job, reference)}
-        failed = {j: s for j, s in states.items() if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")}
+        failed = {
+            j: s for j, s in states.items() if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+        }
         assert not failed, f"jobs {failed}:\n" + "\n".join(p.read_text()[-3000:] for p in logs.values())
         return all(s == "COMPLETED" for s in states.values())
 

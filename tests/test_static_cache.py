@@ -26,13 +26,25 @@ VARIANTS = {  # variant -> its knob groups, small enough for CPU
 
 def tiny(variant: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig.from_dict(dict(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2,
-                                     max_seq_len=32, init_std=0.2, **VARIANTS[variant]))  # n_kv_heads < n_heads: GQA
+    cfg = ModelConfig.from_dict(
+        dict(
+            variant=variant,
+            vocab_size=40,
+            d_model=32,
+            n_layers=3,
+            n_heads=4,
+            n_kv_heads=2,
+            max_seq_len=32,
+            init_std=0.2,
+            **VARIANTS[variant],
+        )
+    )  # n_kv_heads < n_heads: GQA
     return create_model(cfg).eval()
 
 
-@pytest.mark.parametrize("variant,depth", [("baseline", 1)] + [(v, r) for v in VARIANTS if v != "baseline"
-                                                                for r in (1, 3, 5)])
+@pytest.mark.parametrize(
+    "variant,depth", [("baseline", 1)] + [(v, r) for v in VARIANTS if v != "baseline" for r in (1, 3, 5)]
+)
 def test_cached_greedy_decoding_matches_full_forward(variant, depth):
     model = tiny(variant)
     ids = torch.randint(8, 40, (2, 5), generator=torch.Generator().manual_seed(1))
@@ -60,8 +72,9 @@ def test_cache_without_capacity_grows_and_stays_exact():
     model = tiny("recurrent")
     ids = torch.randint(8, 40, (1, 20), generator=torch.Generator().manual_seed(2))
     cache = KVCache()
-    pieces = [model.decode_step(ids[:, :3], cache, 2)] + [model.decode_step(ids[:, t:t + 1], cache, 2)
-                                                          for t in range(3, 20)]
+    pieces = [model.decode_step(ids[:, :3], cache, 2)] + [
+        model.decode_step(ids[:, t : t + 1], cache, 2) for t in range(3, 20)
+    ]
     with torch.no_grad():
         full = model(ids, num_steps=2).logits
     torch.testing.assert_close(torch.stack(pieces, 1), full[:, 2:], rtol=1e-5, atol=1e-5)

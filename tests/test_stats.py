@@ -51,10 +51,21 @@ def test_pooled_counts_sum_correct_and_samples():
 
 
 def test_schema_takes_cells_with_and_without_intervals():
-    cell = {"depth": 1, "difficulty": 8, "in_distribution": True, "accuracy": 0.5, "correct": 5, "num_samples": 10,
-            "mean_steps": 1.0, "max_new_tokens": 9}
-    section = {"tasks": {"parity": {"knob": "bits", "train_difficulty": 8, "results": [cell]}}, "summary": [],
-               "skipped": []}
+    cell = {
+        "depth": 1,
+        "difficulty": 8,
+        "in_distribution": True,
+        "accuracy": 0.5,
+        "correct": 5,
+        "num_samples": 10,
+        "mean_steps": 1.0,
+        "max_new_tokens": 9,
+    }
+    section = {
+        "tasks": {"parity": {"knob": "bits", "train_difficulty": 8, "results": [cell]}},
+        "summary": [],
+        "skipped": [],
+    }
     assert schema_errors(section, ALGORITHMIC) == []  # a file from before ci_low / ci_high
     cell.update(ci_low=0.2366, ci_high=0.7634)
     assert schema_errors(section, ALGORITHMIC) == []

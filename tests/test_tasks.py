@@ -147,6 +147,7 @@ def test_no_task_falls_to_a_shortcut(name):
 
 def test_audit_catches_the_single_chain_shortcut():
     """The old chain task (one chain: its only digit is the answer) must fail the audit."""
+
     def single_chain(rng, hops):
         names = rng.sample("abcdefghijklmnopqrstuvwxyz", hops + 1)
         statements = [f"{names[0]}={rng.randrange(10)}"] + [f"{names[i]}={names[i - 1]}" for i in range(1, hops + 1)]
@@ -185,6 +186,8 @@ def test_chain_follow_ups_are_correct_turns_after_the_first_answer():
         assert len(sample.follow_ups) == CHAIN_FOLLOW_UPS
         assert all(answer == _chain_value(statements, query[1:]) for query, answer in sample.follow_ups)
         messages = sample_to_messages(sample)
-        assert messages[:2] == [{"role": "user", "content": sample.prompt},
-                                {"role": "assistant", "content": sample.answer}]
+        assert messages[:2] == [
+            {"role": "user", "content": sample.prompt},
+            {"role": "assistant", "content": sample.answer},
+        ]
         assert [m["role"] for m in messages] == ["user", "assistant"] * (1 + CHAIN_FOLLOW_UPS)

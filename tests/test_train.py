@@ -21,8 +21,9 @@ from recur.data.validate import read_manifest
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "copy"
-    pack_dataset(out, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=600, seed=0, packing="bfd",
-                 mask_non_assistant=True)
+    pack_dataset(
+        out, tokenizer="byte", seq_len=48, tasks=["copy"], num_docs=600, seed=0, packing="bfd", mask_non_assistant=True
+    )
     return out
 
 
@@ -52,8 +53,9 @@ def _assert_same_run(run_dir, reference, tmp_path) -> None:
 
 def _popen(args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=REPO)
+    return subprocess.Popen(
+        train_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
 
 
 def test_loss_falls(reference):
@@ -101,35 +103,60 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, d
     _assert_same_run(run_dir, reference, tmp_path)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model_size", "huge"], "--model_size: unknown size 'huge'"),
-    (["--variant", "nope"], "unknown variant 'nope'"),
-    (["--model.n_prelude", "1", "--model.n_core", "1", "--model.n_coda", "1", "--model.n_layers", "4"],
-     "does not match --model.n_layers 4"),
-    (["--recurrence.sampling", "fixed", "--recurrence.mean_recurrence", "2", "--recurrence.backprop_depth", "4"],
-     "exceeds the fixed recurrence"),
-    (["--data.path", "/does/not/exist"], "data directory /does/not/exist does not exist"),
-    (["--checkpoint.resume", "/does/not/exist"], "checkpoint /does/not/exist does not exist"),
-    (["--data.tasks", "[juggling]"], "unknown task 'juggling'"),
-    (["--data.tasks", "copy", "juggling"], "unknown task 'juggling'"),
-    (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
-    (["--steps", "abc"], "--steps: expected int, got 'abc'"),
-    (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
-    (["--steps", "5", "--optim.schedule.warmup_steps", "10"],
-     "--optim.schedule.warmup_steps 10 must be below the run length (5 steps)"),
-    (["--steps", "5", "--optim.schedule.warmup_steps", "5"], "--optim.schedule.warmup_steps 5 must be below"),
-    (["--steps", "10", "--optim.schedule.warmup_steps", "5", "--optim.schedule.name", "wsd",
-      "--optim.schedule.decay_fraction", "0.6"], "--optim.schedule.warmup_steps 5 + decay steps (6) exceed"),
-    (["--data.micro_batch_size", "5"], "--data.micro_batch_size 5 must divide the per-rank batch"),
-    (["--model.variant", "latent", "--model.latent.n_thougts", "3"],
-     "unknown flag --model.latent.n_thougts; did you mean --model.latent.n_thoughts?"),
-    (["--model.latent.n_thoughts", "3"], "--model.latent.n_thoughts: variant 'recurrent' does not read --model.latent"),
-    (["--variant", "act", "--model.act.threshold", "1.5"], "--model.act.threshold must be in [0, 1], got 1.5"),
-    (["--log.interval", "0"], "--log.interval must be >= 1, got 0"),
-    (["--data.shuffle_window", "0"], "--data.shuffle_window must be >= 1, got 0"),
-    (["--data.seed", "-1"], "--data.seed must be >= 0, got -1"),
-    (["--data.num_workers", "-1"], "--data.num_workers must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model_size", "huge"], "--model_size: unknown size 'huge'"),
+        (["--variant", "nope"], "unknown variant 'nope'"),
+        (
+            ["--model.n_prelude", "1", "--model.n_core", "1", "--model.n_coda", "1", "--model.n_layers", "4"],
+            "does not match --model.n_layers 4",
+        ),
+        (
+            ["--recurrence.sampling", "fixed", "--recurrence.mean_recurrence", "2", "--recurrence.backprop_depth", "4"],
+            "exceeds the fixed recurrence",
+        ),
+        (["--data.path", "/does/not/exist"], "data directory /does/not/exist does not exist"),
+        (["--checkpoint.resume", "/does/not/exist"], "checkpoint /does/not/exist does not exist"),
+        (["--data.tasks", "[juggling]"], "unknown task 'juggling'"),
+        (["--data.tasks", "copy", "juggling"], "unknown task 'juggling'"),
+        (["--stpes", "30"], "unknown flag --stpes; did you mean --steps?"),
+        (["--steps", "abc"], "--steps: expected int, got 'abc'"),
+        (["--config", "/does/not/exist.yaml"], "--config: File does not exist: '/does/not/exist.yaml'"),
+        (
+            ["--steps", "5", "--optim.schedule.warmup_steps", "10"],
+            "--optim.schedule.warmup_steps 10 must be below the run length (5 steps)",
+        ),
+        (["--steps", "5", "--optim.schedule.warmup_steps", "5"], "--optim.schedule.warmup_steps 5 must be below"),
+        (
+            [
+                "--steps",
+                "10",
+                "--optim.schedule.warmup_steps",
+                "5",
+                "--optim.schedule.name",
+                "wsd",
+                "--optim.schedule.decay_fraction",
+                "0.6",
+            ],
+            "--optim.schedule.warmup_steps 5 + decay steps (6) exceed",
+        ),
+        (["--data.micro_batch_size", "5"], "--data.micro_batch_size 5 must divide the per-rank batch"),
+        (
+            ["--model.variant", "latent", "--model.latent.n_thougts", "3"],
+            "unknown flag --model.latent.n_thougts; did you mean --model.latent.n_thoughts?",
+        ),
+        (
+            ["--model.latent.n_thoughts", "3"],
+            "--model.latent.n_thoughts: variant 'recurrent' does not read --model.latent",
+        ),
+        (["--variant", "act", "--model.act.threshold", "1.5"], "--model.act.threshold must be in [0, 1], got 1.5"),
+        (["--log.interval", "0"], "--log.interval must be >= 1, got 0"),
+        (["--data.shuffle_window", "0"], "--data.shuffle_window must be >= 1, got 0"),
+        (["--data.seed", "-1"], "--data.seed must be >= 0, got -1"),
+        (["--data.num_workers", "-1"], "--data.num_workers must be >= 0, got -1"),
+    ],
+)
 def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message):
     """train.py's main() in-process (each refusal costs milliseconds, not an interpreter start);
     test_bad_config_from_the_command_line runs the real command."""
@@ -138,11 +165,18 @@ def test_bad_config_one_line_error_and_nothing_written(tmp_path, flags, message)
 
 def test_bad_config_from_the_command_line(tmp_path):
     """The real `python train.py ...`: a refused command line exits 2 with the one-line error."""
-    _assert_refused_and_nothing_written(tmp_path, ["--stpes", "30"], "unknown flag --stpes; did you mean --steps?",
-                                        lambda args: run_train(args, timeout=120))
-    _assert_refused_and_nothing_written(tmp_path, ["--data.path", "/does/not/exist"],
-                                        "data directory /does/not/exist does not exist",
-                                        lambda args: run_train(args, timeout=120))
+    _assert_refused_and_nothing_written(
+        tmp_path,
+        ["--stpes", "30"],
+        "unknown flag --stpes; did you mean --steps?",
+        lambda args: run_train(args, timeout=120),
+    )
+    _assert_refused_and_nothing_written(
+        tmp_path,
+        ["--data.path", "/does/not/exist"],
+        "data directory /does/not/exist does not exist",
+        lambda args: run_train(args, timeout=120),
+    )
 
 
 def _assert_refused_and_nothing_written(tmp_path, flags, message, runner) -> None:
@@ -161,10 +195,29 @@ def _assert_refused_and_nothing_written(tmp_path, flags, message, runner) -> Non
 def test_progress_line_shows_the_depth_only_for_models_that_use_it(tmp_path, capsys, show_depth):
     from recur.metrics import MetricsLogger
 
-    logger = MetricsLogger(tmp_path, total_steps=1, log_interval=1, wandb_mode="disabled", wandb_project="p",
-                           run_name="r", config={}, show_depth=show_depth)
-    logger.progress({"step": 0, "loss": 1.0, "lr": 1e-3, "r": 3, "mean_recurrence": 4, "k": 2,
-                     "tokens_per_s": 10.0, "grad_norm": 1.0}, first_step=0)
+    logger = MetricsLogger(
+        tmp_path,
+        total_steps=1,
+        log_interval=1,
+        wandb_mode="disabled",
+        wandb_project="p",
+        run_name="r",
+        config={},
+        show_depth=show_depth,
+    )
+    logger.progress(
+        {
+            "step": 0,
+            "loss": 1.0,
+            "lr": 1e-3,
+            "r": 3,
+            "mean_recurrence": 4,
+            "k": 2,
+            "tokens_per_s": 10.0,
+            "grad_norm": 1.0,
+        },
+        first_step=0,
+    )
     line = capsys.readouterr().err
     assert line.startswith("step      1/1 | loss 1.0000") and "tok/s" in line
     assert ("r̄ 4, k 2" in line) == show_depth
@@ -173,9 +226,14 @@ def test_progress_line_shows_the_depth_only_for_models_that_use_it(tmp_path, cap
 def test_skip_policy_stops_a_diverged_run_instead_of_finishing_on_it(tmp_path, data_dir):
     """lr 1e6: every step is non-finite; `skip` used to skip them all and exit 0 with `final loss nan`."""
     run_dir = tmp_path / "diverged"
-    result = run_train_in_process(tiny_args(run_dir, data_dir, steps=12, **{"--optim.schedule.lr": "1e6",
-                                                                 "--optim.schedule.warmup_steps": "1",
-                                                                 "--dist.max_skipped_steps": "3"}))
+    result = run_train_in_process(
+        tiny_args(
+            run_dir,
+            data_dir,
+            steps=12,
+            **{"--optim.schedule.lr": "1e6", "--optim.schedule.warmup_steps": "1", "--dist.max_skipped_steps": "3"},
+        )
+    )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "3 in a row = --dist.max_skipped_steps" in last and last.startswith("train.py: error:")
@@ -190,11 +248,13 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_pa
     assert first.returncode == 0, first.stderr
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     config = (run_dir / "config.yaml").read_text()
-    shorter = run_train_in_process(tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto",
-                                                                            "--optim.schedule.warmup_steps": "4"}))
+    shorter = run_train_in_process(
+        tiny_args(run_dir, data_dir, steps=5, **{"--checkpoint.resume": "auto", "--optim.schedule.warmup_steps": "4"})
+    )
     assert shorter.returncode == 2 and "is at step 10, past --steps 5" in shorter.stderr, shorter.stderr
-    other_lr = run_train_in_process(tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto",
-                                                                              "--optim.schedule.lr": "1e-3"}))
+    other_lr = run_train_in_process(
+        tiny_args(run_dir, data_dir, steps=20, **{"--checkpoint.resume": "auto", "--optim.schedule.lr": "1e-3"})
+    )
     assert other_lr.returncode == 2 and "--optim.schedule" in other_lr.stderr, other_lr.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
     assert (run_dir / "config.yaml").read_text() == config
@@ -216,8 +276,9 @@ def test_a_new_run_under_an_existing_run_name_is_refused_before_anything_is_writ
     first = run_train_in_process(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
-    again = _error_line(run_train_in_process(tiny_args(run_dir, data_dir, steps=3,
-                                                       **{"--optim.schedule.warmup_steps": "1"})))
+    again = _error_line(
+        run_train_in_process(tiny_args(run_dir, data_dir, steps=3, **{"--optim.schedule.warmup_steps": "1"}))
+    )
     assert "--run_name taken" in again and "already holds a run" in again and "--checkpoint.resume auto" in again
     assert tree_digest(run_dir) == before
 
@@ -233,8 +294,13 @@ def test_a_finished_run_is_never_rewritten(tmp_path, data_dir):
     again = run_train_in_process(tiny_args(run_dir, data_dir, steps=10, **{"--checkpoint.resume": "auto"}))
     assert again.returncode == 0, again.stderr
     assert f"[done] {run_dir} is already complete at step 10" in again.stderr
-    older = _error_line(run_train_in_process(tiny_args(run_dir, data_dir, steps=10, **{
-        "--checkpoint.resume": str(run_dir / "checkpoints" / "step_00000005")})))
+    older = _error_line(
+        run_train_in_process(
+            tiny_args(
+                run_dir, data_dir, steps=10, **{"--checkpoint.resume": str(run_dir / "checkpoints" / "step_00000005")}
+            )
+        )
+    )
     assert "holds newer checkpoints (step_00000010)" in older
     assert tree_digest(run_dir) == before and final.stat().st_ino == inode
 
@@ -254,22 +320,34 @@ def test_a_complete_checkpoint_is_never_overwritten(tmp_path):
 
 def _generated(run_dir, seq_len: int, **extra: str) -> list[str]:
     """A 3-step tiny run on successor problems that train.py generates into the run."""
-    return tiny_args(run_dir, None, steps=3, **{"--data.tasks": "[successor]", "--data.num_docs": "200",
-                                                 "--data.seq_len": str(seq_len), "--eval.tasks": "[successor]",
-                                                 "--optim.schedule.warmup_steps": "1", **extra})
+    return tiny_args(
+        run_dir,
+        None,
+        steps=3,
+        **{
+            "--data.tasks": "[successor]",
+            "--data.num_docs": "200",
+            "--data.seq_len": str(seq_len),
+            "--eval.tasks": "[successor]",
+            "--optim.schedule.warmup_steps": "1",
+            **extra,
+        },
+    )
 
 
 def test_generated_data_of_other_settings_is_regenerated(tmp_path):
     """A restart (no checkpoint to resume) with another --data.seq_len used to train on the old run's data while
     its config.yaml said otherwise."""
     run_dir = tmp_path / "gen"
-    first = run_train_in_process(_generated(run_dir, 48, **{"--checkpoint.interval": "0",
-                                                            "--checkpoint.save_final": "false"}))
+    first = run_train_in_process(
+        _generated(run_dir, 48, **{"--checkpoint.interval": "0", "--checkpoint.save_final": "false"})
+    )
     assert first.returncode == 0, first.stderr
     second = run_train_in_process(_generated(run_dir, 32, **{"--checkpoint.resume": "auto"}))
     assert second.returncode == 0, second.stderr
-    assert (f"[data] {run_dir / 'data' / 'train'} was generated with other settings (--data.seq_len 48 -> 32); "
-            "regenerating") in second.stderr
+    assert (
+        f"[data] {run_dir / 'data' / 'train'} was generated with other settings (--data.seq_len 48 -> 32); regenerating"
+    ) in second.stderr
     assert [read_manifest(run_dir / "data" / split)["seq_len"] for split in ("train", "val")] == [32, 32]
 
 
@@ -280,8 +358,9 @@ def test_resume_with_other_generation_settings_keeps_the_data(tmp_path):
     first = run_train_in_process(_generated(run_dir, 48, **{"--steps": "6", "--stop_at": "3"}))
     assert first.returncode == 0, first.stderr
     before = tree_digest(run_dir)
-    refused = _error_line(run_train_in_process(_generated(run_dir, 32, **{"--steps": "6",
-                                                                          "--checkpoint.resume": "auto"})))
+    refused = _error_line(
+        run_train_in_process(_generated(run_dir, 32, **{"--steps": "6", "--checkpoint.resume": "auto"}))
+    )
     assert "--data.seq_len 48 -> 32" in refused
     assert tree_digest(run_dir) == before
 
@@ -292,8 +371,12 @@ def test_generated_data_under_a_checkpoint_is_never_replaced(tmp_path):
 
     out = tmp_path / "train"
     recipe = {"--data.seq_len": 48}
-    generate_once(out, recipe, lambda: pack_dataset(out, tokenizer="byte", seq_len=48, tasks=["successor"],
-                                                    num_docs=20, recipe=recipe), resuming=False)
+    generate_once(
+        out,
+        recipe,
+        lambda: pack_dataset(out, tokenizer="byte", seq_len=48, tasks=["successor"], num_docs=20, recipe=recipe),
+        resuming=False,
+    )
     before = tree_digest(out)
     with pytest.raises(ValueError, match=r"train was generated with other settings \(--data.seq_len 48 -> 32\)"):
         generate_once(out, {"--data.seq_len": 32}, lambda: pytest.fail("regenerated"), resuming=True)

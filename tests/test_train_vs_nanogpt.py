@@ -24,8 +24,12 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 
 
 def _packed_ids(path: Path) -> np.ndarray:
-    return np.concatenate([np.stack(pq.read_table(f).column("input_ids").to_numpy(zero_copy_only=False))
-                           for f in sorted(path.glob("shard-*.parquet"))])
+    return np.concatenate(
+        [
+            np.stack(pq.read_table(f).column("input_ids").to_numpy(zero_copy_only=False))
+            for f in sorted(path.glob("shard-*.parquet"))
+        ]
+    )
 
 
 def test_both_formats_hold_the_same_tokens(datasets):
@@ -94,26 +98,42 @@ def test_nanogpt_log_parsing_skips_warmup():
 
 
 def test_recur_metrics_summary_and_recompile_count():
-    records = [{"step": i, "loss": 5.0 - i, "tokens": 4096 * (i + 1), "tokens_per_s": tps, "mfu": mfu, "r": 4, "k": 4}
-               for i, (tps, mfu) in enumerate([(10.0, 0.01), (4000.0, 0.4), (4096.0, 0.5), (5000.0, 0.6)])]
+    records = [
+        {"step": i, "loss": 5.0 - i, "tokens": 4096 * (i + 1), "tokens_per_s": tps, "mfu": mfu, "r": 4, "k": 4}
+        for i, (tps, mfu) in enumerate([(10.0, 0.01), (4000.0, 0.4), (4096.0, 0.5), (5000.0, 0.6)])
+    ]
     summary = tvn.summarize_recur(records, warmup=1)
     assert summary["tokens_per_s"] == 4096.0 and summary["mfu"] == 0.5 and summary["median_step_ms"] == 1000.0
     assert summary["r"] == [4] and summary["k"] == [4] and summary["steps_timed"] == 3
     assert tvn.summarize_recur([{**r, "mfu": None} for r in records], warmup=1)["mfu"] is None  # CPU: no MFU
-    recompiling = "V1202 torch/_dynamo/guards.py:3000] [0/1] [__recompiles] Recompiling function forward in block.py:10\n"
-    stderr = (recompiling + "V1202 [__recompiles]     triggered by the following guard failure(s):\n"
-              + "step      1/2 | loss 1.0 | lr 1e-3\n" + recompiling + "step      2/2 | loss 1.0 | lr 1e-3\n"
-              + recompiling * 3 + "[done] final loss 1.0\n")
+    recompiling = (
+        "V1202 torch/_dynamo/guards.py:3000] [0/1] [__recompiles] Recompiling function forward in block.py:10\n"
+    )
+    stderr = (
+        recompiling
+        + "V1202 [__recompiles]     triggered by the following guard failure(s):\n"
+        + "step      1/2 | loss 1.0 | lr 1e-3\n"
+        + recompiling
+        + "step      2/2 | loss 1.0 | lr 1e-3\n"
+        + recompiling * 3
+        + "[done] final loss 1.0\n"
+    )
     assert tvn.count_recompiles(stderr) == {"training": 2, "evaluation": 3}
     assert tvn.count_recompiles(recompiling) == {"training": 1, "evaluation": 0}  # a run that never finished
 
 
 def test_headline_tolerates_a_failed_run():
-    runs = {"nanogpt": {"tokens_per_s": 400.0}, "recur_baseline": {"tokens_per_s": 440.0, "mfu": 0.5, "recompiles": 0},
-            "recurrent_r1": {"error": "exit 1"}, "recurrent_r4": {"tokens_per_s": 150.0, "mfu": 0.55, "recompiles": 0}}
+    runs = {
+        "nanogpt": {"tokens_per_s": 400.0},
+        "recur_baseline": {"tokens_per_s": 440.0, "mfu": 0.5, "recompiles": 0},
+        "recurrent_r1": {"error": "exit 1"},
+        "recurrent_r4": {"tokens_per_s": 150.0, "mfu": 0.55, "recompiles": 0},
+    }
     head = tvn.headline(runs)
     assert head["ratio"] == pytest.approx(1.1) and head["recurrent_r1_tokens_per_s"] is None
-    assert head["recurrent_mfu_over_baseline_mfu_r1"] is None and head["recurrent_mfu_over_baseline_mfu_r4"] == pytest.approx(1.1)
+    assert head["recurrent_mfu_over_baseline_mfu_r1"] is None and head[
+        "recurrent_mfu_over_baseline_mfu_r4"
+    ] == pytest.approx(1.1)
     assert head["recompiles"] == {"recur_baseline": 0, "recurrent_r1": None, "recurrent_r4": 0}
 
 
@@ -126,15 +146,43 @@ def test_missing_nanogpt_dir_is_one_line_exit_2(tmp_path, capsys):
 @pytest.mark.skipif(not (NANOGPT_DIR / "train.py").is_file(), reason="no nanoGPT copy in third_party/nanoGPT")
 def test_smoke_runs_both_trainers_end_to_end(tmp_path):
     out = tmp_path / "result.json"
-    assert tvn.main(["--smoke", "--nanogpt_dir", str(NANOGPT_DIR), "--work_dir", str(tmp_path / "w"), "--out", str(out),
-                     "--steps", "4", "--r4_steps", "4", "--warmup", "1"]) == 0
+    assert (
+        tvn.main(
+            [
+                "--smoke",
+                "--nanogpt_dir",
+                str(NANOGPT_DIR),
+                "--work_dir",
+                str(tmp_path / "w"),
+                "--out",
+                str(out),
+                "--steps",
+                "4",
+                "--r4_steps",
+                "4",
+                "--warmup",
+                "1",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
-    for key in ("recur_tokens_per_s", "nanogpt_tokens_per_s", "ratio", "recurrent_r1_tokens_per_s",
-                "recurrent_r4_tokens_per_s"):
+    for key in (
+        "recur_tokens_per_s",
+        "nanogpt_tokens_per_s",
+        "ratio",
+        "recurrent_r1_tokens_per_s",
+        "recurrent_r4_tokens_per_s",
+    ):
         assert result[key] > 0, key
     assert "recurrent_mfu_over_baseline_mfu_r1" in result and "torch" in result["environment"]
     assert result["runs"]["recurrent_r4"]["r"] == [4] and result["runs"]["recurrent_r1"]["k"] == [1]
-    assert all(result["runs"][name]["command"] for name in ("nanogpt", "recur_baseline", "recurrent_r1", "recurrent_r4"))
+    assert all(
+        result["runs"][name]["command"] for name in ("nanogpt", "recur_baseline", "recurrent_r1", "recurrent_r4")
+    )
     no_recompiles = {"training": 0, "evaluation": 0}  # compile is off in the smoke run
-    assert result["recompiles"] == {"recur_baseline": no_recompiles, "recurrent_r1": no_recompiles,
-                                    "recurrent_r4": no_recompiles}
+    assert result["recompiles"] == {
+        "recur_baseline": no_recompiles,
+        "recurrent_r1": no_recompiles,
+        "recurrent_r4": no_recompiles,
+    }

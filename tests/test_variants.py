@@ -25,8 +25,9 @@ def tiny_config(variant: str, **extra) -> ModelConfig:
     if variant == "ssm_mem":
         knobs.update(n_memory=4, memory_chunk=8)
     knobs.update(extra)
-    return ModelConfig.from_dict(dict(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=2,
-                                      max_seq_len=64, extra=knobs))
+    return ModelConfig.from_dict(
+        dict(variant=variant, vocab_size=40, d_model=32, n_layers=3, n_heads=2, max_seq_len=64, extra=knobs)
+    )
 
 
 def tiny_eval_model(variant: str, **extra):
@@ -70,7 +71,7 @@ def test_cached_generation_matches_full_forward(variant):
         full = model(x, num_steps=3).logits
         cache = KVCache()
         pieces = [model(x[:, :6], num_steps=3, cache=cache).logits]
-        pieces += [model(x[:, t:t + 1], num_steps=3, cache=cache).logits for t in range(6, 18)]
+        pieces += [model(x[:, t : t + 1], num_steps=3, cache=cache).logits for t in range(6, 18)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -90,6 +91,7 @@ def test_act_mixture_weights_sum_to_one_and_halts_per_unit():
         stream.halt.weight.normal_(std=2.0)  # spread p_halt so units halt at different steps
     h = torch.randn(4, 16, 32)
     from recur.models.layers import AttentionContext
+
     ctx = AttentionContext(cos=torch.zeros(16, 16), sin=torch.zeros(16, 16))
     with torch.no_grad():
         mixture, layout, stats, _ = stream.iterate(h, ctx, 8, 8)

@@ -20,19 +20,33 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tree_digest(directory: Path) -> dict[str, str]:
     """sha256 of every file under `directory`, by relative path: equal digests mean nothing was changed."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(directory).rglob("*"))
+        if p.is_file()
+    }
 
 
 def tiny_args(run_dir: Path, data_dir: Path | None, steps: int = 40, **extra: str) -> list[str]:
     """A tiny run on `data_dir` (None: on data train.py generates into the run)."""
     args = {
-        "--out_dir": str(run_dir.parent), "--run_name": run_dir.name,
+        "--out_dir": str(run_dir.parent),
+        "--run_name": run_dir.name,
         "--data.path": "null" if data_dir is None else str(data_dir),
-        "--model.d_model": "64", "--model.n_heads": "4", "--model.max_seq_len": "64",
-        "--data.global_batch_size": "8", "--steps": str(steps), "--optim.schedule.warmup_steps": "5", "--optim.schedule.lr": "3e-3",
-        "--eval.num_samples": "2", "--eval.depths": "[1]", "--eval.tasks": "[copy]", "--log.plot_interval": "1000",
-        "--recurrence.mean_recurrence": "3", "--recurrence.backprop_depth": "2", "--checkpoint.interval": "5",
+        "--model.d_model": "64",
+        "--model.n_heads": "4",
+        "--model.max_seq_len": "64",
+        "--data.global_batch_size": "8",
+        "--steps": str(steps),
+        "--optim.schedule.warmup_steps": "5",
+        "--optim.schedule.lr": "3e-3",
+        "--eval.num_samples": "2",
+        "--eval.depths": "[1]",
+        "--eval.tasks": "[copy]",
+        "--log.plot_interval": "1000",
+        "--recurrence.mean_recurrence": "3",
+        "--recurrence.backprop_depth": "2",
+        "--checkpoint.interval": "5",
     }
     args.update(extra)
     return [item for pair in args.items() for item in pair]

@@ -23,8 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--depths", nargs="+", type=int, default=DEFAULT_DEPTHS)
     p.add_argument("--latest_only", action="store_true", help="only the newest checkpoint of each run")
-    p.add_argument("--tasks", nargs="+",
-                   help="algorithmic tasks (default: the run's training tasks when it generated its data, else all)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        help="algorithmic tasks (default: the run's training tasks when it generated its data, else all)",
+    )
     p.add_argument("--num_samples", type=int, default=32)
     p.add_argument("--ood", action="store_true", help="also the OOD difficulty grid")
     p.add_argument("--data", help="held-out packed parquet (default: each run's data/val)")
@@ -38,9 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    cfg = HubConfig(checkpoint=args.checkpoint[0], tasks=args.tasks, num_samples=args.num_samples, seed=args.seed,
-                    ood=args.ood, data=args.data, max_rows=args.max_rows, batch_size=args.batch_size,
-                    tokenizer=args.tokenizer, device=args.device)
+    cfg = HubConfig(
+        checkpoint=args.checkpoint[0],
+        tasks=args.tasks,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        ood=args.ood,
+        data=args.data,
+        max_rows=args.max_rows,
+        batch_size=args.batch_size,
+        tokenizer=args.tokenizer,
+        device=args.device,
+    )
     written = run_sweep(args.checkpoint, args.out_dir, args.depths, not args.latest_only, cfg)
     print(f"wrote {len(written)} sweep files and sweep_depth.png / sweep_steps.png to {args.out_dir}")
     return 0

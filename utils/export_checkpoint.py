@@ -19,8 +19,7 @@ from recur.parallel.export import export_checkpoint
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="run directory (newest checkpoint) or checkpoint directory")
+    parser.add_argument("--checkpoint", required=True, help="run directory (newest checkpoint) or checkpoint directory")
     parser.add_argument("--out_dir", required=True, type=Path, help="the Hugging Face directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out_dir if it exists")
     args = parser.parse_args(argv)

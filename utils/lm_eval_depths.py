@@ -26,23 +26,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     p.add_argument("--tokenizer", default=None, help="'byte' or a tokenizer directory (default: --path)")
-    p.add_argument("--apply_chat_template", action="store_true",
-                   help="render prompts with the tokenizer's chat template (as lm_eval --apply_chat_template)")
+    p.add_argument(
+        "--apply_chat_template",
+        action="store_true",
+        help="render prompts with the tokenizer's chat template (as lm_eval --apply_chat_template)",
+    )
     args = p.parse_args(argv)
     try:
         depths = [int(d) for d in args.depths.split(",")]
         limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-        results = evaluate_at_depths(args.path, args.tasks.split(","), depths, args.include_path, limit,
-                                     args.num_fewshot, args.device, args.batch_size, args.tokenizer,
-                                     apply_chat_template=args.apply_chat_template)
+        results = evaluate_at_depths(
+            args.path,
+            args.tasks.split(","),
+            depths,
+            args.include_path,
+            limit,
+            args.num_fewshot,
+            args.device,
+            args.batch_size,
+            args.tokenizer,
+            apply_chat_template=args.apply_chat_template,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"lm_eval_depths: {err}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, {str(d): r for d, r in results.items()})
     for depth, per_task in results.items():
-        print(f"depth {depth}: " + "; ".join(f"{task} {', '.join(f'{k}={v:.4f}' for k, v in m.items() if isinstance(v, float))}"
-                                            for task, m in per_task.items()))
+        print(
+            f"depth {depth}: "
+            + "; ".join(
+                f"{task} {', '.join(f'{k}={v:.4f}' for k, v in m.items() if isinstance(v, float))}"
+                for task, m in per_task.items()
+            )
+        )
     return 0
 
 

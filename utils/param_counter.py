@@ -33,8 +33,12 @@ from recur.models import create_model
 from recur.models.presets import preset_table
 from recur.recurrence import RecurrenceSampler
 
-LABELS = {"tok_embeddings": "embeddings", "core": "recurrent block (core)", "lm_head": "lm_head (untied)",
-          "norm": "final norm"}
+LABELS = {
+    "tok_embeddings": "embeddings",
+    "core": "recurrent block (core)",
+    "lm_head": "lm_head (untied)",
+    "norm": "final norm",
+}
 
 
 def count_run(cfg: TrainConfig, init_from: str | None = None, expectation: str = "draws") -> dict:
@@ -44,8 +48,9 @@ def count_run(cfg: TrainConfig, init_from: str | None = None, expectation: str =
         model = create_model(model_cfg)
     seq_len = read_manifest(Path(cfg.data.path))["seq_len"] if cfg.data.path else cfg.data.seq_len
     sampler = RecurrenceSampler(cfg.recurrence, cfg.steps)
-    flops = curriculum_flops(model, model_cfg, sampler, seq_len, cfg.data.global_batch_size * seq_len,
-                             expectation=expectation)
+    flops = curriculum_flops(
+        model, model_cfg, sampler, seq_len, cfg.data.global_batch_size * seq_len, expectation=expectation
+    )
     return {"params": count_params(model), "flops": flops, "seq_len": seq_len, "expectation": expectation}
 
 
@@ -53,8 +58,11 @@ def format_report(result: dict) -> str:
     lines = [f"{'component':<24}{'params':>16}"]
     lines += [f"{LABELS.get(name, name):<24}{count:>16,}" for name, count in result["params"].items()]
     f = result["flops"]
-    lines += ["", f"steps {f['steps']:,}, tokens {f['tokens']:,} (seq_len {result['seq_len']}), "
-                  f"mean n {f['mean_no_grad_steps']:.3f}, mean k {f['mean_grad_steps']:.3f} ({result['expectation']})"]
+    lines += [
+        "",
+        f"steps {f['steps']:,}, tokens {f['tokens']:,} (seq_len {result['seq_len']}), "
+        f"mean n {f['mean_no_grad_steps']:.3f}, mean k {f['mean_grad_steps']:.3f} ({result['expectation']})",
+    ]
     lines += [f"{name:<24}{f[name]:>16.4e}" for name in ("flops_6DN1", "flops_2DN2", "flops_attention", "total_flops")]
     return "\n".join(lines)
 

@@ -61,8 +61,17 @@ LAYER_MAPS: dict[str, dict[str, str]] = {
 # "recur": an exported recur `baseline` run (recur/convert/recur_baseline.py), looped the same way.
 ARCHS = (*LAYER_MAPS, "recur")
 # Files that make up a tokenizer; copied next to the converted weights so the output is self-contained.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,11 @@ class ConversionPlan:
     @property
     def sections(self) -> dict[str, list[int]]:
         s = self.split
-        return {"prelude": list(range(s.prelude_size)),
-                "core": list(range(s.start_index, s.start_index + s.block_size)),
-                "coda": list(range(s.n_layers - s.coda_size, s.n_layers))}
+        return {
+            "prelude": list(range(s.prelude_size)),
+            "core": list(range(s.start_index, s.start_index + s.block_size)),
+            "coda": list(range(s.n_layers - s.coda_size, s.n_layers)),
+        }
 
     @property
     def dropped(self) -> list[int]:
@@ -87,6 +98,7 @@ class ConversionPlan:
 # ---------------------------------------------------------------------------------------------
 # Reading the source checkpoint
 # ---------------------------------------------------------------------------------------------
+
 
 def read_hf_config(model_path: str | Path) -> dict:
     path = Path(model_path)
@@ -99,8 +111,10 @@ def read_hf_config(model_path: str | Path) -> dict:
 
 
 def _weight_files(path: Path) -> list[Path]:
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
         if (path / single).is_file():
             return [path / single]
         if (path / index).is_file():
@@ -129,7 +143,9 @@ def detect_arch(hf_config: dict, arch: str | None, where: str) -> str:
     model_type = hf_config.get("model_type")
     if arch is None:
         if model_type not in ARCHS:
-            raise ValueError(f"{where}: model_type '{model_type}' is not convertible; expected one of {', '.join(ARCHS)}")
+            raise ValueError(
+                f"{where}: model_type '{model_type}' is not convertible; expected one of {', '.join(ARCHS)}"
+            )
         return model_type
     if arch not in ARCHS:
         raise ValueError(f"--arch: got '{arch}'; expected one of {', '.join(ARCHS)}")
@@ -160,15 +176,25 @@ def model_config_from_hf(hf_config: dict, arch: str, split: LayerSplit, **overri
     theta, scaling = rope_settings(hf_config)
     n_heads = hf_config["num_attention_heads"]
     fields = dict(
-        variant="recurrent", vocab_size=hf_config["vocab_size"], d_model=hf_config["hidden_size"],
-        n_heads=n_heads, n_kv_heads=hf_config.get("num_key_value_heads") or n_heads,
+        variant="recurrent",
+        vocab_size=hf_config["vocab_size"],
+        d_model=hf_config["hidden_size"],
+        n_heads=n_heads,
+        n_kv_heads=hf_config.get("num_key_value_heads") or n_heads,
         head_dim=hf_config.get("head_dim") or hf_config["hidden_size"] // n_heads,
-        d_ff=hf_config["intermediate_size"], max_seq_len=hf_config.get("max_position_embeddings", 2048),
-        rope_theta=theta, rope_scaling=scaling, norm_eps=hf_config.get("rms_norm_eps", 1e-6),
-        block_norm="post" if arch == "olmo2" else "pre", qk_norm=arch == "olmo2",
-        tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)), dropout=0.0,
+        d_ff=hf_config["intermediate_size"],
+        max_seq_len=hf_config.get("max_position_embeddings", 2048),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        norm_eps=hf_config.get("rms_norm_eps", 1e-6),
+        block_norm="post" if arch == "olmo2" else "pre",
+        qk_norm=arch == "olmo2",
+        tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+        dropout=0.0,
         n_layers=split.prelude_size + split.block_size + split.coda_size,
-        n_prelude=split.prelude_size, n_core=split.block_size, n_coda=split.coda_size,
+        n_prelude=split.prelude_size,
+        n_core=split.block_size,
+        n_coda=split.coda_size,
         **adapter_fields(overrides),
     )
     fields.update(overrides)
@@ -184,11 +210,14 @@ def adapter_fields(overrides: dict) -> dict[str, str]:
 
 def check_reproduces_source(cfg: ModelConfig) -> None:
     reproduces = cfg.injection == "concat" and (
-        cfg.adapter_init == "passthrough" or (cfg.adapter_init == "state" and cfg.init_state == "input"))
+        cfg.adapter_init == "passthrough" or (cfg.adapter_init == "state" and cfg.init_state == "input")
+    )
     if not reproduces:
-        raise ValueError("conversion reproduces the source model at r = 1 only with the concat adapter as "
-                         "'state' (with init_state 'input') or 'passthrough'; got injection "
-                         f"'{cfg.injection}', adapter_init '{cfg.adapter_init}', init_state '{cfg.init_state}'")
+        raise ValueError(
+            "conversion reproduces the source model at r = 1 only with the concat adapter as "
+            "'state' (with init_state 'input') or 'passthrough'; got injection "
+            f"'{cfg.injection}', adapter_init '{cfg.adapter_init}', init_state '{cfg.init_state}'"
+        )
 
 
 def source_layer_count(hf_config: dict, arch: str) -> int:
@@ -199,8 +228,10 @@ def source_layer_count(hf_config: dict, arch: str) -> int:
 # Mapping the weights
 # ---------------------------------------------------------------------------------------------
 
-def map_state_dict(hf_state: dict[str, torch.Tensor], arch: str, plan: ConversionPlan,
-                   tie_embeddings: bool) -> dict[str, torch.Tensor]:
+
+def map_state_dict(
+    hf_state: dict[str, torch.Tensor], arch: str, plan: ConversionPlan, tie_embeddings: bool
+) -> dict[str, torch.Tensor]:
     """Our parameter names -> source tensors, for every parameter except the adapter.
 
     Raises if a kept layer lacks a weight or carries one we do not know (e.g. a bias): nothing is silently
@@ -219,16 +250,30 @@ def map_state_dict(hf_state: dict[str, torch.Tensor], arch: str, plan: Conversio
     used = set(ours.values())
     dropped = tuple(f"model.layers.{i}." for i in plan.dropped)
     # A tied checkpoint may still store lm_head.weight (a copy of the embedding): harmless to leave.
-    unknown = sorted(k for k in hf_state if k not in used and not k.startswith(dropped)
-                     and not k.endswith("rotary_emb.inv_freq") and not (tie_embeddings and k == "lm_head.weight"))
+    unknown = sorted(
+        k
+        for k in hf_state
+        if k not in used
+        and not k.startswith(dropped)
+        and not k.endswith("rotary_emb.inv_freq")
+        and not (tie_embeddings and k == "lm_head.weight")
+    )
     if unknown:
-        raise ValueError(f"source checkpoint has {len(unknown)} weights the {arch} converter does not map, "
-                         f"e.g. {unknown[:3]}")
+        raise ValueError(
+            f"source checkpoint has {len(unknown)} weights the {arch} converter does not map, e.g. {unknown[:3]}"
+        )
     return {our: hf_state[src] for our, src in ours.items()}
 
 
-def convert_hf_model(model_path: str | Path, prelude_size: int, start_index: int, block_size: int,
-                     coda_size: int, arch: str | None = None, **config_overrides) -> LoopedLM:
+def convert_hf_model(
+    model_path: str | Path,
+    prelude_size: int,
+    start_index: int,
+    block_size: int,
+    coda_size: int,
+    arch: str | None = None,
+    **config_overrides,
+) -> LoopedLM:
     """Load a local HF Llama / OLMo-2 checkpoint as our fp32 `LoopedLM` (pass-through adapter by default).
 
     `config_overrides` set other ModelConfig fields (e.g. default_num_steps, init_state, max_seq_len)."""
@@ -239,8 +284,9 @@ def convert_hf_model(model_path: str | Path, prelude_size: int, start_index: int
         from recur.convert.recur_baseline import loop_recur_baseline  # it builds on this module
 
         adapter = adapter_fields(config_overrides)
-        model = loop_recur_baseline(model_path, split, adapter,
-                                    **{k: v for k, v in config_overrides.items() if k not in adapter})
+        model = loop_recur_baseline(
+            model_path, split, adapter, **{k: v for k, v in config_overrides.items() if k not in adapter}
+        )
         check_reproduces_source(model.cfg)
         return model
     cfg = model_config_from_hf(hf_config, arch, split, **config_overrides)
@@ -255,8 +301,10 @@ def convert_hf_model(model_path: str | Path, prelude_size: int, start_index: int
     with torch.no_grad():
         for name, tensor in state.items():
             if targets[name].shape != tensor.shape:
-                raise ValueError(f"weight {name}: source shape {tuple(tensor.shape)} does not match the "
-                                 f"config-derived shape {tuple(targets[name].shape)}")
+                raise ValueError(
+                    f"weight {name}: source shape {tuple(tensor.shape)} does not match the "
+                    f"config-derived shape {tuple(targets[name].shape)}"
+                )
             targets[name].copy_(tensor.to(torch.float32))
     return model
 
@@ -264,19 +312,35 @@ def convert_hf_model(model_path: str | Path, prelude_size: int, start_index: int
 def conversion_record(model_path: str | Path, arch: str, split: LayerSplit) -> dict:
     """Provenance stored in the converted model's config.json."""
     plan = ConversionPlan(split)
-    return {"source": str(Path(model_path).resolve()), "arch": arch,
-            "prelude_size": split.prelude_size, "start_index": split.start_index,
-            "block_size": split.block_size, "coda_size": split.coda_size,
-            "source_layers": plan.sections, "dropped_layers": plan.dropped, "n_source_layers": split.n_layers}
+    return {
+        "source": str(Path(model_path).resolve()),
+        "arch": arch,
+        "prelude_size": split.prelude_size,
+        "start_index": split.start_index,
+        "block_size": split.block_size,
+        "coda_size": split.coda_size,
+        "source_layers": plan.sections,
+        "dropped_layers": plan.dropped,
+        "n_source_layers": split.n_layers,
+    }
 
 
 def tokenizer_files(model_path: str | Path) -> list[Path]:
     return [Path(model_path) / name for name in TOKENIZER_FILES if (Path(model_path) / name).is_file()]
 
 
-def convert_to_dir(model_path: str | Path, out_dir: str | Path, prelude_size: int, start_index: int,
-                   block_size: int, coda_size: int, arch: str | None = None, dtype: str | None = None,
-                   overwrite: bool = False, **config_overrides) -> LoopedLM:
+def convert_to_dir(
+    model_path: str | Path,
+    out_dir: str | Path,
+    prelude_size: int,
+    start_index: int,
+    block_size: int,
+    coda_size: int,
+    arch: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    **config_overrides,
+) -> LoopedLM:
     """Convert and save (weights, config with the conversion record, tokenizer files); returns the model."""
     from recur.hf_model import save_pretrained
 
@@ -286,7 +350,14 @@ def convert_to_dir(model_path: str | Path, out_dir: str | Path, prelude_size: in
     model = convert_hf_model(model_path, prelude_size, start_index, block_size, coda_size, arch, **config_overrides)
     # A recur source keeps its tokenizer record (recur's byte tokenizer) and special ids.
     special = {name: hf_config.get(f"{name}_token_id") for name in ("bos", "eos", "pad")} if arch == "recur" else None
-    save_pretrained(model, out_dir, conversion=conversion_record(model_path, arch, split),
-                    extra_files=tokenizer_files(model_path), dtype=dtype, overwrite=overwrite,
-                    special_ids=special, tokenizer=hf_config.get("recur_tokenizer"))
+    save_pretrained(
+        model,
+        out_dir,
+        conversion=conversion_record(model_path, arch, split),
+        extra_files=tokenizer_files(model_path),
+        dtype=dtype,
+        overwrite=overwrite,
+        special_ids=special,
+        tokenizer=hf_config.get("recur_tokenizer"),
+    )
     return model

@@ -53,8 +53,9 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return (v - v.min()) / (v.max() - v.min())
 
 
-def difference_curve(x: Sequence[float], y: Sequence[float], curve: Curve, direction: Direction,
-                     smooth_window: int = 1) -> tuple[np.ndarray, np.ndarray, bool]:
+def difference_curve(
+    x: Sequence[float], y: Sequence[float], curve: Curve, direction: Direction, smooth_window: int = 1
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """The Kneedle difference curve in concave-increasing orientation.
 
     Returns ``(x_t, d, reversed)``: the normalised x of the transformed curve, the difference curve
@@ -90,8 +91,14 @@ def _local_maxima(d: np.ndarray) -> list[int]:
     return [i for i in range(1, d.size - 1) if d[i] >= d[i - 1] and d[i] > d[i + 1]]
 
 
-def find_knees(x: Sequence[float], y: Sequence[float], curve: Curve = "concave",
-               direction: Direction = "increasing", S: float = 1.0, smooth_window: int = 1) -> list[int]:
+def find_knees(
+    x: Sequence[float],
+    y: Sequence[float],
+    curve: Curve = "concave",
+    direction: Direction = "increasing",
+    S: float = 1.0,
+    smooth_window: int = 1,
+) -> list[int]:
     """Indices (into ``x``/``y``, ascending) of every knee Kneedle confirms; ``[]`` when none.
 
     ``curve``/``direction`` describe the curve's shape: e.g. ``1/x`` is convex decreasing,
@@ -109,15 +116,21 @@ def find_knees(x: Sequence[float], y: Sequence[float], curve: Curve = "concave",
         stop = maxima[k + 1] if k + 1 < len(maxima) else d.size
         # The candidate is a knee only if the curve falls clearly below it before rising to the next
         # candidate; otherwise the next local maximum supersedes it (the paper's threshold reset).
-        if np.any(d[idx + 1:stop] < threshold):
+        if np.any(d[idx + 1 : stop] < threshold):
             knees.append(idx)
     n = d.size
     return sorted(n - 1 - i for i in knees) if reverse else knees
 
 
-def find_knee(x: Sequence[float], y: Sequence[float], curve: Curve = "concave",
-              direction: Direction = "increasing", S: float = 1.0, smooth_window: int = 1,
-              select: Select = "prominent") -> int | None:
+def find_knee(
+    x: Sequence[float],
+    y: Sequence[float],
+    curve: Curve = "concave",
+    direction: Direction = "increasing",
+    S: float = 1.0,
+    smooth_window: int = 1,
+    select: Select = "prominent",
+) -> int | None:
     """One knee index, or None: the ``"first"`` along x or the ``"prominent"`` one (largest
     difference-curve value, i.e. the sharpest bend)."""
     if select not in ("first", "prominent"):

@@ -62,7 +62,7 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
     "The committee will meet on Thursday at 3 pm to review the budget proposal and vote on the new hiring plan.",
     "Once upon a time, in a village at the edge of a dark forest, there lived a clever girl who was never afraid of wolves.",
     "Water boils at 100 degrees Celsius at sea level, but at higher altitudes the boiling point is lower because air pressure drops.",
-    "{\"id\": 42, \"name\": \"sensor-7\", \"readings\": [21.5, 21.7, 22.0], \"status\": \"ok\"}",
+    '{"id": 42, "name": "sensor-7", "readings": [21.5, 21.7, 22.0], "status": "ok"}',
     "The defendant pleaded not guilty, and the trial is expected to last several weeks as both sides present expert witnesses.",
     "Machine learning models generalise poorly when the training data does not represent the distribution seen at deployment.",
     "東京は日本の首都であり、世界で最も人口の多い都市圏の一つです。",
@@ -75,6 +75,7 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
 # ---------------------------------------------------------------------------------------------
 # Split convention
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LayerSplit:
@@ -102,8 +103,10 @@ class LayerSplit:
         return [self.zone(i) for i in range(self.n_layers)]
 
     def cli_flags(self) -> str:
-        return (f"--prelude_size {self.prelude_size} --start_index {self.start_index} "
-                f"--block_size {self.block_size} --coda_size {self.coda_size}")
+        return (
+            f"--prelude_size {self.prelude_size} --start_index {self.start_index} "
+            f"--block_size {self.block_size} --coda_size {self.coda_size}"
+        )
 
 
 def validate_split(n_layers: int, prelude_size: int, start_index: int, block_size: int, coda_size: int) -> None:
@@ -116,25 +119,32 @@ def validate_split(n_layers: int, prelude_size: int, start_index: int, block_siz
     if block_size < 1:
         raise ValueError(f"--block_size must be >= 1, got {block_size}")
     if prelude_size > start_index:
-        raise ValueError(f"--prelude_size ({prelude_size}) must be <= --start_index ({start_index}): "
-                         "the prelude [0, prelude_size) may not overlap the recurrent block")
+        raise ValueError(
+            f"--prelude_size ({prelude_size}) must be <= --start_index ({start_index}): "
+            "the prelude [0, prelude_size) may not overlap the recurrent block"
+        )
     coda_start = n_layers - coda_size
     if start_index + block_size > coda_start:
-        raise ValueError(f"recurrent block [{start_index}, {start_index + block_size}) overlaps the coda "
-                         f"[{coda_start}, {n_layers}) or runs past the {n_layers} layers: need "
-                         "--start_index + --block_size <= n_layers - --coda_size")
+        raise ValueError(
+            f"recurrent block [{start_index}, {start_index + block_size}) overlaps the coda "
+            f"[{coda_start}, {n_layers}) or runs past the {n_layers} layers: need "
+            "--start_index + --block_size <= n_layers - --coda_size"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Calibration data
 # ---------------------------------------------------------------------------------------------
 
+
 def _parquet_texts(path: Path) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
     if "text" not in parquet.schema_arrow.names:
-        raise ValueError(f"--calibration {path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})")
+        raise ValueError(
+            f"--calibration {path}: parquet file has no 'text' column (columns: {parquet.schema_arrow.names})"
+        )
     for batch in parquet.iter_batches(columns=["text"], batch_size=1024):
         yield from batch.column("text").to_pylist()
 
@@ -236,8 +246,9 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     layers = getattr(model.get_decoder(), "layers", None)
     n_layers = model.config.get_text_config().num_hidden_layers
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) != n_layers:
-        raise ValueError(f"{type(model).__name__}: cannot locate its {n_layers} decoder layers "
-                         "(expected get_decoder().layers)")
+        raise ValueError(
+            f"{type(model).__name__}: cannot locate its {n_layers} decoder layers (expected get_decoder().layers)"
+        )
     return layers
 
 
@@ -248,25 +259,29 @@ class LayerMetrics:
     num_tokens: int
 
 
-def _batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    tokenizer, texts: Sequence[str], max_length: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Right-padded ``(input_ids, attention_mask)`` batches. We pad ourselves so models whose
     tokenizer has no pad token work too; the pad id is irrelevant because padding is masked."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(texts), batch_size):
-        encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"]
-                   for t in texts[start:start + batch_size]]
+        encoded = [
+            tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts[start : start + batch_size]
+        ]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, ids in enumerate(encoded):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = 1
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
         yield input_ids, mask
 
 
 @torch.no_grad()
-def collect_layer_metrics(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_length: int = 512,
-                          batch_size: int = 8) -> LayerMetrics:
+def collect_layer_metrics(
+    model: torch.nn.Module, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8
+) -> LayerMetrics:
     """Block Influence and angular distance per decoder layer, averaged over all non-pad tokens."""
     if max_length < 2:
         raise ValueError(f"--max_length must be >= 2, got {max_length}")
@@ -288,8 +303,9 @@ def collect_layer_metrics(model: torch.nn.Module, tokenizer, texts: Sequence[str
     num_tokens = 0
     try:
         n_batches = math.ceil(len(texts) / batch_size)
-        for input_ids, mask in tqdm(_batches(tokenizer, texts, max_length, batch_size), total=n_batches,
-                                    desc="layer analysis", unit="batch"):
+        for input_ids, mask in tqdm(
+            _batches(tokenizer, texts, max_length, batch_size), total=n_batches, desc="layer analysis", unit="batch"
+        ):
             input_ids, mask = input_ids.to(device), mask.to(device)
             out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
             states = list(out.hidden_states[:n_layers]) + [captured.pop("last")]
@@ -302,13 +318,17 @@ def collect_layer_metrics(model: torch.nn.Module, tokenizer, texts: Sequence[str
                 angle_sum[i] += (torch.arccos(cos) / math.pi).sum().cpu()
     finally:
         handle.remove()
-    return LayerMetrics(block_influence=(1.0 - cos_sum / num_tokens).tolist(),
-                        angular_distance=(angle_sum / num_tokens).tolist(), num_tokens=num_tokens)
+    return LayerMetrics(
+        block_influence=(1.0 - cos_sum / num_tokens).tolist(),
+        angular_distance=(angle_sum / num_tokens).tolist(),
+        num_tokens=num_tokens,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Zones and split
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class ZoneBoundaries:
@@ -322,8 +342,9 @@ class ZoneBoundaries:
     source: dict[str, str] = field(default_factory=dict)  # "kneedle" or "fallback" per boundary
 
 
-def find_zone_boundaries(angular_distance: Sequence[float], sensitivity: float = 1.0,
-                         smooth_window: int = 1) -> ZoneBoundaries:
+def find_zone_boundaries(
+    angular_distance: Sequence[float], sensitivity: float = 1.0, smooth_window: int = 1
+) -> ZoneBoundaries:
     n = len(angular_distance)
     if n < 3:
         raise ValueError(f"model has {n} decoder layers; a prelude/recurrent/coda split needs at least 3")
@@ -331,26 +352,31 @@ def find_zone_boundaries(angular_distance: Sequence[float], sensitivity: float =
     minimum = int(np.argmin(curve))
     encode_knee = decode_knee = None
     if minimum + 1 >= 3:
-        encode_knee = find_knee(np.arange(minimum + 1), curve[:minimum + 1], "convex", "decreasing", sensitivity)
+        encode_knee = find_knee(np.arange(minimum + 1), curve[: minimum + 1], "convex", "decreasing", sensitivity)
     if n - minimum >= 3:
         knee = find_knee(np.arange(n - minimum), curve[minimum:], "convex", "increasing", sensitivity)
         decode_knee = None if knee is None else minimum + knee
     # Kneedle never returns an end point, so a found knee always leaves >= 1 prelude and coda layer.
     prelude_size = encode_knee if encode_knee is not None else 1
     coda_size = n - 1 - decode_knee if decode_knee is not None else 1
-    source = {"encode_think": "kneedle" if encode_knee is not None else "fallback",
-              "think_decode": "kneedle" if decode_knee is not None else "fallback"}
+    source = {
+        "encode_think": "kneedle" if encode_knee is not None else "fallback",
+        "think_decode": "kneedle" if decode_knee is not None else "fallback",
+    }
     return ZoneBoundaries(prelude_size, coda_size, encode_knee, decode_knee, minimum, source)
 
 
 def check_target_recurrent_size(size: int, n_layers: int) -> None:
     if not 1 <= size <= n_layers - 2:
-        raise ValueError(f"--target_recurrent_size must be between 1 and {n_layers - 2} for a model with "
-                         f"{n_layers} layers (one prelude and one coda layer are kept), got {size}")
+        raise ValueError(
+            f"--target_recurrent_size must be between 1 and {n_layers - 2} for a model with "
+            f"{n_layers} layers (one prelude and one coda layer are kept), got {size}"
+        )
 
 
-def choose_split(block_influence: Sequence[float], zones: ZoneBoundaries,
-                 target_recurrent_size: int | None = None) -> LayerSplit:
+def choose_split(
+    block_influence: Sequence[float], zones: ZoneBoundaries, target_recurrent_size: int | None = None
+) -> LayerSplit:
     """Turn the thinking zone into a split.
 
     * No target: the whole thinking zone is the recurrent block; nothing is dropped.
@@ -367,7 +393,7 @@ def choose_split(block_influence: Sequence[float], zones: ZoneBoundaries,
     check_target_recurrent_size(target_recurrent_size, n)
     size = target_recurrent_size
     if size <= hi - lo:
-        window_bi = [bi[s:s + size].sum() for s in range(lo, hi - size + 1)]
+        window_bi = [bi[s : s + size].sum() for s in range(lo, hi - size + 1)]
         start = lo + int(np.argmax(window_bi))
         return LayerSplit(n, lo, start, size, zones.coda_size)
     while hi - lo < size:
@@ -391,10 +417,18 @@ class LayerAnalysis:
     target_recurrent_size: int | None
 
 
-def analyse_model(model_path: str | Path, calibration: str | Path | None = None, num_samples: int | None = None,
-                  max_length: int = 512, batch_size: int = 8, device: str = "auto", dtype: str = "float32",
-                  target_recurrent_size: int | None = None, sensitivity: float = 1.0,
-                  smooth_window: int = 1) -> LayerAnalysis:
+def analyse_model(
+    model_path: str | Path,
+    calibration: str | Path | None = None,
+    num_samples: int | None = None,
+    max_length: int = 512,
+    batch_size: int = 8,
+    device: str = "auto",
+    dtype: str = "float32",
+    target_recurrent_size: int | None = None,
+    sensitivity: float = 1.0,
+    smooth_window: int = 1,
+) -> LayerAnalysis:
     """Load, measure, find zones and choose a split; the whole analysis in one call."""
     texts = load_calibration_texts(calibration, num_samples)
     if target_recurrent_size is not None:  # fail before loading weights and the forward pass
@@ -404,5 +438,6 @@ def analyse_model(model_path: str | Path, calibration: str | Path | None = None,
     metrics = collect_layer_metrics(model, tokenizer, texts, max_length, batch_size)
     zones = find_zone_boundaries(metrics.angular_distance, sensitivity, smooth_window)
     split = choose_split(metrics.block_influence, zones, target_recurrent_size)
-    return LayerAnalysis(str(model_path), n_layers, len(texts), metrics.num_tokens, metrics, zones, split,
-                         target_recurrent_size)
+    return LayerAnalysis(
+        str(model_path), n_layers, len(texts), metrics.num_tokens, metrics, zones, split, target_recurrent_size
+    )

@@ -17,8 +17,14 @@ def format_table(analysis: LayerAnalysis) -> str:
     metrics, zones = analysis.metrics, analysis.split.zones()
     lines = [f"{'layer':>5}  {'BI':>8}  {'angular':>8}  zone", f"{'-' * 5}  {'-' * 8}  {'-' * 8}  {'-' * 9}"]
     for i, (bi, ang, zone) in enumerate(zip(metrics.block_influence, metrics.angular_distance, zones)):
-        marks = [m for m, k in (("encode/think knee", analysis.zones.encode_knee),
-                                ("think/decode knee", analysis.zones.decode_knee)) if k == i]
+        marks = [
+            m
+            for m, k in (
+                ("encode/think knee", analysis.zones.encode_knee),
+                ("think/decode knee", analysis.zones.decode_knee),
+            )
+            if k == i
+        ]
         lines.append(f"{i:>5}  {bi:8.4f}  {ang:8.4f}  {zone:<9}" + (f"  <- {', '.join(marks)}" if marks else ""))
     return "\n".join(lines)
 
@@ -26,15 +32,17 @@ def format_table(analysis: LayerAnalysis) -> str:
 def format_summary(analysis: LayerAnalysis) -> str:
     split, zones = analysis.split, analysis.zones
     dropped = [i for i, z in enumerate(split.zones()) if z == "DROPPED"]
-    return "\n".join([
-        f"model: {analysis.model_path}  layers: {analysis.n_layers}  samples: {analysis.num_samples}  "
-        f"tokens: {analysis.num_tokens}",
-        f"thinking zone (angular-distance knees): layers [{zones.prelude_size}, {analysis.n_layers - zones.coda_size}) "
-        f"encode/think: {zones.source['encode_think']}, think/decode: {zones.source['think_decode']}",
-        f"split: prelude {split.prelude_size}, recurrent [{split.start_index}, {split.start_index + split.block_size}), "
-        f"coda {split.coda_size}, dropped {dropped}",
-        f"converter flags: {split.cli_flags()}",
-    ])
+    return "\n".join(
+        [
+            f"model: {analysis.model_path}  layers: {analysis.n_layers}  samples: {analysis.num_samples}  "
+            f"tokens: {analysis.num_tokens}",
+            f"thinking zone (angular-distance knees): layers [{zones.prelude_size}, {analysis.n_layers - zones.coda_size}) "
+            f"encode/think: {zones.source['encode_think']}, think/decode: {zones.source['think_decode']}",
+            f"split: prelude {split.prelude_size}, recurrent [{split.start_index}, {split.start_index + split.block_size}), "
+            f"coda {split.coda_size}, dropped {dropped}",
+            f"converter flags: {split.cli_flags()}",
+        ]
+    )
 
 
 def analysis_to_dict(analysis: LayerAnalysis) -> dict[str, Any]:
@@ -46,8 +54,10 @@ def analysis_to_dict(analysis: LayerAnalysis) -> dict[str, Any]:
         "num_samples": analysis.num_samples,
         "num_tokens": analysis.num_tokens,
         "target_recurrent_size": analysis.target_recurrent_size,
-        "layers": [{"layer": i, "block_influence": bi, "angular_distance": ang, "zone": zone}
-                   for i, (bi, ang, zone) in enumerate(zip(metrics.block_influence, metrics.angular_distance, zones))],
+        "layers": [
+            {"layer": i, "block_influence": bi, "angular_distance": ang, "zone": zone}
+            for i, (bi, ang, zone) in enumerate(zip(metrics.block_influence, metrics.angular_distance, zones))
+        ],
         "block_influence": metrics.block_influence,
         "angular_distance": metrics.angular_distance,
         "zones": asdict(analysis.zones),
@@ -90,20 +100,36 @@ def save_plot(analysis: LayerAnalysis, path: str | Path) -> Path:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.35 * analysis.n_layers + 4), 7.5), sharex=True)
     top.bar(layers, metrics.block_influence, color=[ZONE_COLOURS[z] for z in zones], edgecolor="black", linewidth=0.4)
     top.set_ylabel("Block Influence  (1 - cos)")
-    top.set_title(f"{Path(analysis.model_path).name}: layer analysis ({analysis.num_tokens} tokens)  -  "
-                  f"{analysis.split.cli_flags()}", fontsize=9)
+    top.set_title(
+        f"{Path(analysis.model_path).name}: layer analysis ({analysis.num_tokens} tokens)  -  "
+        f"{analysis.split.cli_flags()}",
+        fontsize=9,
+    )
     present = [z for z in ZONE_COLOURS if z in zones]
-    top.legend(handles=[Patch(color=ZONE_COLOURS[z], label=z) for z in present], loc="upper center", ncol=len(present),
-               fontsize=8)
+    top.legend(
+        handles=[Patch(color=ZONE_COLOURS[z], label=z) for z in present],
+        loc="upper center",
+        ncol=len(present),
+        fontsize=8,
+    )
     top.set_ylim(0, max(metrics.block_influence) * 1.2 or 1.0)  # headroom for the legend
     top.grid(axis="y", alpha=0.3)
 
     for zone, first, last in _zone_runs(zones):
         bottom.axvspan(first - 0.5, last + 0.5, color=ZONE_COLOURS[zone], alpha=0.18, linewidth=0)
-    bottom.plot(layers, metrics.angular_distance, marker="o", color="black", linewidth=1.5, markersize=4,
-                label="angular distance")
-    for knee, label, colour in ((analysis.zones.encode_knee, "encode/think knee", "#C44E52"),
-                                (analysis.zones.decode_knee, "think/decode knee", "#8172B2")):
+    bottom.plot(
+        layers,
+        metrics.angular_distance,
+        marker="o",
+        color="black",
+        linewidth=1.5,
+        markersize=4,
+        label="angular distance",
+    )
+    for knee, label, colour in (
+        (analysis.zones.encode_knee, "encode/think knee", "#C44E52"),
+        (analysis.zones.decode_knee, "think/decode knee", "#8172B2"),
+    ):
         if knee is not None:
             bottom.axvline(knee, color=colour, linestyle="--", linewidth=1.2, label=f"{label} (layer {knee})")
     bottom.set_xlabel("layer index")

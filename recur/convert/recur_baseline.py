@@ -26,18 +26,28 @@ from recur.models.looped import LoopedLM
 NEW_IN_LOOP = {"adapter.weight", "state_norm.weight"}
 
 
-def loop_recur_baseline(model_path: str | Path, split: LayerSplit, adapter: dict[str, str],
-                        **config_overrides) -> LoopedLM:
+def loop_recur_baseline(
+    model_path: str | Path, split: LayerSplit, adapter: dict[str, str], **config_overrides
+) -> LoopedLM:
     """The recurrent model for `split` of the baseline saved in `model_path` (fp32). `adapter` holds the
     injection/adapter_init/init_state fields the caller chose; `config_overrides` set other ModelConfig fields."""
     source = read_model_config(model_path)
     if source.variant != "baseline":
-        raise ValueError(f"--model_path {model_path}: a recur model of variant '{source.variant}'; only a "
-                         "'baseline' can be looped (its layers are unique)")
+        raise ValueError(
+            f"--model_path {model_path}: a recur model of variant '{source.variant}'; only a "
+            "'baseline' can be looped (its layers are unique)"
+        )
     plan = ConversionPlan(split)
-    cfg = replace(source, variant="recurrent", n_layers=split.prelude_size + split.block_size + split.coda_size,
-                  n_prelude=split.prelude_size, n_core=split.block_size, n_coda=split.coda_size,
-                  **adapter, **config_overrides).resolved()
+    cfg = replace(
+        source,
+        variant="recurrent",
+        n_layers=split.prelude_size + split.block_size + split.coda_size,
+        n_prelude=split.prelude_size,
+        n_core=split.block_size,
+        n_coda=split.coda_size,
+        **adapter,
+        **config_overrides,
+    ).resolved()
     where = {src: f"{section}.{j}" for section, layers in plan.sections.items() for j, src in enumerate(layers)}
     mapped = {}
     for key, tensor in load_file(str(Path(model_path) / WEIGHTS_NAME)).items():
@@ -51,6 +61,8 @@ def loop_recur_baseline(model_path: str | Path, split: LayerSplit, adapter: dict
     missing, unexpected = model.load_state_dict({**mapped, **new}, strict=False)
     missing = [name for name in missing if not (name == "lm_head.weight" and cfg.tie_embeddings)]
     if missing or unexpected:
-        raise ValueError(f"--model_path {model_path}: weights do not fit the looped model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
+        raise ValueError(
+            f"--model_path {model_path}: weights do not fit the looped model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return model

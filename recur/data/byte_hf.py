@@ -31,6 +31,11 @@ def byte_hf_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(ByteTokenizer.SPECIALS))  # first, so they take ids 256.. in this order
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   additional_special_tokens=list(ByteTokenizer.SPECIALS[3:]),
-                                   chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        additional_special_tokens=list(ByteTokenizer.SPECIALS[3:]),
+        chat_template=CHAT_TEMPLATE,
+    )

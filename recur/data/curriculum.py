@@ -53,8 +53,9 @@ class SplitCurriculumConfig:
 class PhasedLoader:
     """Loader-like: __iter__ yields micro-batches; state_dict / load_state_dict; micro_batches_per_step."""
 
-    def __init__(self, phases: list, micro_batches_per_step: int, tokens_per_step: int,
-                 alg_tokens: int, total_tokens: int):
+    def __init__(
+        self, phases: list, micro_batches_per_step: int, tokens_per_step: int, alg_tokens: int, total_tokens: int
+    ):
         if len(phases) != 2:
             raise ValueError(f"PhasedLoader: expected 2 phase loaders, got {len(phases)}")
         self.phases = phases
@@ -82,13 +83,19 @@ class PhasedLoader:
                 yield next(stream)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "tokens": self.tokens, "limits": list(self.limits),
-                "loaders": [loader.state_dict() for loader in self.phases]}
+        return {
+            "phase": self.phase,
+            "tokens": self.tokens,
+            "limits": list(self.limits),
+            "loaders": [loader.state_dict() for loader in self.phases],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["limits"]) != list(self.limits):
-            raise ValueError(f"cannot resume the split curriculum: saved alg/total tokens {state['limits']} differ "
-                             f"from --data.alg_tokens/--data.total_tokens {list(self.limits)}")
+            raise ValueError(
+                f"cannot resume the split curriculum: saved alg/total tokens {state['limits']} differ "
+                f"from --data.alg_tokens/--data.total_tokens {list(self.limits)}"
+            )
         self.phase, self.tokens = state["phase"], state["tokens"]
         for loader, saved in zip(self.phases, state["loaders"]):
             loader.load_state_dict(saved)
@@ -103,7 +110,10 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig, r
     """
     split.validate()
     data = cfg.data
-    alg_dir, lang_dir = run_dir / "data" / "alg", Path(split.text_path) if split.text_path else run_dir / "data" / "lang"
+    alg_dir, lang_dir = (
+        run_dir / "data" / "alg",
+        Path(split.text_path) if split.text_path else run_dir / "data" / "lang",
+    )
     if env.is_main:
         generate_once(alg_dir, task_recipe(data), partial(_pack_tasks, alg_dir, data, split.alg_tasks), resuming)
         if split.text_path is None:
@@ -116,19 +126,42 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig, r
         datasets.append(dataset)
         loaders.append(loader)
     if datasets[0].row_len != datasets[1].row_len:
-        raise ValueError(f"{alg_dir} and {lang_dir} have different row lengths "
-                         f"({datasets[0].row_len} vs {datasets[1].row_len}); pack both with the same seq_len")
-    return PhasedLoader(loaders, datasets[0].micro_batches_per_step, data.global_batch_size * datasets[0].row_len,
-                        split.alg_tokens, split.total_tokens)
+        raise ValueError(
+            f"{alg_dir} and {lang_dir} have different row lengths "
+            f"({datasets[0].row_len} vs {datasets[1].row_len}); pack both with the same seq_len"
+        )
+    return PhasedLoader(
+        loaders,
+        datasets[0].micro_batches_per_step,
+        data.global_batch_size * datasets[0].row_len,
+        split.alg_tokens,
+        split.total_tokens,
+    )
 
 
 def _pack_tasks(alg_dir: Path, data, tasks: list[str]) -> None:
-    pack_dataset(alg_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, tasks=tasks, num_docs=data.num_docs,
-                 seed=data.seed, packing="bfd", mask_non_assistant=True, overwrite=True, recipe=task_recipe(data))
+    pack_dataset(
+        alg_dir,
+        tokenizer=data.tokenizer,
+        seq_len=data.seq_len,
+        tasks=tasks,
+        num_docs=data.num_docs,
+        seed=data.seed,
+        packing="bfd",
+        mask_non_assistant=True,
+        overwrite=True,
+        recipe=task_recipe(data),
+    )
 
 
 def _pack_stories(run_dir: Path, lang_dir: Path, data) -> None:
     corpus = write_stories(run_dir / "data" / "stories.jsonl", data.text_docs, data.seed)
-    pack_dataset(lang_dir, tokenizer=data.tokenizer, seq_len=data.seq_len, inputs=[str(corpus)], packing="concat",
-                 overwrite=True, recipe=stories_recipe(data))
-
+    pack_dataset(
+        lang_dir,
+        tokenizer=data.tokenizer,
+        seq_len=data.seq_len,
+        inputs=[str(corpus)],
+        packing="concat",
+        overwrite=True,
+        recipe=stories_recipe(data),
+    )

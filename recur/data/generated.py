@@ -22,22 +22,32 @@ if TYPE_CHECKING:
 def task_recipe(data: DataConfig) -> dict:
     """The flags of a trainer `DataConfig` that generated task data follows from (training and held-out sets
     alike: the held-out set's size and seed are derived from them)."""
-    return {"--data.tokenizer": data.tokenizer, "--data.seq_len": data.seq_len, "--data.tasks": list(data.tasks),
-            "--data.num_docs": data.num_docs, "--data.seed": data.seed}
+    return {
+        "--data.tokenizer": data.tokenizer,
+        "--data.seq_len": data.seq_len,
+        "--data.tasks": list(data.tasks),
+        "--data.num_docs": data.num_docs,
+        "--data.seed": data.seed,
+    }
 
 
 def stories_recipe(data: DataConfig) -> dict:
     """The flags the split curriculum's generated stories follow from."""
-    return {"--data.tokenizer": data.tokenizer, "--data.seq_len": data.seq_len, "--data.text_docs": data.text_docs,
-            "--data.seed": data.seed}
+    return {
+        "--data.tokenizer": data.tokenizer,
+        "--data.seq_len": data.seq_len,
+        "--data.text_docs": data.text_docs,
+        "--data.seed": data.seed,
+    }
 
 
 def recipe_changes(recorded: dict | None, recipe: dict) -> str:
     """'--flag old -> new; …' for the settings where `recorded` (a manifest's recipe) differs from `recipe`."""
     if recorded is None:
         return "no settings recorded"
-    return "; ".join(f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in recipe.items()
-                     if recorded.get(key) != value)
+    return "; ".join(
+        f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in recipe.items() if recorded.get(key) != value
+    )
 
 
 def generate_once(out_dir: Path, recipe: dict, build: Callable[[], object], resuming: bool) -> None:
@@ -55,8 +65,12 @@ def generate_once(out_dir: Path, recipe: dict, build: Callable[[], object], resu
         if recorded == recipe or (resuming and recorded is None):
             return
         if resuming:
-            raise ValueError(f"--checkpoint.resume: {out_dir} was generated with other settings "
-                             f"({recipe_changes(recorded, recipe)}); resume with the recorded ones or start a new --run_name")
-        print(f"[data] {out_dir} was generated with other settings ({recipe_changes(recorded, recipe)}); regenerating",
-              file=sys.stderr)
+            raise ValueError(
+                f"--checkpoint.resume: {out_dir} was generated with other settings "
+                f"({recipe_changes(recorded, recipe)}); resume with the recorded ones or start a new --run_name"
+            )
+        print(
+            f"[data] {out_dir} was generated with other settings ({recipe_changes(recorded, recipe)}); regenerating",
+            file=sys.stderr,
+        )
     build()

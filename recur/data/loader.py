@@ -86,8 +86,9 @@ def check_settings(flags: str = "--", **settings: int) -> None:
             raise ValueError(f"{flags}{name} must be >= {_LOWEST[name]}, got {value}")
 
 
-def split_batch(global_batch_size: int, world_size: int, micro_batch_size: int | None,
-                flags: str = "--") -> tuple[int, int]:
+def split_batch(
+    global_batch_size: int, world_size: int, micro_batch_size: int | None, flags: str = "--"
+) -> tuple[int, int]:
     """(rows per rank, rows per micro-batch) of a global batch; raises naming the flag when it does not split.
     Called by the trainer before anything is written (its flags are `--data.*`), and by every loader."""
     if global_batch_size < 1 or world_size < 1:
@@ -225,8 +226,9 @@ class StatefulParquetDataset(IterableDataset):
         """Plan for this process's items ``reads`` and start a fresh cache of decoded groups for them."""
         if self._cache is not None and not self._cache.forked():
             self._cache.close()
-        self._plan = ReadPlan(self.order, self.rank * self.rank_batch_size, self.micro_batch_size,
-                              self.micro_batches_per_step, reads)
+        self._plan = ReadPlan(
+            self.order, self.rank * self.rank_batch_size, self.micro_batch_size, self.micro_batches_per_step, reads
+        )
         self._cache = GroupCache(self.shards, self._plan, _DECODE_AHEAD)
 
     def _rows(self, batch_index: int, micro: int) -> tuple[int, list[tuple[EpochPlan, slice]]]:
@@ -241,8 +243,9 @@ class StatefulParquetDataset(IterableDataset):
     def read(self, batch_index: int, micro: int = 0) -> dict[str, torch.Tensor]:
         """This rank's micro-batch ``micro`` of global batch ``batch_index`` (no change of position)."""
         item, plans = self._rows(batch_index, micro)
-        parts = [take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows])
-                 for plan, rows in plans]
+        parts = [
+            take_rows(self._cache.blocks(plan, item), plan.groups[rows], plan.within[rows]) for plan, rows in plans
+        ]
         arrays = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
@@ -306,9 +309,7 @@ class StatefulDataLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         # Workers are (re)started from the position counted here, never from their own copies.
         self.dataset.seek(self._next_batch)
-        loader = DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory
-        )
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory)
         per_step, received = self.dataset.micro_batches_per_step, 0
         for item in loader:
             received += 1
@@ -333,7 +334,14 @@ def open_rank_loader(
     if data.verify_sha256 and env.local_rank == 0:
         # One full read per machine: enough for shared storage, and it also covers a copy on each node's disk.
         open_packed_dataset(path, check_rows=False, verify_sha256=True)
-    dataset = StatefulParquetDataset(path, data.global_batch_size, env.rank, env.world_size, seed=data.seed,
-                                     shuffle_window=data.shuffle_window, micro_batch_size=data.micro_batch_size,
-                                     flags="--data.")
+    dataset = StatefulParquetDataset(
+        path,
+        data.global_batch_size,
+        env.rank,
+        env.world_size,
+        seed=data.seed,
+        shuffle_window=data.shuffle_window,
+        micro_batch_size=data.micro_batch_size,
+        flags="--data.",
+    )
     return dataset, make_dataloader(dataset, data.num_workers, env.device.type == "cuda")

@@ -205,12 +205,15 @@ def mix_datasets(
         finish_dataset(work, manifest)
 
     elapsed = time.perf_counter() - began
-    print(f"mixed {total_rows} rows, {manifest['num_tokens']} tokens into {num_shards} shards in {out} ({elapsed:.1f}s)")
+    print(
+        f"mixed {total_rows} rows, {manifest['num_tokens']} tokens into {num_shards} shards in {out} ({elapsed:.1f}s)"
+    )
     return manifest
 
 
-def _mix_manifest(loaded: list, counts, realised: list[int], shards: list[dict], seed: int, first: dict,
-                  total_rows: int) -> dict:
+def _mix_manifest(
+    loaded: list, counts, realised: list[int], shards: list[dict], seed: int, first: dict, total_rows: int
+) -> dict:
     """The mix's manifest: per source its weight, target and realised token ratio, rows and repeat factor."""
     total_tokens = sum(realised)
     shares = np.array([s.spec.weight for s in loaded]) / sum(s.spec.weight for s in loaded)

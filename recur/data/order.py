@@ -66,8 +66,9 @@ def _argsort_in_pieces(piece: np.ndarray, keys: np.ndarray) -> np.ndarray:
 class GlobalOrder:
     """Maps positions of each epoch's walk to (row group, row within it) for a dataset of row groups."""
 
-    def __init__(self, group_sizes: Sequence[int], seed: int, shuffle: bool, shuffle_window: int,
-                 global_batch_size: int) -> None:
+    def __init__(
+        self, group_sizes: Sequence[int], seed: int, shuffle: bool, shuffle_window: int, global_batch_size: int
+    ) -> None:
         if len(group_sizes) == 0 or min(group_sizes) <= 0:
             raise ValueError(f"row group sizes must be positive and non-empty, got {list(group_sizes)[:8]}...")
         self.group_sizes = np.asarray(group_sizes, dtype=np.int64)
@@ -97,8 +98,12 @@ class GlobalOrder:
         # [min, max] of the positions are merged (a sort of a few per lane and window), and each position
         # finds its piece by a search in them rather than a sort of all positions.
         lo, hi = positions.min(), positions.max()
-        cuts = np.union1d(*(c[np.searchsorted(c, lo, "right") - 1 : np.searchsorted(c, hi, "right") + 1]
-                            for c in (layout.windows, layout.lanes)))
+        cuts = np.union1d(
+            *(
+                c[np.searchsorted(c, lo, "right") - 1 : np.searchsorted(c, hi, "right") + 1]
+                for c in (layout.windows, layout.lanes)
+            )
+        )
         piece = np.searchsorted(cuts, positions, side="right") - 1
         touched = np.zeros(len(cuts) - 1, dtype=bool)
         touched[piece] = True

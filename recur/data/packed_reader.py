@@ -137,8 +137,9 @@ class PackedShards:
         ids, _ = _flat_values(table, "input_ids")
         mask, _ = _flat_values(table, "loss_mask")
         starts, offsets = _flat_values(table, "doc_starts")
-        return DecodedGroup(ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len),
-                            _doc_ids(starts, offsets, self.row_len))
+        return DecodedGroup(
+            ids.reshape(-1, self.row_len), mask.reshape(-1, self.row_len), _doc_ids(starts, offsets, self.row_len)
+        )
 
     def origin(self, group: int) -> tuple[str, int]:
         """(shard file name, row group index within the shard) of a global row group id."""

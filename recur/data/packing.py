@@ -164,9 +164,7 @@ def tokenize_documents(
     return out
 
 
-def _blocks_from_flat(
-    ids: np.ndarray, mask: np.ndarray, starts: np.ndarray, row_len: int
-) -> Iterator[RowBlock]:
+def _blocks_from_flat(ids: np.ndarray, mask: np.ndarray, starts: np.ndarray, row_len: int) -> Iterator[RowBlock]:
     """Cut flat token/mask arrays (length a multiple of row_len) into RowBlocks; `starts` are the global
     positions where documents begin (row starts are added: a continued document restarts each row)."""
     num_rows = len(ids) // row_len

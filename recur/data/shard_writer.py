@@ -60,9 +60,7 @@ class RowBlock:
             [
                 pa.ListArray.from_arrays(dense_offsets, pa.array(self.input_ids.reshape(-1), pa.int32())),
                 pa.ListArray.from_arrays(dense_offsets, pa.array(self.loss_mask.reshape(-1), pa.uint8())),
-                pa.ListArray.from_arrays(
-                    pa.array(self.doc_offsets, pa.int32()), pa.array(self.doc_starts, pa.int32())
-                ),
+                pa.ListArray.from_arrays(pa.array(self.doc_offsets, pa.int32()), pa.array(self.doc_starts, pa.int32())),
             ],
             schema=SCHEMA,
         )
@@ -119,8 +117,9 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise ValueError(f"--out_dir {out_dir} exists and is not a directory")
     if (out_dir / MANIFEST_NAME).exists():
         if not overwrite:
-            raise ValueError(f"{out_dir} already holds a packed dataset ({out_dir / MANIFEST_NAME}); "
-                             "pass --overwrite to replace it")
+            raise ValueError(
+                f"{out_dir} already holds a packed dataset ({out_dir / MANIFEST_NAME}); pass --overwrite to replace it"
+            )
     elif any(out_dir.iterdir()):
         raise ValueError(f"--out_dir {out_dir} is not empty and holds no packed dataset; refusing to replace it")
 

@@ -39,8 +39,9 @@ COPY_RULES: dict[str, Callable[[Sample, random.Random], str]] = {
 }
 
 
-def shortcut_accuracy(task_name: str, difficulty: int | None = None, num_samples: int = 2000,
-                      seed: int = 0) -> dict[str, float]:
+def shortcut_accuracy(
+    task_name: str, difficulty: int | None = None, num_samples: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """{rule: accuracy} of every heuristic on `num_samples` problems of one task and difficulty (None = the
     training distribution). The majority answer is learnt from a separate draw of the same size."""
     task = get_task(task_name)

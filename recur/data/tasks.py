@@ -47,8 +47,10 @@ class Task:
         level = self.train_difficulty if difficulty is None else difficulty
         if difficulty is None and self.train_min_difficulty is not None:
             level = rng.randint(self.train_min_difficulty, self.train_difficulty)
-        if not isinstance(level, int) or level < self.min_difficulty or (
-            self.max_difficulty is not None and level > self.max_difficulty
+        if (
+            not isinstance(level, int)
+            or level < self.min_difficulty
+            or (self.max_difficulty is not None and level > self.max_difficulty)
         ):
             upper = "" if self.max_difficulty is None else f" and <= {self.max_difficulty}"
             raise ValueError(
@@ -153,7 +155,7 @@ def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str
     roots = rng.sample(string.digits, count)
     statements = []
     for c, root in enumerate(roots):
-        chain = names[c * (hops + 1):(c + 1) * (hops + 1)]
+        chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     asked = rng.randrange(count)
     rng.shuffle(statements)
@@ -199,8 +201,16 @@ TASKS: dict[str, Task] = {
         Task("copy", "length", 16, [16, 32, 64, 128], _copy),
         Task("reverse", "length", 16, [16, 32, 64, 128], _reverse),
         Task("dyck", "depth", 4, [4, 8, 16, 32], _dyck),
-        Task("chain", "hops", 4, [4, 6, 8, 16], _chain, min_difficulty=0,
-             max_difficulty=len(CHAIN_NAMES) // CHAINS - 1, train_min_difficulty=0),
+        Task(
+            "chain",
+            "hops",
+            4,
+            [4, 6, 8, 16],
+            _chain,
+            min_difficulty=0,
+            max_difficulty=len(CHAIN_NAMES) // CHAINS - 1,
+            train_min_difficulty=0,
+        ),
         Task("compare", "digits", 4, [4, 8, 16, 32], _compare),
         Task("successor", "digits", 4, [4, 8, 16, 32], _successor),
     ]
@@ -227,9 +237,7 @@ def sample_to_messages(sample: Sample) -> list[dict[str, str]]:
     return [{"role": role, "content": text} for turn in turns for role, text in zip(("user", "assistant"), turn)]
 
 
-def make_task_documents(
-    task_names: list[str], num_docs: int, seed: int, difficulty: int | None = None
-) -> list[dict]:
+def make_task_documents(task_names: list[str], num_docs: int, seed: int, difficulty: int | None = None) -> list[dict]:
     """`num_docs` chat documents cycling through `task_names` (balanced), deterministic in `seed`."""
     if not task_names:
         raise ValueError("make_task_documents: task_names is empty; expected at least one task name")

@@ -16,15 +16,35 @@ from recur.atomic import atomic_path
 NAMES = {"he": ["Tom", "Ben", "Sam", "Leo", "Max", "Jack"], "she": ["Lily", "Mia", "Anna", "Sue", "Zoe", "Emma"]}
 ANIMALS = ["cat", "dog", "bird", "fox", "rabbit", "frog", "duck", "bear"]
 PLACES = ["the park", "the forest", "the garden", "the beach", "the farm", "the river", "the hill", "the town"]
-WANTS = [("a red ball", "play with it"), ("a big kite", "fly it high"), ("a shiny shell", "keep it in a box"),
-         ("a sweet apple", "eat it"), ("a little boat", "sail it on the water"), ("a blue hat", "wear it")]
-OBSTACLES = ["it was too high to reach", "a strong wind blew it away", "it fell into a deep hole",
-             "a grumpy {animal} sat on it", "it was stuck behind a tall fence"]
-HELPS = ["asked {friend} for help", "found a long stick", "climbed up very carefully", "waited until the wind stopped",
-         "sang a song to the {animal}"]
+WANTS = [
+    ("a red ball", "play with it"),
+    ("a big kite", "fly it high"),
+    ("a shiny shell", "keep it in a box"),
+    ("a sweet apple", "eat it"),
+    ("a little boat", "sail it on the water"),
+    ("a blue hat", "wear it"),
+]
+OBSTACLES = [
+    "it was too high to reach",
+    "a strong wind blew it away",
+    "it fell into a deep hole",
+    "a grumpy {animal} sat on it",
+    "it was stuck behind a tall fence",
+]
+HELPS = [
+    "asked {friend} for help",
+    "found a long stick",
+    "climbed up very carefully",
+    "waited until the wind stopped",
+    "sang a song to the {animal}",
+]
 FEELINGS = ["happy", "proud", "glad", "excited"]
-MORALS = ["Friends make hard things easy.", "Being patient is a good idea.", "It is good to try again.",
-          "Sharing makes everyone happy."]
+MORALS = [
+    "Friends make hard things easy.",
+    "Being patient is a good idea.",
+    "It is good to try again.",
+    "Sharing makes everyone happy.",
+]
 
 
 def story(rng: random.Random) -> str:

@@ -117,9 +117,10 @@ class ByteTokenizer(Tokenizer):
     def _spell(self, ids: list[int]) -> str:
         """Ids -> text with special tokens written as their names (decode drops them). Byte runs are decoded
         whole, since one character may span several bytes."""
-        return "".join(bytes(run).decode("utf-8", errors="replace") if is_byte
-                       else "".join(self.SPECIALS[i - 256] for i in run)
-                       for is_byte, run in groupby(ids, key=lambda i: i < 256))
+        return "".join(
+            bytes(run).decode("utf-8", errors="replace") if is_byte else "".join(self.SPECIALS[i - 256] for i in run)
+            for is_byte, run in groupby(ids, key=lambda i: i < 256)
+        )
 
     def encode_with_specials(self, text: str) -> list[int]:
         ids = []
@@ -182,8 +183,9 @@ class HFTokenizer(Tokenizer):
     def _render_text(self, messages: Messages, generation_prompt: bool, open_final: bool = False) -> str:
         if not self.hf.chat_template:
             raise ValueError(f"tokenizer '{self.name}' has no chat_template; chat documents need one")
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                           continue_final_message=open_final)
+        return self.hf.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt, continue_final_message=open_final
+        )
 
     def assistant_char_spans(self, messages: Messages) -> tuple[str, list[tuple[int, int]]]:
         """Full rendered text and the [start, end) character spans of each assistant reply."""

@@ -105,8 +105,7 @@ def check_row_group(table: pa.Table, row_len: int, vocab_size: int, where: str, 
     bad = _first_bad(not_first[1:] & (np.diff(starts) <= 0) | (starts[1:] >= row_len))
     if bad is not None:
         raise ValueError(
-            f"{where}, row {first_row + row_of[bad + 1]}: doc_starts must be strictly ascending and < row_len "
-            f"{row_len}"
+            f"{where}, row {first_row + row_of[bad + 1]}: doc_starts must be strictly ascending and < row_len {row_len}"
         )
 
 
@@ -159,13 +158,13 @@ def check_sha256(path: Path, expected: str) -> None:
     """The full-content check of one shard (reads every byte): its sha256 must be the manifest's."""
     actual = file_sha256(path)
     if actual != expected:
-        raise ValueError(f"shard {path}: sha256 differs from the manifest (expected {expected}, got {actual}; "
-                         "the file changed after packing)")
+        raise ValueError(
+            f"shard {path}: sha256 differs from the manifest (expected {expected}, got {actual}; "
+            "the file changed after packing)"
+        )
 
 
-def open_packed_dataset(
-    directory: str | Path, check_rows: bool = True, verify_sha256: bool = False
-) -> dict:
+def open_packed_dataset(directory: str | Path, check_rows: bool = True, verify_sha256: bool = False) -> dict:
     """Validate a packed dataset directory and return its manifest (`check_rows=False`: schema/counts only;
     `verify_sha256`: also every shard's digest against the manifest's, which reads all the data)."""
     manifest = read_manifest(directory)

@@ -16,9 +16,17 @@ EVAL_SEED_OFFSET = 7_919_000  # keeps evaluation streams apart from the training
 ANSWER_SLACK = 8  # extra tokens a reply may use beyond the reference answer before it is cut off
 
 
-def evaluate_task(model: DecoderLM, tokenizer: Tokenizer, task: str, depth: int, num_samples: int, seed: int = 0,
-                  difficulty: int | None = None, max_new_tokens: int | None = None,
-                  exit_rule: ExitRule | None = None) -> dict:
+def evaluate_task(
+    model: DecoderLM,
+    tokenizer: Tokenizer,
+    task: str,
+    depth: int,
+    num_samples: int,
+    seed: int = 0,
+    difficulty: int | None = None,
+    max_new_tokens: int | None = None,
+    exit_rule: ExitRule | None = None,
+) -> dict:
     """{"accuracy", "correct", "num_samples", "ci_low", "ci_high", "mean_steps", "max_new_tokens"} of one
     (task, depth, difficulty); ci_low/ci_high: the 95% Wilson interval of the accuracy (recur/eval/stats.py).
 
@@ -32,8 +40,14 @@ def evaluate_task(model: DecoderLM, tokenizer: Tokenizer, task: str, depth: int,
         max_new_tokens = max(len(tokenizer.encode(s.answer)) for s in samples) + ANSWER_SLACK
     out = generate(model, prompts, max_new_tokens, tokenizer.stop_ids, num_steps=depth, exit_rule=exit_rule)
     correct = sum(checker.check(tokenizer.decode(reply), s.answer) for reply, s in zip(out.tokens, samples))
-    return {"accuracy": correct / max(1, len(samples)), "correct": correct, "num_samples": len(samples),
-            **interval_fields(correct, len(samples)), "mean_steps": out.mean_steps(), "max_new_tokens": max_new_tokens}
+    return {
+        "accuracy": correct / max(1, len(samples)),
+        "correct": correct,
+        "num_samples": len(samples),
+        **interval_fields(correct, len(samples)),
+        "mean_steps": out.mean_steps(),
+        "max_new_tokens": max_new_tokens,
+    }
 
 
 def fits_context(model: DecoderLM, tokenizer: Tokenizer, task: str, difficulty: int, seed: int) -> str | None:
@@ -51,10 +65,19 @@ def difficulty_grid(task: str, ood: bool) -> list[int]:
     return sorted({spec.train_difficulty, *(spec.ood_difficulties if ood else [])})
 
 
-def algorithmic_suite(model: DecoderLM, tokenizer: Tokenizer, tasks: list[str], depths: list[int], num_samples: int,
-                      seed: int = 0, ood: bool = True, max_new_tokens: int | None = None,
-                      difficulties: dict[str, list[int]] | None = None, exit_rule: ExitRule | None = None,
-                      progress: bool = True) -> dict:
+def algorithmic_suite(
+    model: DecoderLM,
+    tokenizer: Tokenizer,
+    tasks: list[str],
+    depths: list[int],
+    num_samples: int,
+    seed: int = 0,
+    ood: bool = True,
+    max_new_tokens: int | None = None,
+    difficulties: dict[str, list[int]] | None = None,
+    exit_rule: ExitRule | None = None,
+    progress: bool = True,
+) -> dict:
     """The `algorithmic` section of a results file (see recur/eval/schema.py)."""
     for task in tasks:
         get_task(task)  # unknown task names fail before any work
@@ -73,8 +96,9 @@ def algorithmic_suite(model: DecoderLM, tokenizer: Tokenizer, tasks: list[str], 
     for task, level, depth in tqdm(jobs, desc="algorithmic", unit="cell", disable=not progress, leave=False):
         cell = evaluate_task(model, tokenizer, task, depth, num_samples, seed, level, max_new_tokens, exit_rule)
         in_dist = level == get_task(task).train_difficulty
-        section["tasks"][task]["results"].append({"depth": depth, "difficulty": level, "in_distribution": in_dist,
-                                                  **cell})
+        section["tasks"][task]["results"].append(
+            {"depth": depth, "difficulty": level, "in_distribution": in_dist, **cell}
+        )
     for depth in depths:
         cells = [r for t in section["tasks"].values() for r in t["results"] if r["depth"] == depth]
         means = {}
@@ -85,14 +109,33 @@ def algorithmic_suite(model: DecoderLM, tokenizer: Tokenizer, tasks: list[str], 
     return section
 
 
-def task_accuracy(model: DecoderLM, tokenizer: Tokenizer, task: str, num_steps: int, num_samples: int,
-                  seed: int = 0, difficulty: int | None = None, max_new_tokens: int = 32) -> float:
+def task_accuracy(
+    model: DecoderLM,
+    tokenizer: Tokenizer,
+    task: str,
+    num_steps: int,
+    num_samples: int,
+    seed: int = 0,
+    difficulty: int | None = None,
+    max_new_tokens: int = 32,
+) -> float:
     return evaluate_task(model, tokenizer, task, num_steps, num_samples, seed, difficulty, max_new_tokens)["accuracy"]
 
 
-def accuracy_grid(model: DecoderLM, tokenizer: Tokenizer, tasks: list[str], depths: list[int], num_samples: int,
-                  seed: int = 0, max_new_tokens: int = 32) -> dict[str, float]:
+def accuracy_grid(
+    model: DecoderLM,
+    tokenizer: Tokenizer,
+    tasks: list[str],
+    depths: list[int],
+    num_samples: int,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+) -> dict[str, float]:
     """{"<task>@r<depth>": accuracy} at each task's training difficulty."""
-    return {f"{task}@r{depth}": task_accuracy(model, tokenizer, task, depth, num_samples, seed,
-                                               max_new_tokens=max_new_tokens)
-            for task in tasks for depth in depths}
+    return {
+        f"{task}@r{depth}": task_accuracy(
+            model, tokenizer, task, depth, num_samples, seed, max_new_tokens=max_new_tokens
+        )
+        for task in tasks
+        for depth in depths
+    }

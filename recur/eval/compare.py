@@ -61,8 +61,10 @@ def load_run(run_dir: Path, results_dir: str = "eval") -> dict:
             merged.setdefault(section, data.get(section))
     summary = _read_json(run_dir / "summary.json") or {}
     if not merged and not summary:
-        raise ValueError(f"{run_dir}: neither summary.json nor eval results under {run_dir / results_dir}; "
-                         f"run eval_hub.py --checkpoint {run_dir} --suite all first")
+        raise ValueError(
+            f"{run_dir}: neither summary.json nor eval results under {run_dir / results_dir}; "
+            f"run eval_hub.py --checkpoint {run_dir} --suite all first"
+        )
     variant = (merged.get("metadata") or {}).get("model", {}).get("variant")
     if variant is None and (run_dir / "config.yaml").is_file():
         import yaml
@@ -86,28 +88,46 @@ def run_row(run: dict) -> dict:
     ood_depth, ood_acc = _best_depth(alg, "ood")
     tasks = (alg or {}).get("tasks", {})
     cells = [r for info in tasks.values() for r in info["results"]]
-    best_cell = {task: max((r for r in info["results"] if r["in_distribution"] and r["depth"] == id_depth),
-                           key=lambda r: r["accuracy"], default=None) for task, info in tasks.items()}
+    best_cell = {
+        task: max(
+            (r for r in info["results"] if r["in_distribution"] and r["depth"] == id_depth),
+            key=lambda r: r["accuracy"],
+            default=None,
+        )
+        for task, info in tasks.items()
+    }
     needle = run.get("longctx")
-    needle_depth = max(((s["depth"], s["accuracy"]) for s in (needle or {}).get("summary", [])),
-                       key=lambda d: d[1], default=(None, None))[0]
-    needle_acc = {str(s["context_length"]): s["accuracy"] for s in (needle or {}).get("summary", [])
-                  if s["depth"] == needle_depth}
+    needle_depth = max(
+        ((s["depth"], s["accuracy"]) for s in (needle or {}).get("summary", [])),
+        key=lambda d: d[1],
+        default=(None, None),
+    )[0]
+    needle_acc = {
+        str(s["context_length"]): s["accuracy"] for s in (needle or {}).get("summary", []) if s["depth"] == needle_depth
+    }
     ppl_rows = (run.get("perplexity") or {}).get("results", [])
     best_ppl = min(ppl_rows, key=lambda r: r["perplexity"], default=None)
     summary = run["summary"]
-    return {"name": run["name"], "variant": run["variant"], "path": run["path"],
-            "algorithmic_id": id_acc, "algorithmic_id_depth": id_depth,
-            "algorithmic_id_counts": pooled_counts(r for r in cells if r["in_distribution"] and r["depth"] == id_depth),
-            "per_task": {task: None if c is None else c["accuracy"] for task, c in best_cell.items()},
-            "per_task_counts": {task: None if c is None else pooled_counts([c]) for task, c in best_cell.items()},
-            "ood": ood_acc, "ood_depth": ood_depth,
-            "ood_counts": pooled_counts(r for r in cells if not r["in_distribution"] and r["depth"] == ood_depth),
-            "needle": needle_acc, "needle_depth": needle_depth,
-            "perplexity": best_ppl["perplexity"] if best_ppl else None,
-            "perplexity_depth": best_ppl["depth"] if best_ppl else None,
-            "train_time_s": summary.get("wall_time_s"), "tokens_per_s": summary.get("mean_tokens_per_s"),
-            "final_loss": summary.get("final_loss")}
+    return {
+        "name": run["name"],
+        "variant": run["variant"],
+        "path": run["path"],
+        "algorithmic_id": id_acc,
+        "algorithmic_id_depth": id_depth,
+        "algorithmic_id_counts": pooled_counts(r for r in cells if r["in_distribution"] and r["depth"] == id_depth),
+        "per_task": {task: None if c is None else c["accuracy"] for task, c in best_cell.items()},
+        "per_task_counts": {task: None if c is None else pooled_counts([c]) for task, c in best_cell.items()},
+        "ood": ood_acc,
+        "ood_depth": ood_depth,
+        "ood_counts": pooled_counts(r for r in cells if not r["in_distribution"] and r["depth"] == ood_depth),
+        "needle": needle_acc,
+        "needle_depth": needle_depth,
+        "perplexity": best_ppl["perplexity"] if best_ppl else None,
+        "perplexity_depth": best_ppl["depth"] if best_ppl else None,
+        "train_time_s": summary.get("wall_time_s"),
+        "tokens_per_s": summary.get("mean_tokens_per_s"),
+        "final_loss": summary.get("final_loss"),
+    }
 
 
 def _heldout_set(section: dict) -> str:
@@ -131,24 +151,41 @@ def _differs(what: str, described: dict[str, str]) -> list[str]:
     """One warning line when the runs' descriptions of `what` are not all equal."""
     if len(set(described.values())) < 2:
         return []
-    return [f"{what} differ between runs, so their numbers are not comparable: "
-            + "; ".join(f"{name}: {text}" for name, text in described.items())]
+    return [
+        f"{what} differ between runs, so their numbers are not comparable: "
+        + "; ".join(f"{name}: {text}" for name, text in described.items())
+    ]
 
 
 def evaluation_mismatches(runs: list[dict]) -> list[str]:
     """One line per way in which the runs were not evaluated on the same data."""
-    return (_differs("held-out perplexity sets", {r["name"]: _heldout_set(r["perplexity"])
-                                                  for r in runs if r.get("perplexity")})
-            + _differs("algorithmic sample counts", {r["name"]: _sample_counts(r["algorithmic"])
-                                                     for r in runs if r.get("algorithmic")})
-            + _differs("evaluation seeds", {r["name"]: f"seed {r['metadata'].get('seed')}"
-                                            for r in runs if r.get("metadata") and r.get("algorithmic")}))
+    return (
+        _differs(
+            "held-out perplexity sets", {r["name"]: _heldout_set(r["perplexity"]) for r in runs if r.get("perplexity")}
+        )
+        + _differs(
+            "algorithmic sample counts",
+            {r["name"]: _sample_counts(r["algorithmic"]) for r in runs if r.get("algorithmic")},
+        )
+        + _differs(
+            "evaluation seeds",
+            {
+                r["name"]: f"seed {r['metadata'].get('seed')}"
+                for r in runs
+                if r.get("metadata") and r.get("algorithmic")
+            },
+        )
+    )
 
 
 def _criterion(value, base, test, threshold: str) -> dict:
     if value is None or base is None:
-        return {"pass": None, "value": None, "threshold": threshold,
-                "reason": "missing data for this run or the baseline"}
+        return {
+            "pass": None,
+            "value": None,
+            "threshold": threshold,
+            "reason": "missing data for this run or the baseline",
+        }
     measured, passed = test(value, base)
     return {"pass": bool(passed), "value": measured, "threshold": threshold, "reason": None}
 
@@ -162,32 +199,57 @@ def _significant(counts: dict | None, base: dict | None) -> bool | None:
 
 def significance(row: dict, base: dict) -> dict:
     """{"algorithmic_id", "ood", "per_task": {task}}: which of the row's accuracies differ from the baseline's."""
-    return {"algorithmic_id": _significant(row["algorithmic_id_counts"], base["algorithmic_id_counts"]),
-            "ood": _significant(row["ood_counts"], base["ood_counts"]),
-            "per_task": {task: _significant(counts, base["per_task_counts"].get(task))
-                         for task, counts in row["per_task_counts"].items()}}
+    return {
+        "algorithmic_id": _significant(row["algorithmic_id_counts"], base["algorithmic_id_counts"]),
+        "ood": _significant(row["ood_counts"], base["ood_counts"]),
+        "per_task": {
+            task: _significant(counts, base["per_task_counts"].get(task))
+            for task, counts in row["per_task_counts"].items()
+        },
+    }
 
 
 def success_criteria(row: dict, base: dict, ppl_tolerance: float) -> dict:
     significant = significance(row, base)  # recorded, not applied: a pass on overlapping intervals stays a pass
     criteria = {
-        "algorithmic_gain": {**_criterion(row["algorithmic_id"], base["algorithmic_id"],
-                                          lambda v, b: (v - b, v - b >= ALG_GAIN), f">= +{ALG_GAIN} absolute"),
-                             "significant": significant["algorithmic_id"]},
-        "better_ood": {**_criterion(row["ood"], base["ood"], lambda v, b: (v - b, v > b), "> 0 (vs baseline)"),
-                       "significant": significant["ood"]},
-        "train_time": _criterion(row["train_time_s"], base["train_time_s"],
-                                 lambda v, b: (v / b, v / b <= TIME_RATIO), f"<= {TIME_RATIO}x baseline"),
-        "no_ppl_collapse": _criterion(row["perplexity"], base["perplexity"],
-                                      lambda v, b: (v / b, v / b <= ppl_tolerance), f"<= {ppl_tolerance}x baseline"),
+        "algorithmic_gain": {
+            **_criterion(
+                row["algorithmic_id"],
+                base["algorithmic_id"],
+                lambda v, b: (v - b, v - b >= ALG_GAIN),
+                f">= +{ALG_GAIN} absolute",
+            ),
+            "significant": significant["algorithmic_id"],
+        },
+        "better_ood": {
+            **_criterion(row["ood"], base["ood"], lambda v, b: (v - b, v > b), "> 0 (vs baseline)"),
+            "significant": significant["ood"],
+        },
+        "train_time": _criterion(
+            row["train_time_s"],
+            base["train_time_s"],
+            lambda v, b: (v / b, v / b <= TIME_RATIO),
+            f"<= {TIME_RATIO}x baseline",
+        ),
+        "no_ppl_collapse": _criterion(
+            row["perplexity"],
+            base["perplexity"],
+            lambda v, b: (v / b, v / b <= ppl_tolerance),
+            f"<= {ppl_tolerance}x baseline",
+        ),
     }
     verdicts = [c["pass"] for c in criteria.values()]
     criteria["wins"] = None if None in verdicts and False not in verdicts else all(v is True for v in verdicts)
     return criteria
 
 
-def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, baseline: str | None = None,
-                 results_dir: str = "eval", ppl_tolerance: float = 1.5) -> dict:
+def compare_runs(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    baseline: str | None = None,
+    results_dir: str = "eval",
+    ppl_tolerance: float = 1.5,
+) -> dict:
     """Write compare.json, compare.md and compare_*.png to out_dir; returns the JSON."""
     if len(run_dirs) < 1:
         raise ValueError("compare_runs.py: give at least one run directory")
@@ -207,8 +269,12 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
         elif row is not base:
             row["significant"] = significance(row, base)
             row["criteria"] = success_criteria(row, base, ppl_tolerance)
-    report = {"baseline": base["name"] if base else None, "ppl_tolerance": ppl_tolerance,
-              "warnings": evaluation_mismatches(runs), "runs": rows}
+    report = {
+        "baseline": base["name"] if base else None,
+        "ppl_tolerance": ppl_tolerance,
+        "warnings": evaluation_mismatches(runs),
+        "runs": rows,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.json", json.dumps(report, indent=2))
@@ -237,30 +303,52 @@ def _verdict(passed: bool | None, significant: bool | None = None) -> str:
 
 def markdown_table(report: dict) -> str:
     lines = [f"**Warning:** {w}" for w in report.get("warnings", [])] + [""] * bool(report.get("warnings"))
-    lines += ["| run | variant | ID acc (r) [95% CI] n | OOD acc (r) [95% CI] n | needle (len: acc) | ppl (r) "
-             "| train time s | tok/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| run | variant | ID acc (r) [95% CI] n | OOD acc (r) [95% CI] n | needle (len: acc) | ppl (r) "
+        "| train time s | tok/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["runs"]:
         sig = r.get("significant") or {}
         needle = ", ".join(f"{k}: {v:.2f}" for k, v in r["needle"].items()) or "n/a"
-        id_acc = _acc(r["algorithmic_id"], r["algorithmic_id_depth"], r["algorithmic_id_counts"],
-                      sig.get("algorithmic_id"))
+        id_acc = _acc(
+            r["algorithmic_id"], r["algorithmic_id_depth"], r["algorithmic_id_counts"], sig.get("algorithmic_id")
+        )
         ood_acc = _acc(r["ood"], r["ood_depth"], r["ood_counts"], sig.get("ood"))
-        lines.append(f"| {r['name']} | {r['variant']} | {id_acc} | {ood_acc} | {needle} "
-                     f"| {_fmt(r['perplexity'], '.3f')} ({r['perplexity_depth']}) | {_fmt(r['train_time_s'], '.1f')} "
-                     f"| {_fmt(r['tokens_per_s'], ',.0f')} |")
+        lines.append(
+            f"| {r['name']} | {r['variant']} | {id_acc} | {ood_acc} | {needle} "
+            f"| {_fmt(r['perplexity'], '.3f')} ({r['perplexity_depth']}) | {_fmt(r['train_time_s'], '.1f')} "
+            f"| {_fmt(r['tokens_per_s'], ',.0f')} |"
+        )
     tasks = sorted({t for r in report["runs"] for t in r["per_task"]})
     if tasks:
-        lines += ["", "Accuracy per task (in-distribution, at each run's best depth) [95% CI] n:", "",
-                  "| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [
+            "",
+            "Accuracy per task (in-distribution, at each run's best depth) [95% CI] n:",
+            "",
+            "| run | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks),
+        ]
         for r in report["runs"]:
             sig = (r.get("significant") or {}).get("per_task", {})
-            lines.append(f"| {r['name']} | " + " | ".join(
-                _acc(r["per_task"].get(t), None, r["per_task_counts"].get(t), sig.get(t)) for t in tasks) + " |")
-    lines += ["", "[low, high]: 95% Wilson interval (means pool their cells: sum correct / sum n); (n.s.): it "
-              "overlaps the baseline's, so the difference from the baseline is not significant."]
-    lines += ["", f"Success criteria vs baseline `{report['baseline']}` (ReLSM): ≥ +0.05 ID accuracy, better OOD, "
-              f"≤ 2× train time, perplexity ≤ {report['ppl_tolerance']}× baseline.", "",
-              "| run | algorithmic gain | better OOD | train time ratio | ppl ratio | wins |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['name']} | "
+                + " | ".join(_acc(r["per_task"].get(t), None, r["per_task_counts"].get(t), sig.get(t)) for t in tasks)
+                + " |"
+            )
+    lines += [
+        "",
+        "[low, high]: 95% Wilson interval (means pool their cells: sum correct / sum n); (n.s.): it "
+        "overlaps the baseline's, so the difference from the baseline is not significant.",
+    ]
+    lines += [
+        "",
+        f"Success criteria vs baseline `{report['baseline']}` (ReLSM): ≥ +0.05 ID accuracy, better OOD, "
+        f"≤ 2× train time, perplexity ≤ {report['ppl_tolerance']}× baseline.",
+        "",
+        "| run | algorithmic gain | better OOD | train time ratio | ppl ratio | wins |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["runs"]:
         c = r.get("criteria")
         if c is None:
@@ -269,8 +357,11 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {r['name']} | {c['reason']} | | | | n/a |")
             continue
         keys = ("algorithmic_gain", "better_ood", "train_time", "no_ppl_collapse")
-        cells = [f"{_fmt(c[k]['value'], '+.3f' if k in ('algorithmic_gain', 'better_ood') else '.2f')} "
-                 f"{_verdict(c[k]['pass'], c[k].get('significant'))}" for k in keys]
+        cells = [
+            f"{_fmt(c[k]['value'], '+.3f' if k in ('algorithmic_gain', 'better_ood') else '.2f')} "
+            f"{_verdict(c[k]['pass'], c[k].get('significant'))}"
+            for k in keys
+        ]
         # A win that needs an n.s. pass is flagged too: it may not survive more samples.
         shaky = any(c[k]["pass"] and c[k].get("significant") is False for k in keys)
         lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {_verdict(c['wins'], not shaky)} |")
@@ -297,8 +388,9 @@ def plot_comparison(runs: list[dict], rows: list[dict], out: Path) -> list[Path]
             for run, row in zip(runs, rows):
                 info = (run.get("algorithmic") or {}).get("tasks", {}).get(task)
                 depth = row["ood_depth"] or row["algorithmic_id_depth"]
-                cells = sorted((r["difficulty"], r["accuracy"]) for r in (info or {}).get("results", [])
-                               if r["depth"] == depth)
+                cells = sorted(
+                    (r["difficulty"], r["accuracy"]) for r in (info or {}).get("results", []) if r["depth"] == depth
+                )
                 if cells:
                     ax.plot(*zip(*cells), marker="o", ms=3, label=row["name"])
             if info:

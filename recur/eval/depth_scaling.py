@@ -50,8 +50,12 @@ def training_health(run_dir: Path) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in records if "loss" in r and "step" in r]
     bad = [r["step"] for r in steps if r.get("skipped") or not math.isfinite(r["loss"])]
-    return {"steps": len(steps), "nonfinite_steps": bad, "final_mean_recurrence": steps[-1].get("mean_recurrence"),
-            "final_loss": steps[-1]["loss"]}
+    return {
+        "steps": len(steps),
+        "nonfinite_steps": bad,
+        "final_mean_recurrence": steps[-1].get("mean_recurrence"),
+        "final_loss": steps[-1]["loss"],
+    }
 
 
 def ood_difficulty(task: str) -> int | None:
@@ -65,12 +69,20 @@ def _loss_targets(arm: Arm, mean_recurrence: int | None) -> dict:
     losses = arm.losses()
     best_depth = min(losses, key=losses.get)
     deepest = max(losses)
-    out = {"best_depth": best_depth, "best_loss": losses[best_depth], "deepest": deepest,
-           "deepest_loss": losses[deepest],
-           "deep_stable": losses[deepest] <= (1 + DEEP_LOSS_TOLERANCE) * losses[best_depth]}
+    out = {
+        "best_depth": best_depth,
+        "best_loss": losses[best_depth],
+        "deepest": deepest,
+        "deepest_loss": losses[deepest],
+        "deep_stable": losses[deepest] <= (1 + DEEP_LOSS_TOLERANCE) * losses[best_depth],
+    }
     if mean_recurrence in losses and 1 in losses:
-        out.update(mean_recurrence=mean_recurrence, loss_r1=losses[1], loss_rbar=losses[mean_recurrence],
-                   depth_gain=losses[mean_recurrence] <= (1 - DEPTH_GAIN) * losses[1])
+        out.update(
+            mean_recurrence=mean_recurrence,
+            loss_r1=losses[1],
+            loss_rbar=losses[mean_recurrence],
+            depth_gain=losses[mean_recurrence] <= (1 - DEPTH_GAIN) * losses[1],
+        )
     return out
 
 
@@ -86,18 +98,31 @@ def _ood_targets(arm: Arm, baseline: Arm | None, task: str) -> dict | None:
     if not cells or 1 not in cells:
         return None
     best = _best_cell(cells)
-    out = {"task": task, "difficulty": level, "r1_accuracy": cells[1]["accuracy"], "best_depth": best["depth"],
-           "best_accuracy": best["accuracy"], "num_samples": best["num_samples"],
-           "gain_over_r1": best["accuracy"] >= cells[1]["accuracy"] + OOD_GAIN_OVER_R1}
+    out = {
+        "task": task,
+        "difficulty": level,
+        "r1_accuracy": cells[1]["accuracy"],
+        "best_depth": best["depth"],
+        "best_accuracy": best["accuracy"],
+        "num_samples": best["num_samples"],
+        "gain_over_r1": best["accuracy"] >= cells[1]["accuracy"] + OOD_GAIN_OVER_R1,
+    }
     if baseline is not None and baseline.cells(task, level):
         base = _best_cell(baseline.cells(task, level))["accuracy"]
-        out.update(baseline=baseline.name, baseline_best=base,
-                   gain_over_baseline=best["accuracy"] >= base + OOD_GAIN_OVER_BASELINE)
+        out.update(
+            baseline=baseline.name,
+            baseline_best=base,
+            gain_over_baseline=best["accuracy"] >= base + OOD_GAIN_OVER_BASELINE,
+        )
     return out
 
 
-def depth_report(arms: list[Arm], baseline: str | None = "baseline", target_task: str = "chain",
-                 controls: dict[str, str] | None = None) -> dict:
+def depth_report(
+    arms: list[Arm],
+    baseline: str | None = "baseline",
+    target_task: str = "chain",
+    controls: dict[str, str] | None = None,
+) -> dict:
     """The experiment's JSON: per arm the training health, loss per depth, accuracy cells and targets. A looped
     arm's OOD target compares it with `baseline`, or with its own control arm in `controls` (e.g. a retrofit
     with the baseline trained on for as many steps)."""
@@ -105,11 +130,17 @@ def depth_report(arms: list[Arm], baseline: str | None = "baseline", target_task
     report = {"arms": {}, "chance": {}}
     for arm in arms:
         health = training_health(arm.run_dir)
-        entry = {"looped": arm.looped, "training": health, "loss": arm.losses(),
-                 "algorithmic": arm.sweep["algorithmic"]["tasks"]}
+        entry = {
+            "looped": arm.looped,
+            "training": health,
+            "loss": arm.losses(),
+            "algorithmic": arm.sweep["algorithmic"]["tasks"],
+        }
         if arm.looped:
-            entry["targets"] = {"no_nonfinite_training_steps": not health["nonfinite_steps"],
-                                **_loss_targets(arm, health["final_mean_recurrence"])}
+            entry["targets"] = {
+                "no_nonfinite_training_steps": not health["nonfinite_steps"],
+                **_loss_targets(arm, health["final_mean_recurrence"]),
+            }
             ood = _ood_targets(arm, by_name.get((controls or {}).get(arm.name, baseline)), target_task)
             if ood is not None:
                 entry["targets"]["ood"] = ood
@@ -128,22 +159,31 @@ def report_markdown(report: dict) -> str:
     """Loss-vs-depth and accuracy-vs-(depth × difficulty) tables with n and 95% intervals, then targets."""
     arms = report["arms"]
     depths = sorted({int(d) for a in arms.values() for d in a["loss"]})
-    lines = ["### Held-out loss vs test-time depth", "",
-             "| arm | " + " | ".join(f"r={d}" for d in depths) + " | nonfinite train steps |",
-             "|---|" + "---|" * (len(depths) + 1)]
+    lines = [
+        "### Held-out loss vs test-time depth",
+        "",
+        "| arm | " + " | ".join(f"r={d}" for d in depths) + " | nonfinite train steps |",
+        "|---|" + "---|" * (len(depths) + 1),
+    ]
     for name, arm in arms.items():
         loss = {int(k): v for k, v in arm["loss"].items()}
         row = [_fmt(loss.get(d)) if arm["looped"] or d == depths[0] else "″" for d in depths]
         lines.append(f"| {name} | " + " | ".join(row) + f" | {len(arm['training']['nonfinite_steps'])} |")
     for task, chance in report["chance"].items():
-        lines += ["", f"### {task}: exact match vs depth (n per cell; [95% Wilson interval])", "",
-                  "| arm | difficulty | chance | " + " | ".join(f"r={d}" for d in depths) + " |",
-                  "|---|---|---|" + "---|" * len(depths)]
+        lines += [
+            "",
+            f"### {task}: exact match vs depth (n per cell; [95% Wilson interval])",
+            "",
+            "| arm | difficulty | chance | " + " | ".join(f"r={d}" for d in depths) + " |",
+            "|---|---|---|" + "---|" * len(depths),
+        ]
         for name, arm in arms.items():
             for level in sorted(chance, key=int):
                 cells = {c["depth"]: c for c in arm["algorithmic"][task]["results"] if c["difficulty"] == int(level)}
-                row = [f"{c['accuracy']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]" if (c := cells.get(d)) else "″"
-                       for d in depths]
+                row = [
+                    f"{c['accuracy']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]" if (c := cells.get(d)) else "″"
+                    for d in depths
+                ]
                 n = next(iter(cells.values()))["num_samples"] if cells else 0
                 lines.append(f"| {name} | {level} (n={n}) | {chance[level]:.2f} | " + " | ".join(row) + " |")
     lines += ["", "### Targets", ""]
@@ -176,7 +216,10 @@ def plot_depth_scaling(report: dict, out_dir: Path) -> list[Path]:
         for name, arm in arms.items():
             cells = sorted((c["depth"], c) for c in arm["algorithmic"][task]["results"] if c["difficulty"] == level)
             xs, accs = [d for d, _ in cells], [c["accuracy"] for _, c in cells]
-            errs = [[a - c["ci_low"] for a, (_, c) in zip(accs, cells)], [c["ci_high"] - a for a, (_, c) in zip(accs, cells)]]
+            errs = [
+                [a - c["ci_low"] for a, (_, c) in zip(accs, cells)],
+                [c["ci_high"] - a for a, (_, c) in zip(accs, cells)],
+            ]
             if not arm["looped"]:
                 ax.axhline(accs[0], ls="--", color="grey", label=f"{name}")
                 continue

@@ -41,8 +41,9 @@ def read_eval_records(run_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def evaluate_during_training(model: DecoderLM, tokenizer: Tokenizer, cfg: TrainConfig, step: int,
-                             run_dir: Path, write: bool = True) -> dict:
+def evaluate_during_training(
+    model: DecoderLM, tokenizer: Tokenizer, cfg: TrainConfig, step: int, run_dir: Path, write: bool = True
+) -> dict:
     """{"step", "accuracy": {"<task>@r<d>": acc}, "val_loss": {"r<d>": loss} | None, "metrics": flat dict}.
 
     Depths: --eval.depths ([1] for baseline, which ignores depth); tasks: --eval.tasks or the training
@@ -51,13 +52,15 @@ def evaluate_during_training(model: DecoderLM, tokenizer: Tokenizer, cfg: TrainC
     run_dir = Path(run_dir)
     depths = effective_depths(model, cfg.eval.depths)
     tasks = cfg.eval.tasks or cfg.data.tasks
-    accuracy = accuracy_grid(model, tokenizer, tasks, depths, cfg.eval.num_samples, seed=cfg.seed,
-                             max_new_tokens=cfg.eval.max_new_tokens)
+    accuracy = accuracy_grid(
+        model, tokenizer, tasks, depths, cfg.eval.num_samples, seed=cfg.seed, max_new_tokens=cfg.eval.max_new_tokens
+    )
     val = validation_path(cfg, run_dir)
     val_loss = None
     if val is not None:
-        section = heldout_loss(model, val, depths, batch_size=min(16, cfg.eval.num_samples),
-                               max_rows=cfg.eval.num_samples, progress=False)
+        section = heldout_loss(
+            model, val, depths, batch_size=min(16, cfg.eval.num_samples), max_rows=cfg.eval.num_samples, progress=False
+        )
         val_loss = {f"r{r['depth']}": r["loss"] for r in section["results"]}
     record = {"step": step, "accuracy": accuracy, "val_loss": val_loss}
     if write:

@@ -29,8 +29,7 @@ from recur.models.layers import KVCache
 from recur.models.lm import DecoderLM, NumSteps
 from recur.models.looped import EXIT_CRITERIA, ExitRule, split_steps
 
-__all__ = ["EXIT_CRITERIA", "ExitRule", "Generation", "adaptive_decode_step", "depth_of", "generate",
-           "greedy_generate"]
+__all__ = ["EXIT_CRITERIA", "ExitRule", "Generation", "adaptive_decode_step", "depth_of", "generate", "greedy_generate"]
 
 StopWhen = Callable[[int, list[int]], bool]  # (prompt index, ids generated so far) -> the row is complete
 
@@ -56,8 +55,9 @@ def depth_of(model: DecoderLM, num_steps: NumSteps) -> int:
 
 
 @torch.no_grad()
-def adaptive_decode_step(model: DecoderLM, token: torch.Tensor, cache: KVCache, max_steps: int,
-                         rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+def adaptive_decode_step(
+    model: DecoderLM, token: torch.Tensor, cache: KVCache, max_steps: int, rule: ExitRule
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One cached decoding step of tokens [B, 1] with per-row early exit -> (log-probs [B, V], steps [B])."""
     return model.decode_step_with_exit(token, cache, max_steps, rule)
 
@@ -67,12 +67,16 @@ def _batches(prompts: list[list[int]], batch_size: int, padded: bool) -> list[li
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, prompt in enumerate(prompts):
         by_length[0 if padded else len(prompt)].append(i)
-    return [indices[start:start + batch_size] for indices in by_length.values()
-            for start in range(0, len(indices), batch_size)]
+    return [
+        indices[start : start + batch_size]
+        for indices in by_length.values()
+        for start in range(0, len(indices), batch_size)
+    ]
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int | None, budget: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _left_pad(
+    prompts: list[list[int]], pad_id: int | None, budget: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompts right-aligned in one [B, width] tensor, and doc ids over the prompt and `budget` generated
     positions: 0 on padding, 1 on each row's own tokens, so padding is a document no real token attends to
     (None when no row is padded, which keeps the unmasked attention path)."""
@@ -80,13 +84,14 @@ def _left_pad(prompts: list[list[int]], pad_id: int | None, budget: int,
     ids = torch.full((len(prompts), width), 0 if pad_id is None else pad_id, dtype=torch.long)
     doc_ids = torch.ones(len(prompts), width + budget, dtype=torch.long)
     for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt):] = torch.tensor(prompt)
-        doc_ids[i, :width - len(prompt)] = 0
+        ids[i, width - len(prompt) :] = torch.tensor(prompt)
+        doc_ids[i, : width - len(prompt)] = 0
     return ids.to(device), (None if bool(doc_ids.all()) else doc_ids.to(device))
 
 
-def _sequence_stops(stop_when: StopWhen, history: list[list[int]], token: torch.Tensor,
-                    done: torch.Tensor) -> torch.Tensor:
+def _sequence_stops(
+    stop_when: StopWhen, history: list[list[int]], token: torch.Tensor, done: torch.Tensor
+) -> torch.Tensor:
     """Append this step's tokens to each row's history -> mask of the running rows stop_when ends now."""
     hits = []
     for row, (tok, finished) in enumerate(zip(token.tolist(), done.tolist())):
@@ -95,23 +100,32 @@ def _sequence_stops(stop_when: StopWhen, history: list[list[int]], token: torch.
     return torch.tensor(hits, device=done.device)
 
 
-def _finish(row: list[int], step_row: list[int], hit: int, stop_ids: set[int],
-            max_new_tokens: int) -> tuple[list[int], list[int], str]:
+def _finish(
+    row: list[int], step_row: list[int], hit: int, stop_ids: set[int], max_new_tokens: int
+) -> tuple[list[int], list[int], str]:
     """(tokens, steps, reason) of one decoded row; `hit` is the index of the token stop_when ended it at, or -1.
     A stop sequence keeps its last token (the caller cuts text); a stop token is dropped but its steps kept."""
     if hit >= 0:
-        return row[:hit + 1], step_row[:hit + 1], "stop_sequence"
+        return row[: hit + 1], step_row[: hit + 1], "stop_sequence"
     cut = next((j for j, tok in enumerate(row) if tok in stop_ids), None)
     if cut is not None:
-        return row[:cut], step_row[:cut + 1], "stop_token"
+        return row[:cut], step_row[: cut + 1], "stop_token"
     return row, step_row, "max_new_tokens" if len(row) == max_new_tokens else "context"
 
 
 @torch.no_grad()
-def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
-             num_steps: NumSteps = None, batch_size: int = 64, use_cache: bool = True,
-             exit_rule: ExitRule | None = None, pad_id: int | None = None,
-             stop_when: StopWhen | None = None) -> Generation:
+def generate(
+    model: DecoderLM,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: set[int],
+    num_steps: NumSteps = None,
+    batch_size: int = 64,
+    use_cache: bool = True,
+    exit_rule: ExitRule | None = None,
+    pad_id: int | None = None,
+    stop_when: StopWhen | None = None,
+) -> Generation:
     """Greedy continuation of every prompt; the prompt itself always runs at the full depth.
 
     Without `pad_id`, prompts of equal length are decoded together (no padding, so batching never changes
@@ -122,8 +136,9 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, st
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
     if exit_rule is not None and not model.supports_adaptive_exit:
-        raise ValueError(f"adaptive exit needs a looped model (recurrent or shared_loop); this model is "
-                         f"'{model.cfg.variant}'")
+        raise ValueError(
+            f"adaptive exit needs a looped model (recurrent or shared_loop); this model is '{model.cfg.variant}'"
+        )
     if exit_rule is not None and not use_cache:
         raise ValueError("adaptive exit decodes with the KV cache; do not combine it with use_cache=False")
     if exit_rule is not None and pad_id is not None:
@@ -134,25 +149,42 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, st
     model.eval()
     result = Generation([[] for _ in prompts], [[] for _ in prompts], ["" for _ in prompts])
     for chunk in _batches(prompts, batch_size, pad_id is not None):
-        decoded = _decode_batch(model, [prompts[i] for i in chunk], max_new_tokens, stop_ids, num_steps,
-                                use_cache, exit_rule, pad_id,
-                                None if stop_when is None else lambda row, ids, chunk=chunk: stop_when(chunk[row], ids))
+        decoded = _decode_batch(
+            model,
+            [prompts[i] for i in chunk],
+            max_new_tokens,
+            stop_ids,
+            num_steps,
+            use_cache,
+            exit_rule,
+            pad_id,
+            None if stop_when is None else lambda row, ids, chunk=chunk: stop_when(chunk[row], ids),
+        )
         for i, (tokens, steps, reason) in zip(chunk, decoded):
             result.tokens[i], result.steps[i], result.stop_reasons[i] = tokens, steps, reason
     model.train(was_training)
     return result
 
 
-def _decode_batch(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
-                  num_steps: NumSteps, use_cache: bool, exit_rule: ExitRule | None, pad_id: int | None,
-                  stop_when: StopWhen | None) -> list[tuple[list[int], list[int], str]]:
+def _decode_batch(
+    model: DecoderLM,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: set[int],
+    num_steps: NumSteps,
+    use_cache: bool,
+    exit_rule: ExitRule | None,
+    pad_id: int | None,
+    stop_when: StopWhen | None,
+) -> list[tuple[list[int], list[int], str]]:
     """Greedy decoding of one batch (see generate) -> (tokens, steps, stop reason) per prompt; stop_when
     takes the row's index in this batch."""
     width = max(len(p) for p in prompts)
     budget = min(max_new_tokens, model.cfg.max_seq_len - width)
     if budget < 1:
-        raise ValueError(f"prompt of {width} tokens leaves no room to generate within max_seq_len "
-                         f"{model.cfg.max_seq_len}")
+        raise ValueError(
+            f"prompt of {width} tokens leaves no room to generate within max_seq_len {model.cfg.max_seq_len}"
+        )
     device = next(model.parameters()).device
     ids, doc_ids = _left_pad(prompts, pad_id, budget, device)
 
@@ -161,9 +193,9 @@ def _decode_batch(model: DecoderLM, prompts: list[list[int]], max_new_tokens: in
 
     def forward(new: torch.Tensor) -> torch.Tensor:
         if cache is None:
-            docs = doc_ids[:, :new.shape[1]] if doc_ids is not None else None
+            docs = doc_ids[:, : new.shape[1]] if doc_ids is not None else None
             return model(new, num_steps=num_steps, doc_ids=docs).logits[:, -1]
-        docs = doc_ids[:, :cache.seen_tokens + new.shape[1]] if doc_ids is not None else None
+        docs = doc_ids[:, : cache.seen_tokens + new.shape[1]] if doc_ids is not None else None
         return model.decode_step(new, cache, num_steps, docs)
 
     logits = forward(ids)
@@ -193,11 +225,19 @@ def _decode_batch(model: DecoderLM, prompts: list[list[int]], max_new_tokens: in
             ids = torch.cat([ids, token[:, None]], dim=1)
             logits = forward(ids)
     rows, step_rows = torch.stack(tokens, 1).tolist(), torch.stack(steps, 1).tolist()
-    return [_finish(row, step_row, hit, stop_ids, max_new_tokens)
-            for row, step_row, hit in zip(rows, step_rows, hit_at.tolist())]
+    return [
+        _finish(row, step_row, hit, stop_ids, max_new_tokens)
+        for row, step_row, hit in zip(rows, step_rows, hit_at.tolist())
+    ]
 
 
-def greedy_generate(model: DecoderLM, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
-                    num_steps: NumSteps = None, batch_size: int = 64) -> list[list[int]]:
+def greedy_generate(
+    model: DecoderLM,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: set[int],
+    num_steps: NumSteps = None,
+    batch_size: int = 64,
+) -> list[list[int]]:
     """Generated ids per prompt, without the stop token (fixed depth, cached)."""
     return generate(model, prompts, max_new_tokens, stop_ids, num_steps, batch_size).tokens

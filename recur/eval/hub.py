@@ -69,8 +69,10 @@ def resolve_tokenizer(model: DecoderLM, meta: CheckpointMeta, spec: str | None) 
     spec = spec or meta.tokenizer or "byte"
     tokenizer = load_tokenizer(spec)
     if tokenizer.vocab_size > model.cfg.vocab_size:
-        raise ValueError(f"--tokenizer {spec} has {tokenizer.vocab_size} tokens but the model's vocabulary is "
-                         f"{model.cfg.vocab_size}: a tokenizer of another model")
+        raise ValueError(
+            f"--tokenizer {spec} has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{model.cfg.vocab_size}: a tokenizer of another model"
+        )
     return tokenizer, spec
 
 
@@ -100,25 +102,46 @@ def write_results(results: dict, path: Path) -> None:
     write_text(path, json.dumps(results, indent=2))
 
 
-def evaluate_model(model: DecoderLM, meta: CheckpointMeta, tokenizer: Tokenizer, tokenizer_spec: str,
-                   cfg: HubConfig, suite: str, depths: list[int]) -> dict:
+def evaluate_model(
+    model: DecoderLM,
+    meta: CheckpointMeta,
+    tokenizer: Tokenizer,
+    tokenizer_spec: str,
+    cfg: HubConfig,
+    suite: str,
+    depths: list[int],
+) -> dict:
     """The results dict of `suite` ("all" runs the three; "sweep": perplexity + algorithmic)."""
     depths = effective_depths(model, depths)
     exit_rule = cfg.exit_rule()
     rule = asdict(exit_rule) if exit_rule else None
-    results = {"schema_version": SCHEMA_VERSION, "suite": suite,
-               "metadata": metadata(model, meta, tokenizer_spec, cfg.seed, depths,
-                                    decoding_params(cfg.max_new_tokens, tokenizer.stop_ids, rule))}
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite,
+        "metadata": metadata(
+            model, meta, tokenizer_spec, cfg.seed, depths, decoding_params(cfg.max_new_tokens, tokenizer.stop_ids, rule)
+        ),
+    }
     tasks = cfg.tasks or list(TASKS)
     if suite in ("perplexity", "all", "sweep"):
-        results["perplexity"] = heldout_loss(model, default_data(meta, cfg.data), depths, cfg.batch_size,
-                                             cfg.max_rows)
+        results["perplexity"] = heldout_loss(model, default_data(meta, cfg.data), depths, cfg.batch_size, cfg.max_rows)
     if suite in ("algorithmic", "all", "sweep"):
-        results["algorithmic"] = algorithmic_suite(model, tokenizer, tasks, depths, cfg.num_samples, cfg.seed,
-                                                   cfg.ood, cfg.max_new_tokens, cfg.difficulties, exit_rule)
+        results["algorithmic"] = algorithmic_suite(
+            model,
+            tokenizer,
+            tasks,
+            depths,
+            cfg.num_samples,
+            cfg.seed,
+            cfg.ood,
+            cfg.max_new_tokens,
+            cfg.difficulties,
+            exit_rule,
+        )
     if suite in ("longctx", "all"):
-        results["longctx"] = needle_suite(model, tokenizer, depths, cfg.context_lengths, cfg.needle_positions,
-                                          cfg.needle_samples, cfg.seed, exit_rule)
+        results["longctx"] = needle_suite(
+            model, tokenizer, depths, cfg.context_lengths, cfg.needle_positions, cfg.needle_samples, cfg.seed, exit_rule
+        )
     return results
 
 

@@ -50,9 +50,17 @@ def _resolve_device(device: str | None) -> str:
 
 @register_model("recur")
 class RecurLM(TemplateLM):
-    def __init__(self, path: str, num_steps: int | None = None, tokenizer: str | None = None,
-                 device: str | None = None, batch_size: int | str = 1, max_length: int | None = None,
-                 add_bos: bool | None = None, max_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        num_steps: int | None = None,
+        tokenizer: str | None = None,
+        device: str | None = None,
+        batch_size: int | str = 1,
+        max_length: int | None = None,
+        add_bos: bool | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
         """`path`: anything recur.eval.load.load_model reads; `num_steps`: recurrence depth (default: the model's
         default_num_steps); `tokenizer`: "byte" or a directory (default: the model's own); `add_bos`: prepend BOS to
         every sequence (default: when the tokenizer has one, as Llama/OLMo were trained); batch_size "auto"
@@ -110,43 +118,48 @@ class RecurLM(TemplateLM):
         """(sum log p(continuation | context), continuation is the greedy decode) for each token pair."""
         results: list[tuple[float, bool]] = []
         for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
+            chunk = pairs[start : start + self.batch_size]
             # The last max_length + 1 tokens: inputs are all but the last, targets all but the first.
-            seqs = [(ctx + cont)[-(self.max_length + 1):] for ctx, cont in chunk]
+            seqs = [(ctx + cont)[-(self.max_length + 1) :] for ctx, cont in chunk]
             width = max(len(s) - 1 for s in seqs)
             inputs = torch.full((len(seqs), width), self.tok.eos_id, dtype=torch.long)
             for i, s in enumerate(seqs):
-                inputs[i, :len(s) - 1] = torch.tensor(s[:-1])
+                inputs[i, : len(s) - 1] = torch.tensor(s[:-1])
             logits = self.model(inputs.to(self._device), num_steps=self.num_steps).logits.float()
             logprobs = F.log_softmax(logits, dim=-1).cpu()
             for i, ((_, cont), s) in enumerate(zip(chunk, seqs)):
                 n = len(cont)
-                rows = logprobs[i, len(s) - 1 - n:len(s) - 1]
+                rows = logprobs[i, len(s) - 1 - n : len(s) - 1]
                 target = torch.tensor(s[-n:])
-                results.append((rows.gather(1, target[:, None]).sum().item(),
-                                bool((rows.argmax(-1) == target).all())))
+                results.append((rows.gather(1, target[:, None]).sum().item(), bool((rows.argmax(-1) == target).all())))
         return results
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(ctx, cont) for _, ctx, cont in requests]
         out = []
         for start in tqdm(range(0, len(pairs), self.batch_size), disable=disable_tqdm, desc="loglikelihood"):
-            out += self._score(pairs[start:start + self.batch_size])
+            out += self._score(pairs[start : start + self.batch_size])
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         totals = []
         for req in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling"):
             (text,) = req.args
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                self.tok_encode(text, add_special_tokens=False), self.prefix_token_id, self.max_length, 1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    self.tok_encode(text, add_special_tokens=False), self.prefix_token_id, self.max_length, 1
+                )
+            ]
             totals.append(sum(ll for ll, _ in self._score(windows)))
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         settings = [_generation_settings(req.args[1]) for req in requests]
-        prompts = [self.tok_encode(req.args[0])[-(self.max_length - max_new):]
-                   for req, (_, max_new) in zip(requests, settings)]
+        prompts = [
+            self.tok_encode(req.args[0])[-(self.max_length - max_new) :]
+            for req, (_, max_new) in zip(requests, settings)
+        ]
         outputs: list[str] = [""] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until")
         for chunk in self._generation_batches(settings, prompts):
@@ -162,14 +175,24 @@ class RecurLM(TemplateLM):
         that a batch's rows need little padding."""
         order = sorted(range(len(prompts)), key=lambda i: (settings[i][1], -len(prompts[i])))
         groups = [list(group) for _, group in groupby(order, key=lambda i: settings[i][1])]
-        return [group[start:start + self.batch_size] for group in groups
-                for start in range(0, len(group), self.batch_size)]
+        return [
+            group[start : start + self.batch_size]
+            for group in groups
+            for start in range(0, len(group), self.batch_size)
+        ]
 
     def _generate(self, prompts: list[list[int]], untils: list[list[str]], max_new: int) -> list[str]:
         """One left-padded greedy batch; each row stops once its text contains one of its stop strings."""
-        out = generate(self.model, prompts, max_new, {self.tok.eos_id}, num_steps=self.num_steps,
-                       batch_size=len(prompts), pad_id=self.tok.pad_id,
-                       stop_when=lambda row, ids: any(stop in self.tok_decode(ids) for stop in untils[row]))
+        out = generate(
+            self.model,
+            prompts,
+            max_new,
+            {self.tok.eos_id},
+            num_steps=self.num_steps,
+            batch_size=len(prompts),
+            pad_id=self.tok.pad_id,
+            stop_when=lambda row, ids: any(stop in self.tok_decode(ids) for stop in untils[row]),
+        )
         return [_cut(self.tok_decode(ids), until) for ids, until in zip(out.tokens, untils)]
 
 
@@ -184,13 +207,22 @@ def _generation_settings(gen_kwargs: dict) -> tuple[list[str], int]:
 
 def _cut(text: str, until: list[str]) -> str:
     """The text before the first stop string it contains."""
-    return text[:min((text.find(stop) for stop in until if stop in text), default=len(text))]
+    return text[: min((text.find(stop) for stop in until if stop in text), default=len(text))]
 
 
-def evaluate_at_depths(path: str, tasks: list[str], depths: list[int], include_path: str | None = None,
-                       limit: int | float | None = None, num_fewshot: int | None = None,
-                       device: str | None = None, batch_size: int = 1, tokenizer: str | None = None,
-                       include_defaults: bool = True, apply_chat_template: bool = False) -> dict[int, dict]:
+def evaluate_at_depths(
+    path: str,
+    tasks: list[str],
+    depths: list[int],
+    include_path: str | None = None,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    device: str | None = None,
+    batch_size: int = 1,
+    tokenizer: str | None = None,
+    include_defaults: bool = True,
+    apply_chat_template: bool = False,
+) -> dict[int, dict]:
     """Run the same lm-eval tasks at each recurrence depth (model loaded once); {depth: results dict}.
     include_defaults=False skips indexing lm-eval's built-in tasks (only include_path's are known);
     apply_chat_template renders prompts with the tokenizer's chat template (lm_eval --apply_chat_template)."""
@@ -204,8 +236,16 @@ def evaluate_at_depths(path: str, tasks: list[str], depths: list[int], include_p
     results = {}
     for depth in depths:
         lm.num_steps = depth
-        out = simple_evaluate(model=lm, tasks=tasks, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
-                              log_samples=False, bootstrap_iters=0, apply_chat_template=apply_chat_template)
+        out = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            task_manager=manager,
+            log_samples=False,
+            bootstrap_iters=0,
+            apply_chat_template=apply_chat_template,
+        )
         results[depth] = out["results"]
     return results
 

@@ -52,8 +52,10 @@ def model_config_from_dict(data: dict, where: str) -> ModelConfig:
         raise ValueError(f"{where}: model_config must be a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - saved_keys())
     if unknown:
-        raise ValueError(f"{where}: model_config has fields {unknown} that this version of recur does not know "
-                         "(checkpoint from another model or a newer version?)")
+        raise ValueError(
+            f"{where}: model_config has fields {unknown} that this version of recur does not know "
+            "(checkpoint from another model or a newer version?)"
+        )
     return ModelConfig.from_dict(data).resolved()
 
 
@@ -74,11 +76,20 @@ def _check_fits(model: DecoderLM, state_dict: dict, path: Path) -> None:
     missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     wrong = [f"{k}: {given[k]} vs {expected[k]}" for k in sorted(set(expected) & set(given)) if given[k] != expected[k]]
     if missing or unexpected or wrong:
-        details = "; ".join(filter(None, [f"missing {missing[:3]}" if missing else "",
-                                          f"unexpected {unexpected[:3]}" if unexpected else "",
-                                          f"shape {wrong[:3]}" if wrong else ""]))
-        raise ValueError(f"checkpoint {path} is from another model: its weights do not match its "
-                         f"{model.cfg.variant} config ({details})")
+        details = "; ".join(
+            filter(
+                None,
+                [
+                    f"missing {missing[:3]}" if missing else "",
+                    f"unexpected {unexpected[:3]}" if unexpected else "",
+                    f"shape {wrong[:3]}" if wrong else "",
+                ],
+            )
+        )
+        raise ValueError(
+            f"checkpoint {path} is from another model: its weights do not match its "
+            f"{model.cfg.variant} config ({details})"
+        )
 
 
 def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
@@ -88,8 +99,14 @@ def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig,
     cfg = model_config_from_dict(state["model_config"], str(path / STATE_FILE))
     model = create_model(cfg)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-    meta = CheckpointMeta(str(path), checkpoint_format(path), str(run_dir) if run_dir else None, state.get("step"),
-                          state.get("tokens"), *run_data(run_dir))
+    meta = CheckpointMeta(
+        str(path),
+        checkpoint_format(path),
+        str(run_dir) if run_dir else None,
+        state.get("step"),
+        state.get("tokens"),
+        *run_data(run_dir),
+    )
     if meta.kind == "deepspeed":  # ZeRO shards, consolidated
         from recur.parallel.deepspeed import zero_fp32_state_dict
 
@@ -140,16 +157,20 @@ def _read_export(path: Path) -> tuple[dict, dict]:
         elif "model_config" in (sidecar := _json_or_empty(path.parent / "config.json")):
             config = sidecar["model_config"]
         else:
-            raise ValueError(f"{path}: no model_config in the safetensors metadata and no recur config.json beside it "
-                             "(a Hugging Face model? convert it first with utils/convert_hf.py)")
+            raise ValueError(
+                f"{path}: no model_config in the safetensors metadata and no recur config.json beside it "
+                "(a Hugging Face model? convert it first with utils/convert_hf.py)"
+            )
         return load_file(str(path)), config
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a torch archive
         raise ValueError(f"{path} is not a torch checkpoint file: {error}") from error
     if not isinstance(blob, dict) or "model" not in blob or "model_config" not in blob:
-        raise ValueError(f"{path}: expected a dict with 'model' (state_dict) and 'model_config' (exported by recur); "
-                         f"got {sorted(blob)[:5] if isinstance(blob, dict) else type(blob).__name__}")
+        raise ValueError(
+            f"{path}: expected a dict with 'model' (state_dict) and 'model_config' (exported by recur); "
+            f"got {sorted(blob)[:5] if isinstance(blob, dict) else type(blob).__name__}"
+        )
     return blob["model"], blob["model_config"]
 
 
@@ -184,8 +205,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     if path.is_file():
         if path.suffix not in EXPORT_SUFFIXES:
-            raise ValueError(f"--checkpoint: {path} is not a checkpoint (expected a run directory, a checkpoint "
-                             f"directory or an exported {'/'.join(EXPORT_SUFFIXES)} file)")
+            raise ValueError(
+                f"--checkpoint: {path} is not a checkpoint (expected a run directory, a checkpoint "
+                f"directory or an exported {'/'.join(EXPORT_SUFFIXES)} file)"
+            )
         return path
     if (path / STATE_FILE).is_file() or (path / ".metadata").is_file():
         problem = checkpoint_problem(path)
@@ -200,8 +223,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     exports = [path / f"model{suffix}" for suffix in EXPORT_SUFFIXES if (path / f"model{suffix}").is_file()]
     if exports:
         return exports[0]
-    raise ValueError(f"--checkpoint: {path} is not a checkpoint (no config.json with model_type 'recur', "
-                     "trainer_state.json, checkpoints/ or model.pt)")
+    raise ValueError(
+        f"--checkpoint: {path} is not a checkpoint (no config.json with model_type 'recur', "
+        "trainer_state.json, checkpoints/ or model.pt)"
+    )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DecoderLM, ModelConfig, CheckpointMeta]:
@@ -220,8 +245,9 @@ def saved_config(path: str | Path) -> ModelConfig:
     if is_saved_dir(resolved):
         return read_model_config(resolved)
     if resolved.is_dir():
-        return model_config_from_dict(json.loads((resolved / STATE_FILE).read_text()).get("model_config"),
-                                      str(resolved / STATE_FILE))
+        return model_config_from_dict(
+            json.loads((resolved / STATE_FILE).read_text()).get("model_config"), str(resolved / STATE_FILE)
+        )
     return model_config_from_dict(_read_export(resolved)[1], str(resolved))
 
 

@@ -42,14 +42,25 @@ def context_lengths(requested: list[int], max_seq_len: int) -> tuple[list[int], 
     """(lengths to run, skipped entries). The model's own context is always added as the longest length."""
     lengths = sorted(set(requested) | {max_seq_len})
     run = [n for n in lengths if n <= max_seq_len]
-    skipped = [{"context_length": n, "reason": f"context length {n} exceeds the model's max_seq_len {max_seq_len}"}
-               for n in lengths if n > max_seq_len]
+    skipped = [
+        {"context_length": n, "reason": f"context length {n} exceeds the model's max_seq_len {max_seq_len}"}
+        for n in lengths
+        if n > max_seq_len
+    ]
     return run, skipped
 
 
-def needle_suite(model: DecoderLM, tokenizer: Tokenizer, depths: list[int], lengths: list[int] = DEFAULT_LENGTHS,
-                 positions: list[float] = DEFAULT_POSITIONS, num_samples: int = 4, seed: int = 0,
-                 exit_rule: ExitRule | None = None, progress: bool = True) -> dict:
+def needle_suite(
+    model: DecoderLM,
+    tokenizer: Tokenizer,
+    depths: list[int],
+    lengths: list[int] = DEFAULT_LENGTHS,
+    positions: list[float] = DEFAULT_POSITIONS,
+    num_samples: int = 4,
+    seed: int = 0,
+    exit_rule: ExitRule | None = None,
+    progress: bool = True,
+) -> dict:
     """The `longctx` section of a results file (see recur/eval/schema.py)."""
     if any(not 0.0 <= p <= 1.0 for p in positions):
         raise ValueError(f"--needle_positions must lie in [0, 1], got {positions}")
@@ -57,8 +68,10 @@ def needle_suite(model: DecoderLM, tokenizer: Tokenizer, depths: list[int], leng
     run, skipped = context_lengths(list(lengths), model.cfg.max_seq_len)
     shortest = len(needle_prompt(tokenizer, 0, 0.0, "0" * CODE_DIGITS, 0))
     too_short = [n for n in run if shortest > n - answer_room]
-    skipped += [{"context_length": n, "reason": f"the needle and question alone need {shortest} + {answer_room} "
-                 f"tokens > {n}"} for n in too_short]
+    skipped += [
+        {"context_length": n, "reason": f"the needle and question alone need {shortest} + {answer_room} tokens > {n}"}
+        for n in too_short
+    ]
     run = [n for n in run if n not in too_short]
     results = []
     jobs = [(n, p, d) for n in run for p in positions for d in depths]
@@ -68,9 +81,18 @@ def needle_suite(model: DecoderLM, tokenizer: Tokenizer, depths: list[int], leng
         prompts = [needle_prompt(tokenizer, length, position, code, answer_room) for code in codes]
         out = generate(model, prompts, answer_room, tokenizer.stop_ids, num_steps=depth, exit_rule=exit_rule)
         correct = sum(tokenizer.decode(reply).strip() == code for reply, code in zip(out.tokens, codes))
-        results.append({"context_length": length, "prompt_tokens": max(len(p) for p in prompts),
-                        "needle_position": position, "depth": depth, "accuracy": correct / num_samples,
-                        "correct": correct, "num_samples": num_samples, **interval_fields(correct, num_samples)})
+        results.append(
+            {
+                "context_length": length,
+                "prompt_tokens": max(len(p) for p in prompts),
+                "needle_position": position,
+                "depth": depth,
+                "accuracy": correct / num_samples,
+                "correct": correct,
+                "num_samples": num_samples,
+                **interval_fields(correct, num_samples),
+            }
+        )
     summary = []
     for length in run:
         for depth in depths:

@@ -33,17 +33,26 @@ def check_data_fits(model: DecoderLM, path: str | Path) -> PackedShards:
         raise FileNotFoundError(f"--data: held-out dataset {path} does not exist")
     shards = PackedShards(path)
     if shards.vocab_size > model.cfg.vocab_size:
-        raise ValueError(f"--data: {path} uses a vocabulary of {shards.vocab_size} tokens but the model has "
-                         f"{model.cfg.vocab_size}: data from another tokenizer")
+        raise ValueError(
+            f"--data: {path} uses a vocabulary of {shards.vocab_size} tokens but the model has "
+            f"{model.cfg.vocab_size}: data from another tokenizer"
+        )
     if shards.row_len - 1 > model.cfg.max_seq_len:
-        raise ValueError(f"--data: {path} rows hold {shards.row_len - 1} tokens > the model's max_seq_len "
-                         f"{model.cfg.max_seq_len}")
+        raise ValueError(
+            f"--data: {path} rows hold {shards.row_len - 1} tokens > the model's max_seq_len {model.cfg.max_seq_len}"
+        )
     return shards
 
 
 @torch.no_grad()
-def heldout_loss(model: DecoderLM, path: str | Path, depths: list[int], batch_size: int = 16,
-                 max_rows: int | None = None, progress: bool = True) -> dict:
+def heldout_loss(
+    model: DecoderLM,
+    path: str | Path,
+    depths: list[int],
+    batch_size: int = 16,
+    max_rows: int | None = None,
+    progress: bool = True,
+) -> dict:
     """The `perplexity` section of a results file: token-weighted mean loss (nats) over loss_mask tokens."""
     shards = check_data_fits(model, path)
     device = next(model.parameters()).device

@@ -23,74 +23,155 @@ def _obj(required: dict, optional: dict | None = None) -> dict:
 # 95% Wilson interval of a cell's accuracy; optional so results written before it existed stay valid.
 _CI = {"ci_low": {"type": _NUM}, "ci_high": {"type": _NUM}}
 
-_SKIP = _obj({"reason": {"type": "string"}},
-             {"task": {"type": "string"}, "difficulty": {"type": "integer"}, "context_length": {"type": "integer"}})
+_SKIP = _obj(
+    {"reason": {"type": "string"}},
+    {"task": {"type": "string"}, "difficulty": {"type": "integer"}, "context_length": {"type": "integer"}},
+)
 
-ALGORITHMIC = _obj({
-    "tasks": {"type": "object", "values": _obj({
-        "knob": {"type": "string"},
-        "train_difficulty": {"type": "integer"},
-        "results": {"type": "array", "items": _obj({
-            "depth": {"type": "integer"}, "difficulty": {"type": "integer"},
-            "in_distribution": {"type": "boolean"}, "accuracy": {"type": _NUM},
-            "correct": {"type": "integer"}, "num_samples": {"type": "integer"},
-            "mean_steps": {"type": _NUM}, "max_new_tokens": {"type": "integer"},
-        }, _CI)},
-    })},
-    "summary": {"type": "array", "items": _obj({
-        "depth": {"type": "integer"}, "in_distribution": {"type": _OPT_NUM}, "ood": {"type": _OPT_NUM},
-    })},
-    "skipped": {"type": "array", "items": _SKIP},
-})
+ALGORITHMIC = _obj(
+    {
+        "tasks": {
+            "type": "object",
+            "values": _obj(
+                {
+                    "knob": {"type": "string"},
+                    "train_difficulty": {"type": "integer"},
+                    "results": {
+                        "type": "array",
+                        "items": _obj(
+                            {
+                                "depth": {"type": "integer"},
+                                "difficulty": {"type": "integer"},
+                                "in_distribution": {"type": "boolean"},
+                                "accuracy": {"type": _NUM},
+                                "correct": {"type": "integer"},
+                                "num_samples": {"type": "integer"},
+                                "mean_steps": {"type": _NUM},
+                                "max_new_tokens": {"type": "integer"},
+                            },
+                            _CI,
+                        ),
+                    },
+                }
+            ),
+        },
+        "summary": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "depth": {"type": "integer"},
+                    "in_distribution": {"type": _OPT_NUM},
+                    "ood": {"type": _OPT_NUM},
+                }
+            ),
+        },
+        "skipped": {"type": "array", "items": _SKIP},
+    }
+)
 
-LONGCTX = _obj({
-    "results": {"type": "array", "items": _obj({
-        "context_length": {"type": "integer"}, "prompt_tokens": {"type": "integer"},
-        "needle_position": {"type": _NUM}, "depth": {"type": "integer"},
-        "accuracy": {"type": _NUM}, "correct": {"type": "integer"}, "num_samples": {"type": "integer"},
-    }, _CI)},
-    "summary": {"type": "array", "items": _obj({
-        "context_length": {"type": "integer"}, "depth": {"type": "integer"}, "accuracy": {"type": _NUM},
-    })},
-    "skipped": {"type": "array", "items": _SKIP},
-})
+LONGCTX = _obj(
+    {
+        "results": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "context_length": {"type": "integer"},
+                    "prompt_tokens": {"type": "integer"},
+                    "needle_position": {"type": _NUM},
+                    "depth": {"type": "integer"},
+                    "accuracy": {"type": _NUM},
+                    "correct": {"type": "integer"},
+                    "num_samples": {"type": "integer"},
+                },
+                _CI,
+            ),
+        },
+        "summary": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "context_length": {"type": "integer"},
+                    "depth": {"type": "integer"},
+                    "accuracy": {"type": _NUM},
+                }
+            ),
+        },
+        "skipped": {"type": "array", "items": _SKIP},
+    }
+)
 
-PERPLEXITY = _obj({
-    "data": {"type": "string"},
-    "rows": {"type": "integer"},
-    "results": {"type": "array", "items": _obj({
-        "depth": {"type": "integer"}, "loss": {"type": _NUM}, "perplexity": {"type": _NUM},
-        "tokens": {"type": "integer"},
-    })},
-})
+PERPLEXITY = _obj(
+    {
+        "data": {"type": "string"},
+        "rows": {"type": "integer"},
+        "results": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "depth": {"type": "integer"},
+                    "loss": {"type": _NUM},
+                    "perplexity": {"type": _NUM},
+                    "tokens": {"type": "integer"},
+                }
+            ),
+        },
+    }
+)
 
-METADATA = _obj({
-    "created": {"type": "string"},
-    "commit": {"type": "string"},
-    "commit_dirty": {"type": ["boolean", "null"]},
-    "seed": {"type": "integer"},
-    "grid_version": {"type": "string"},
-    "device": {"type": "string"},
-    "checkpoint": _obj({"path": {"type": "string"}, "kind": {"type": "string"}, "run_dir": {"type": _OPT_STR},
-                        "step": {"type": _OPT_INT}, "tokens": {"type": _OPT_INT}}),
-    "model": _obj({"variant": {"type": "string"}, "params": {"type": "integer"}, "config": {"type": "object"},
-                   "looped": {"type": "boolean"}}),
-    "tokenizer": {"type": "string"},
-    "depths": {"type": "array", "items": {"type": "integer"}},
-    "depth_note": {"type": _OPT_STR},
-    "decoding": _obj({"strategy": {"enum": ["greedy"]}, "max_new_tokens": {"type": ["integer", "string"]},
-                      "stop_ids": {"type": "array", "items": {"type": "integer"}},
-                      "kv_cache": {"type": "boolean"},
-                      "exit_rule": {"type": ["object", "null"]}}),
-})
+METADATA = _obj(
+    {
+        "created": {"type": "string"},
+        "commit": {"type": "string"},
+        "commit_dirty": {"type": ["boolean", "null"]},
+        "seed": {"type": "integer"},
+        "grid_version": {"type": "string"},
+        "device": {"type": "string"},
+        "checkpoint": _obj(
+            {
+                "path": {"type": "string"},
+                "kind": {"type": "string"},
+                "run_dir": {"type": _OPT_STR},
+                "step": {"type": _OPT_INT},
+                "tokens": {"type": _OPT_INT},
+            }
+        ),
+        "model": _obj(
+            {
+                "variant": {"type": "string"},
+                "params": {"type": "integer"},
+                "config": {"type": "object"},
+                "looped": {"type": "boolean"},
+            }
+        ),
+        "tokenizer": {"type": "string"},
+        "depths": {"type": "array", "items": {"type": "integer"}},
+        "depth_note": {"type": _OPT_STR},
+        "decoding": _obj(
+            {
+                "strategy": {"enum": ["greedy"]},
+                "max_new_tokens": {"type": ["integer", "string"]},
+                "stop_ids": {"type": "array", "items": {"type": "integer"}},
+                "kv_cache": {"type": "boolean"},
+                "exit_rule": {"type": ["object", "null"]},
+            }
+        ),
+    }
+)
 
 RESULTS = _obj(
     {"schema_version": {"enum": [SCHEMA_VERSION]}, "suite": {"enum": list(SUITES)}, "metadata": METADATA},
     {"algorithmic": ALGORITHMIC, "longctx": LONGCTX, "perplexity": PERPLEXITY},
 )
 
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-          "integer": int, "number": float}
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+    "integer": int,
+    "number": float,
+}
 
 
 def _is_type(value: object, name: str) -> bool:

@@ -28,8 +28,13 @@ def sweep_filename(results: dict) -> str:
     return f"sweep_{name}_{step}.json"
 
 
-def run_sweep(paths: list[str], out_dir: str | Path, depths: list[int] | None = None, all_checkpoints: bool = True,
-              cfg: HubConfig | None = None) -> list[Path]:
+def run_sweep(
+    paths: list[str],
+    out_dir: str | Path,
+    depths: list[int] | None = None,
+    all_checkpoints: bool = True,
+    cfg: HubConfig | None = None,
+) -> list[Path]:
     """Evaluate every checkpoint of every path (a run: all its complete checkpoints when all_checkpoints,
     else the newest) at every depth; returns the results files written, then plots all of them.
 

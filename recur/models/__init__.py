@@ -47,5 +47,16 @@ def is_looped(model: nn.Module) -> bool:
     return isinstance(model, LoopedLM)
 
 
-__all__ = ["VARIANTS", "PRESETS", "ModelConfig", "ModelOutput", "DecoderLM", "create_model", "preset_config", "is_looped",
-           "known_variants", "register_variant", "unregister_variant"]
+__all__ = [
+    "VARIANTS",
+    "PRESETS",
+    "ModelConfig",
+    "ModelOutput",
+    "DecoderLM",
+    "create_model",
+    "preset_config",
+    "is_looped",
+    "known_variants",
+    "register_variant",
+    "unregister_variant",
+]

@@ -31,8 +31,9 @@ class HaltingThoughtStream(ThoughtStream):
         self.halting = halting
         self.halt = nn.Linear(settings.d_thought, 1, bias=True)
 
-    def step_active_rows(self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: ChunkLayout,
-                         halted: torch.Tensor) -> torch.Tensor:
+    def step_active_rows(
+        self, z: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: ChunkLayout, halted: torch.Tensor
+    ) -> torch.Tensor:
         """One core iteration on the rows that still have a thinking unit; other rows keep their state."""
         rows = (~halted).any(dim=1)
         if bool(rows.all()):
@@ -41,15 +42,15 @@ class HaltingThoughtStream(ThoughtStream):
         mask = layout.read_mask if layout.read_mask.shape[0] == 1 else layout.read_mask[index]
         return z.index_copy(0, index, self.core(z[index], k[index], v[index], mask))
 
-    def iterate(self, h: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-                default_steps: int) -> tuple[torch.Tensor, ChunkLayout, dict, torch.Tensor | None]:
+    def iterate(
+        self, h: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, default_steps: int
+    ) -> tuple[torch.Tensor, ChunkLayout, dict, torch.Tensor | None]:
         cfg = self.halting
         no_grad_steps, grad_steps = split_steps(num_steps, cfg.max_steps)
         max_steps = no_grad_steps + grad_steps
         min_steps = min(cfg.min_steps, max_steps)
         k, v = self.read_keys(h, ctx)
-        layout = chunk_layout(ctx.start_pos, h.shape[1], k.shape[1], self.settings.thought_chunk,
-                              ctx.doc_ids, h.device)
+        layout = chunk_layout(ctx.start_pos, h.shape[1], k.shape[1], self.settings.thought_chunk, ctx.doc_ids, h.device)
         z = self.initial(h.shape[0], layout.num_units)
         units = z.shape[:2]
         cum = torch.zeros(units, device=h.device)  # sum of p over iterations that did not halt

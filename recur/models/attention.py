@@ -23,8 +23,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+SDPA_KERNELS = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 BACKENDS = ("auto", "sdpa", "flex", *SDPA_KERNELS)
 
 # Chosen by select_backend(), per (device type, whether documents are masked, dtype).
@@ -45,12 +49,14 @@ def _mask(q_len: int, k_len: int, doc_ids: torch.Tensor | None, device: torch.de
 def _causal_mod(offset: int) -> Callable:
     def causal(b, h, q_idx, kv_idx):
         return q_idx + offset >= kv_idx
+
     return causal
 
 
 def _document_mod(doc_ids: torch.Tensor, offset: int) -> Callable:
     def document(b, h, q_idx, kv_idx):
         return (q_idx + offset >= kv_idx) & (doc_ids[b, q_idx + offset] == doc_ids[b, kv_idx])
+
     return document
 
 
@@ -72,8 +78,15 @@ def document_block_mask(doc_ids: torch.Tensor, q_len: int) -> BlockMask:
     if cached_ids is doc_ids and cached_len == q_len:
         return cached_mask
     k_len = doc_ids.shape[1]
-    block_mask = create_block_mask(_document_mod(doc_ids, k_len - q_len), doc_ids.shape[0], None, q_len, k_len,
-                                   device=doc_ids.device, _compile=doc_ids.is_cuda)
+    block_mask = create_block_mask(
+        _document_mod(doc_ids, k_len - q_len),
+        doc_ids.shape[0],
+        None,
+        q_len,
+        k_len,
+        device=doc_ids.device,
+        _compile=doc_ids.is_cuda,
+    )
     _doc_mask_cache[:] = [doc_ids, q_len, block_mask]
     return block_mask
 
@@ -86,8 +99,7 @@ def _compiled_flex() -> Callable:
 
 def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, gqa: bool) -> torch.Tensor:
     q_len, k_len = q.shape[2], k.shape[2]
-    block_mask = (_causal_block_mask(q_len, k_len, q.device) if doc_ids is None
-                  else document_block_mask(doc_ids, q_len))
+    block_mask = _causal_block_mask(q_len, k_len, q.device) if doc_ids is None else document_block_mask(doc_ids, q_len)
     fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
     return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
@@ -101,8 +113,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(q_len, k_len, doc_ids, q.device), enable_gqa=gqa)
 
 
-def resolve_backend(backend: str, device: torch.device, doc_masking: bool,
-                    dtype: torch.dtype = torch.bfloat16) -> str:
+def resolve_backend(backend: str, device: torch.device, doc_masking: bool, dtype: torch.dtype = torch.bfloat16) -> str:
     """The concrete backend `backend` means for inputs of `dtype` on this device (only `auto` changes)."""
     if backend not in BACKENDS:
         raise ValueError(f"--model.attn_backend: unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
@@ -112,8 +123,9 @@ def resolve_backend(backend: str, device: torch.device, doc_masking: bool,
     return _auto_choice.get((device.type, doc_masking, dtype), default)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
-           backend: str = "auto") -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None, backend: str = "auto"
+) -> torch.Tensor:
     """Causal grouped-query attention. q: [B, T, H, D]; k, v: [B, S, KV, D] with S >= T (a KV cache holds
     the first S - T positions); doc_ids: [B, S] or None. Returns [B, T, H, D]."""
     backend = resolve_backend(backend, q.device, doc_ids is not None, q.dtype)
@@ -152,9 +164,18 @@ def _time_fwd_bwd(fn: Callable[[], torch.Tensor], iters: int) -> float:
     return sorted(times[2:])[len(times[2:]) // 2]
 
 
-def benchmark_backends(device: torch.device, batch: int, seq_len: int, n_heads: int, n_kv_heads: int,
-                       head_dim: int, doc_masking: bool, dtype: torch.dtype = torch.bfloat16, iters: int = 5,
-                       candidates: tuple[str, ...] | None = None) -> dict[str, dict]:
+def benchmark_backends(
+    device: torch.device,
+    batch: int,
+    seq_len: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    doc_masking: bool,
+    dtype: torch.dtype = torch.bfloat16,
+    iters: int = 5,
+    candidates: tuple[str, ...] | None = None,
+) -> dict[str, dict]:
     """Time and check each backend on one attention shape: {name: {"seconds", "max_err", "error"}}.
     The reference is the math kernel in fp32 on the same inputs; a backend that raises (unsupported
     shape, dtype or device) is reported with its error instead of a time."""
@@ -177,16 +198,26 @@ def benchmark_backends(device: torch.device, batch: int, seq_len: int, n_heads: 
             try:
                 out = attend(*leaves, doc_ids=doc_ids, backend=name)
                 err = ((out.float() - ref).norm() / ref.norm()).item()
-                seconds = _time_fwd_bwd(lambda leaves=leaves, name=name: attend(*leaves, doc_ids=doc_ids, backend=name),
-                                         iters)
+                seconds = _time_fwd_bwd(
+                    lambda leaves=leaves, name=name: attend(*leaves, doc_ids=doc_ids, backend=name), iters
+                )
                 results[name] = {"seconds": seconds, "max_err": err, "error": None}
             except (RuntimeError, NotImplementedError, ValueError) as exc:  # kernel not available for this case
                 results[name] = {"seconds": None, "max_err": None, "error": str(exc).splitlines()[0][:160]}
     return results
 
 
-def select_backend(device: torch.device, batch: int, seq_len: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                   doc_masking: bool, dtype: torch.dtype = torch.bfloat16, tolerance: float = 2e-2) -> tuple[str, dict]:
+def select_backend(
+    device: torch.device,
+    batch: int,
+    seq_len: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    doc_masking: bool,
+    dtype: torch.dtype = torch.bfloat16,
+    tolerance: float = 2e-2,
+) -> tuple[str, dict]:
     """Measure the backends on this shape, make the fastest one within `tolerance` (relative error vs the
     fp32 math kernel) what `auto` means on this device type for `dtype`, and return (name, measurements)."""
     results = benchmark_backends(device, batch, seq_len, n_heads, n_kv_heads, head_dim, doc_masking, dtype)

@@ -40,10 +40,12 @@ class BaselineLM(DecoderLM):
         head = self.lm_head.weight
         fixed = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("tok_embeddings"))
         fixed += head.numel() if head is self.tok_embeddings.weight else 0
-        return loop_flop_terms(fixed, 0, self.cfg.n_layers, 0, attention_flops_per_layer(self.cfg, seq_len),
-                               no_grad_steps, grad_steps)
+        return loop_flop_terms(
+            fixed, 0, self.cfg.n_layers, 0, attention_flops_per_layer(self.cfg, seq_len), no_grad_steps, grad_steps
+        )
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(
+        self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, noise: NoiseKey | None
+    ) -> tuple[torch.Tensor, ModelOutput]:
         # num_steps is accepted (and ignored) so every variant can be evaluated by the same depth sweep.
         return self.run_blocks(self.layers, x, ctx, "layers"), ModelOutput(stats={"num_steps": 1})

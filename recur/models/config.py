@@ -39,17 +39,22 @@ class LatentConfig:
     read_layer: int | None = None  # token blocks before the thought loop (the rest run after it); None = n_layers // 2
 
     def resolved(self, model: ModelConfig) -> LatentConfig:
-        cfg = replace(self, d_thought=model.d_model if self.d_thought is None else self.d_thought,
-                      thought_heads=model.n_heads if self.thought_heads is None else self.thought_heads,
-                      read_layer=model.n_layers // 2 if self.read_layer is None else self.read_layer)
+        cfg = replace(
+            self,
+            d_thought=model.d_model if self.d_thought is None else self.d_thought,
+            thought_heads=model.n_heads if self.thought_heads is None else self.thought_heads,
+            read_layer=model.n_layers // 2 if self.read_layer is None else self.read_layer,
+        )
         for name in ("n_thoughts", "d_thought", "thought_heads", "thought_chunk"):
             _check_int(f"--model.latent.{name}", getattr(cfg, name), 1)
         _check_int("--model.latent.read_layer", cfg.read_layer, 0)
         if cfg.read_layer > model.n_layers:
             raise ValueError(f"--model.latent.read_layer {cfg.read_layer} exceeds --model.n_layers {model.n_layers}")
         if cfg.d_thought % cfg.thought_heads:
-            raise ValueError(f"--model.latent.d_thought {cfg.d_thought} is not divisible by "
-                             f"--model.latent.thought_heads {cfg.thought_heads}")
+            raise ValueError(
+                f"--model.latent.d_thought {cfg.d_thought} is not divisible by "
+                f"--model.latent.thought_heads {cfg.thought_heads}"
+            )
         return cfg
 
 
@@ -91,8 +96,10 @@ class SSMConfig:
         for f in fields(self):
             _check_int(f"--model.ssm.{f.name}", getattr(self, f.name), 1)
         if self.expand * model.d_model % self.headdim:
-            raise ValueError(f"--model.ssm.headdim {self.headdim} must divide --model.ssm.expand·d_model "
-                             f"= {self.expand * model.d_model}")
+            raise ValueError(
+                f"--model.ssm.headdim {self.headdim} must divide --model.ssm.expand·d_model "
+                f"= {self.expand * model.d_model}"
+            )
         return replace(self)
 
 
@@ -112,14 +119,19 @@ class MemoryConfig:
 # The variant groups of ModelConfig and the variants that read each; a group set for any other variant is an
 # error, since that variant would ignore it silently.
 GROUPS: dict[str, type] = {"latent": LatentConfig, "act": ActConfig, "ssm": SSMConfig, "memory": MemoryConfig}
-GROUP_READERS: dict[str, tuple[str, ...]] = {"latent": ("latent", "act", "ssm", "ssm_mem"), "act": ("act",),
-                                             "ssm": ("ssm", "ssm_mem"), "memory": ("ssm_mem",)}
+GROUP_READERS: dict[str, tuple[str, ...]] = {
+    "latent": ("latent", "act", "ssm", "ssm_mem"),
+    "act": ("act",),
+    "ssm": ("ssm", "ssm_mem"),
+    "memory": ("ssm_mem",),
+}
 # Checkpoints and config.json written before the groups existed kept these knobs in one `extra` dict.
 LEGACY_EXTRA: dict[str, tuple[str, str]] = {
     **{k: ("latent", k) for k in ("n_thoughts", "d_thought", "thought_heads", "thought_chunk", "read_layer")},
     **{k: ("act", k) for k in ("threshold", "min_steps", "max_steps", "lambda_ponder", "halt_bias")},
     **{f"ssm_{k}": ("ssm", k) for k in ("d_state", "headdim", "expand", "d_conv", "scan_chunk")},
-    "n_memory": ("memory", "n_slots"), "memory_chunk": ("memory", "chunk"),
+    "n_memory": ("memory", "n_slots"),
+    "memory_chunk": ("memory", "chunk"),
 }
 
 
@@ -182,8 +194,9 @@ class ModelConfig:
         """Return a copy with every derived field filled in and the whole config validated: every rejected
         value is a ValueError naming its --model.* flag (validate_config runs this before anything is written)."""
         if self.variant not in known_variants():
-            raise ValueError(f"--model.variant: unknown variant '{self.variant}'; "
-                             f"expected one of {', '.join(known_variants())}")
+            raise ValueError(
+                f"--model.variant: unknown variant '{self.variant}'; expected one of {', '.join(known_variants())}"
+            )
         cfg = replace(self)
         if cfg.d_model % cfg.n_heads and cfg.head_dim is None:
             raise ValueError(f"--model.d_model {cfg.d_model} is not divisible by --model.n_heads {cfg.n_heads}")
@@ -206,8 +219,12 @@ class ModelConfig:
         else:
             cfg.n_layers = cfg.n_layers or 4
         for name in ("injection", "init_state", "block_norm", "adapter_init"):
-            allowed = {"injection": ("concat", "add", "none"), "init_state": ("random", "zeros", "input"),
-                       "block_norm": ("pre", "post", "sandwich"), "adapter_init": ("normal", "passthrough", "state")}[name]
+            allowed = {
+                "injection": ("concat", "add", "none"),
+                "init_state": ("random", "zeros", "input"),
+                "block_norm": ("pre", "post", "sandwich"),
+                "adapter_init": ("normal", "passthrough", "state"),
+            }[name]
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"--model.{name}: got '{getattr(cfg, name)}'; expected one of {', '.join(allowed)}")
         if cfg.default_num_steps < 1:
@@ -225,8 +242,10 @@ class ModelConfig:
                 continue
             changed = [f.name for f in fields(group) if getattr(group, f.name) != getattr(group_class(), f.name)]
             if changed:
-                raise ValueError(f"--model.{name}.{changed[0]}: variant '{self.variant}' does not read --model.{name} "
-                                 f"(read by {', '.join(GROUP_READERS[name])})")
+                raise ValueError(
+                    f"--model.{name}.{changed[0]}: variant '{self.variant}' does not read --model.{name} "
+                    f"(read by {', '.join(GROUP_READERS[name])})"
+                )
             setattr(self, name, replace(group))  # the copy shares no group with the original
 
     def _resolve_loop_split(self) -> None:
@@ -236,7 +255,8 @@ class ModelConfig:
             if self.n_layers is not None and self.n_layers != total:
                 raise ValueError(
                     f"--model.n_prelude + n_core + n_coda = {parts[0]}+{parts[1]}+{parts[2]} = {total} "
-                    f"does not match --model.n_layers {self.n_layers}")
+                    f"does not match --model.n_layers {self.n_layers}"
+                )
             self.n_layers = total
         elif any(p is not None for p in parts):
             raise ValueError("--model.n_prelude, n_core and n_coda must be given together (or none, to derive them)")
@@ -245,7 +265,9 @@ class ModelConfig:
             n = self.n_layers or 4
             edge = max(1, round(n / 6))
             if n < 3:
-                raise ValueError(f"--model.n_layers {n}: a recurrent model needs at least 3 layers (prelude, core, coda)")
+                raise ValueError(
+                    f"--model.n_layers {n}: a recurrent model needs at least 3 layers (prelude, core, coda)"
+                )
             self.n_layers, self.n_prelude, self.n_core, self.n_coda = n, edge, n - 2 * edge, edge
         if self.n_core < 1:
             raise ValueError(f"--model.n_core must be >= 1, got {self.n_core}")
@@ -259,8 +281,10 @@ def legacy_groups(variant: str, extra: dict[str, Any]) -> dict[str, dict[str, An
     readable = {key for key, (group, _) in LEGACY_EXTRA.items() if variant in GROUP_READERS[group]}
     unknown = sorted(set(extra) - readable)
     if unknown:
-        raise ValueError(f"--model.extra: unknown keys {unknown} for variant '{variant}'"
-                         + (f"; expected some of {', '.join(sorted(readable))}" if readable else ""))
+        raise ValueError(
+            f"--model.extra: unknown keys {unknown} for variant '{variant}'"
+            + (f"; expected some of {', '.join(sorted(readable))}" if readable else "")
+        )
     groups: dict[str, dict[str, Any]] = {}
     for key, value in extra.items():
         group, name = LEGACY_EXTRA[key]

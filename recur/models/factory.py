@@ -26,6 +26,7 @@ def build_model(cfg: ModelConfig) -> DecoderLM:
     """The model of `cfg` (resolved first)."""
     cfg = cfg.resolved()
     if cfg.variant not in MODEL_CLASSES:
-        raise ValueError(f"--model.variant '{cfg.variant}' is not built into this version; "
-                         f"available: {', '.join(MODEL_CLASSES)}")
+        raise ValueError(
+            f"--model.variant '{cfg.variant}' is not built into this version; available: {', '.join(MODEL_CLASSES)}"
+        )
     return MODEL_CLASSES[cfg.variant](cfg)

@@ -76,8 +76,7 @@ class ChunkAttention(nn.Module):
 
     def keys(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, S, _ = h.shape
-        return (self.wk(h).view(B, S, self.n_heads, self.head_dim),
-                self.wv(h).view(B, S, self.n_heads, self.head_dim))
+        return (self.wk(h).view(B, S, self.n_heads, self.head_dim), self.wv(h).view(B, S, self.n_heads, self.head_dim))
 
     def self_attend(self, z: torch.Tensor) -> torch.Tensor:
         B, U, Z, d = z.shape
@@ -130,8 +129,9 @@ class ChunkLayout:
         return self.read_mask.shape[1]
 
 
-def chunk_layout(start: int, T: int, S: int, chunk: int, doc_ids: torch.Tensor | None,
-                 device: torch.device) -> ChunkLayout:
+def chunk_layout(
+    start: int, T: int, S: int, chunk: int, doc_ids: torch.Tensor | None, device: torch.device
+) -> ChunkLayout:
     """Chunk c reads key positions <= c·chunk (its first token) of that token's document."""
     positions = torch.arange(start, start + T, device=device)
     first, last = start // chunk, (start + T - 1) // chunk
@@ -157,8 +157,9 @@ class ThoughtStream(nn.Module):
         d_t = settings.d_thought
         self.thoughts = nn.Parameter(torch.empty(settings.n_thoughts, d_t))
         self.read_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.core = ThoughtCore(d_t, cfg.d_model, settings.thought_heads, ffn_width(d_t, cfg.ffn_multiple_of),
-                                cfg.norm_eps)
+        self.core = ThoughtCore(
+            d_t, cfg.d_model, settings.thought_heads, ffn_width(d_t, cfg.ffn_multiple_of), cfg.norm_eps
+        )
         self.out_norm = RMSNorm(d_t, cfg.norm_eps)
         self.inject = nn.Linear(d_t, cfg.d_model, bias=False)
 
@@ -167,19 +168,19 @@ class ThoughtStream(nn.Module):
         k, v = self.core.cross_attn.keys(self.read_norm(h))
         if ctx.cache is not None:
             k, v = ctx.cache.kv_slot(("thoughts",), k, *k.shape[2:]).write(k, v, ctx.positions)
-            k, v = k[:, :ctx.cache.end], v[:, :ctx.cache.end]  # eager code: the filled part is all it reads
+            k, v = k[:, : ctx.cache.end], v[:, : ctx.cache.end]  # eager code: the filled part is all it reads
         return k, v
 
     def initial(self, batch: int, units: int) -> torch.Tensor:
         return self.thoughts[None, None].expand(batch, units, -1, -1)
 
-    def iterate(self, h: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-                default_steps: int) -> tuple[torch.Tensor, ChunkLayout, dict, torch.Tensor | None]:
+    def iterate(
+        self, h: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, default_steps: int
+    ) -> tuple[torch.Tensor, ChunkLayout, dict, torch.Tensor | None]:
         """Run the thought loop; returns the final thoughts [B, U, Z, d_t], the layout, stats and aux loss."""
         no_grad_steps, grad_steps = split_steps(num_steps, default_steps)
         k, v = self.read_keys(h, ctx)
-        layout = chunk_layout(ctx.start_pos, h.shape[1], k.shape[1], self.settings.thought_chunk,
-                              ctx.doc_ids, h.device)
+        layout = chunk_layout(ctx.start_pos, h.shape[1], k.shape[1], self.settings.thought_chunk, ctx.doc_ids, h.device)
         z = self.initial(h.shape[0], layout.num_units)
         with torch.no_grad():
             for _ in range(no_grad_steps):
@@ -188,8 +189,9 @@ class ThoughtStream(nn.Module):
             z = self.core(z, k, v, layout.read_mask)
         return z, layout, {"num_steps": no_grad_steps + grad_steps}, None
 
-    def forward(self, h: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-                default_steps: int) -> tuple[torch.Tensor, ModelOutput]:
+    def forward(
+        self, h: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, default_steps: int
+    ) -> tuple[torch.Tensor, ModelOutput]:
         z, layout, stats, aux = self.iterate(h, ctx, num_steps, default_steps)
         per_unit = self.inject(self.out_norm(z.mean(dim=2)))  # [B, U, d_model]
         added = per_unit[:, layout.unit_of_position] * layout.inject_mask.to(per_unit.dtype)
@@ -255,12 +257,16 @@ class LatentLM(DecoderLM):
         ratio = settings.n_thoughts / settings.thought_chunk
         thought_attn = 4 * (seq_len + settings.n_thoughts) * settings.d_thought * ratio
         loop = ratio * per_thought
-        return {"n1": per_token + loop * grad_steps, "n2": loop * no_grad_steps,
-                "attention": 3 * attention_flops_per_layer(self.cfg, seq_len) * n_blocks
-                + thought_attn * (3 * grad_steps + no_grad_steps)}
+        return {
+            "n1": per_token + loop * grad_steps,
+            "n2": loop * no_grad_steps,
+            "attention": 3 * attention_flops_per_layer(self.cfg, seq_len) * n_blocks
+            + thought_attn * (3 * grad_steps + no_grad_steps),
+        }
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(
+        self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, noise: NoiseKey | None
+    ) -> tuple[torch.Tensor, ModelOutput]:
         h = self.run_blocks(self.prelude, x, ctx, "prelude")
         h = self.mix_tokens(h, ctx)
         h, out = self.thought_stream(h, ctx, num_steps, self.cfg.default_num_steps)

@@ -100,7 +100,7 @@ class KVSlot:
     def resize(self, capacity: int) -> None:
         grown = [t.new_zeros(t.shape[0], capacity, *t.shape[2:]) for t in (self.k, self.v)]
         for new, old in zip(grown, (self.k, self.v)):
-            new[:, :old.shape[1]] = old
+            new[:, : old.shape[1]] = old
         self.k, self.v = grown
 
 

@@ -67,13 +67,22 @@ def attention_flops_per_layer(cfg: ModelConfig, seq_len: int) -> int:
     return 4 * seq_len * (cfg.n_heads * cfg.head_dim)
 
 
-def loop_flop_terms(fixed: int, loop: int, fixed_layers: int, loop_layers: int, attn_per_layer: int,
-                    no_grad_steps: float, grad_steps: float) -> dict[str, float]:
+def loop_flop_terms(
+    fixed: int,
+    loop: int,
+    fixed_layers: int,
+    loop_layers: int,
+    attn_per_layer: int,
+    no_grad_steps: float,
+    grad_steps: float,
+) -> dict[str, float]:
     """The flop_terms of a model whose `fixed` parameters (and `fixed_layers` attention layers) run once
     with grad and whose `loop` parameters (`loop_layers` layers) run n times without grad, then k with."""
-    return {"n1": fixed + loop * grad_steps, "n2": loop * no_grad_steps,
-            "attention": attn_per_layer * (3 * (fixed_layers + loop_layers * grad_steps)
-                                           + loop_layers * no_grad_steps)}
+    return {
+        "n1": fixed + loop * grad_steps,
+        "n2": loop * no_grad_steps,
+        "attention": attn_per_layer * (3 * (fixed_layers + loop_layers * grad_steps) + loop_layers * no_grad_steps),
+    }
 
 
 @dataclass
@@ -101,8 +110,9 @@ class DecoderLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(
+        self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, noise: NoiseKey | None
+    ) -> tuple[torch.Tensor, ModelOutput]:
         raise NotImplementedError
 
     def block_lists(self) -> list[BlockList]:
@@ -138,10 +148,16 @@ class DecoderLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None, num_steps: NumSteps = None,
-                doc_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                noise: NoiseKey | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        num_steps: NumSteps = None,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        noise: NoiseKey | None = None,
+    ) -> ModelOutput:
         """`noise` keys the random initial state in training mode (see NoiseKey); without it the state
         is drawn from the global RNG."""
         ctx = self.context(input_ids, doc_ids, cache)
@@ -155,8 +171,7 @@ class DecoderLM(nn.Module):
             out.logits = self.lm_head(hidden)
         return out
 
-    def context(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None,
-                cache: KVCache | None) -> AttentionContext:
+    def context(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None, cache: KVCache | None) -> AttentionContext:
         """Rotary tables and, when decoding with a cache, the positions to write and the cache's mask; all
         built here, outside the compiled blocks, so these see only tensors of fixed shapes."""
         T = input_ids.shape[1]
@@ -172,8 +187,9 @@ class DecoderLM(nn.Module):
         return ctx
 
     @torch.no_grad()
-    def decode_step(self, input_ids: torch.Tensor, cache: KVCache, num_steps: NumSteps = None,
-                    doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_step(
+        self, input_ids: torch.Tensor, cache: KVCache, num_steps: NumSteps = None, doc_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Next-token logits [B, V] after `input_ids` [B, T] (the prompt, then one generated token at a
         time), continuing `cache`; doc_ids cover the cached and the new positions."""
         return self(input_ids, num_steps=num_steps, doc_ids=doc_ids, cache=cache).logits[:, -1]

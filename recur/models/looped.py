@@ -90,8 +90,11 @@ class LoopedLM(DecoderLM):
         return self.cfg.n_prelude + self.cfg.n_core * self.cfg.default_num_steps + self.cfg.n_coda
 
     def block_lists(self) -> list[BlockList]:
-        return [BlockList("prelude", self.prelude), BlockList("coda", self.coda, before_head=True),
-                BlockList("core", self.core, looped=True)]
+        return [
+            BlockList("prelude", self.prelude),
+            BlockList("coda", self.coda, before_head=True),
+            BlockList("core", self.core, looped=True),
+        ]
 
     def param_parts(self) -> dict[str, nn.Module | None]:
         return {"prelude": self.prelude, "adapter": self.adapter, "core": self.core, "coda": self.coda}
@@ -101,12 +104,19 @@ class LoopedLM(DecoderLM):
         cfg = self.cfg
         fixed = param_count(self.prelude) + param_count(self.coda) + self.lm_head.weight.numel()
         loop = param_count(self.core) + param_count(self.adapter)
-        return loop_flop_terms(fixed, loop, cfg.n_prelude + cfg.n_coda, cfg.n_core,
-                               attention_flops_per_layer(cfg, seq_len), no_grad_steps, grad_steps)
+        return loop_flop_terms(
+            fixed,
+            loop,
+            cfg.n_prelude + cfg.n_coda,
+            cfg.n_core,
+            attention_flops_per_layer(cfg, seq_len),
+            no_grad_steps,
+            grad_steps,
+        )
 
     @torch.no_grad()
     def set_passthrough_adapter(self, kind: str = "passthrough") -> None:
-        """"passthrough": adapter([s, e]) = e, so every iteration first sees exactly the prelude output and a
+        """ "passthrough": adapter([s, e]) = e, so every iteration first sees exactly the prelude output and a
         model converted from a pretrained decoder reproduces it at r = 1 — but the state is dropped, so until
         training moves the adapter each iteration recomputes the same thing. "state": adapter([s, e]) = s;
         with init_state "input" (s_0 = e) r = 1 is the same, and each further iteration applies the core to
@@ -137,8 +147,9 @@ class LoopedLM(DecoderLM):
         s = self.run_blocks(self.core, s, ctx, ("core", step))
         return self.state_norm(s) if self.state_norm is not None else s
 
-    def trunk(self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps,
-              noise: NoiseKey | None) -> tuple[torch.Tensor, ModelOutput]:
+    def trunk(
+        self, x: torch.Tensor, ctx: AttentionContext, num_steps: NumSteps, noise: NoiseKey | None
+    ) -> tuple[torch.Tensor, ModelOutput]:
         no_grad_steps, grad_steps = split_steps(num_steps, self.cfg.default_num_steps)
         e = self.run_blocks(self.prelude, x, ctx, "prelude")
         s = self.initial_state(e, noise)
@@ -173,8 +184,9 @@ class LoopedLM(DecoderLM):
             target.filled = cache.end
 
     @torch.no_grad()
-    def decode_step_with_exit(self, token: torch.Tensor, cache: KVCache, max_steps: int,
-                              rule: ExitRule) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_step_with_exit(
+        self, token: torch.Tensor, cache: KVCache, max_steps: int, rule: ExitRule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One cached decoding step of tokens [B, 1] with per-row early exit -> (log-probs [B, V], steps [B]).
         An exited row keeps its converged state while the others iterate; with eps = 0 no row ever exits
         and this equals fixed-depth decoding."""
@@ -193,8 +205,11 @@ class LoopedLM(DecoderLM):
                 metric = (new - s).flatten(1).norm(dim=-1) / new.flatten(1).norm(dim=-1).clamp(min=1e-12)
             else:
                 current = self.readout(new, ctx)
-                metric = (F.kl_div(current, previous, log_target=True, reduction="none").sum(-1)
-                          if previous is not None else torch.full((batch,), float("inf"), device=token.device))
+                metric = (
+                    F.kl_div(current, previous, log_target=True, reduction="none").sum(-1)
+                    if previous is not None
+                    else torch.full((batch,), float("inf"), device=token.device)
+                )
                 previous = current
             s = new
             converged = (metric < rule.eps) & ~exited

@@ -54,8 +54,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i · CE(hidden_i @ weightᵀ, target_i), gradients computed in the forward pass."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, row_weights: torch.Tensor,
-                chunk_rows: int, dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        row_weights: torch.Tensor,
+        chunk_rows: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
@@ -92,16 +99,22 @@ def _row_weights(targets: torch.Tensor, loss_mask: torch.Tensor | None) -> torch
     return mask / mask.sum().clamp(min=1)
 
 
-def full_lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
-                 loss_mask: torch.Tensor | None) -> torch.Tensor:
+def full_lm_loss(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, loss_mask: torch.Tensor | None
+) -> torch.Tensor:
     """Reference: materialise all logits in fp32, then the mean token cross-entropy over loss_mask."""
     logits = head(hidden).float()
     losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     return (losses * _row_weights(targets, loss_mask)).sum()
 
 
-def lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, loss_mask: torch.Tensor | None,
-            chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+def lm_loss(
+    hidden: torch.Tensor,
+    head: nn.Linear,
+    targets: torch.Tensor,
+    loss_mask: torch.Tensor | None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
     """Mean token cross-entropy (fp32 softmax) over positions where loss_mask is set. hidden: [B, T, d];
     targets: [B, T]; chunk_rows: tokens per chunk of the fused head + CE (0 = plain full logits)."""
     if chunk_rows < 0:
@@ -112,5 +125,6 @@ def lm_loss(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, loss_m
         return full_lm_loss(hidden, head, targets, loss_mask)
     flat = hidden.reshape(-1, hidden.shape[-1])
     dtype = _compute_dtype(hidden.device, head.weight)
-    return _ChunkedLinearCrossEntropy.apply(flat, head.weight, targets.reshape(-1),
-                                            _row_weights(targets, loss_mask), chunk_rows, dtype)
+    return _ChunkedLinearCrossEntropy.apply(
+        flat, head.weight, targets.reshape(-1), _row_weights(targets, loss_mask), chunk_rows, dtype
+    )

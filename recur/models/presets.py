@@ -32,10 +32,18 @@ PRESETS: dict[str, dict] = {
     "300M": dict(d_model=1024, n_layers=24, n_heads=16, max_seq_len=1024, vocab_size=GPT2_VOCAB, dropout=0.05),
     "350M": dict(d_model=1024, n_layers=24, n_heads=16, max_seq_len=1024, vocab_size=GPT2_VOCAB),
     "760M": dict(d_model=1280, n_layers=36, n_heads=20, max_seq_len=1024, vocab_size=GPT2_VOCAB),
-    "1B": dict(d_model=2048, n_layers=18, n_heads=16, d_ff=5504, max_seq_len=1024, vocab_size=GPT2_VOCAB,
-               dropout=0.05),
-    "1B-16k": dict(d_model=2048, n_layers=18, n_heads=16, n_kv_heads=4, d_ff=6144, max_seq_len=16384,
-                   rope_theta=500000.0, vocab_size=GPT2_VOCAB, dropout=0.05),
+    "1B": dict(d_model=2048, n_layers=18, n_heads=16, d_ff=5504, max_seq_len=1024, vocab_size=GPT2_VOCAB, dropout=0.05),
+    "1B-16k": dict(
+        d_model=2048,
+        n_layers=18,
+        n_heads=16,
+        n_kv_heads=4,
+        d_ff=6144,
+        max_seq_len=16384,
+        rope_theta=500000.0,
+        vocab_size=GPT2_VOCAB,
+        dropout=0.05,
+    ),
 }
 
 # (target parameters, which count the name refers to); tiny is not a named size.
@@ -86,11 +94,13 @@ def preset_table(variants: tuple[str, ...] = VARIANTS, exact: bool = False) -> s
         for variant in variants:
             counts = preset_counts(size, variant)
             total, non_embedding = counts["total"], counts["non_embedding"]
-            cells.append(f"{total:,} / {non_embedding:,}" if exact
-                         else f"{total / 1e6:.1f} / {non_embedding / 1e6:.1f}")
+            cells.append(
+                f"{total:,} / {non_embedding:,}" if exact else f"{total / 1e6:.1f} / {non_embedding / 1e6:.1f}"
+            )
         kv = f", kv {shape['n_kv_heads']}" if "n_kv_heads" in shape else ""
-        lines.append(f"| {size} | {shape['d_model']}×{shape['n_layers']}, {shape['n_heads']} heads{kv}, "
-                     f"ctx {shape['max_seq_len']} | {named} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {size} | {shape['d_model']}×{shape['n_layers']}, {shape['n_heads']} heads{kv}, "
+            f"ctx {shape['max_seq_len']} | {named} | " + " | ".join(cells) + " |"
+        )
     unit = "exact" if exact else "millions"
     return "\n".join(lines) + f"\n\nCells: total / non-embedding parameters, {unit}.\n"
-

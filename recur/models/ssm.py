@@ -73,8 +73,10 @@ def try_import_mamba2() -> Mamba2Kernels | None:
         if stand_in:  # leave no trace of the stand-in when mamba-ssm is unusable anyway (e.g. no triton)
             del sys.modules["selective_scan_cuda"]
         # Installed but unusable is worth saying once: otherwise "auto" silently falls back to the slow scan.
-        warnings.warn(f"mamba_ssm is installed but its Mamba-2 kernels do not import ({error}); "
-                      "using the pure-PyTorch SSD scan", stacklevel=2)
+        warnings.warn(
+            f"mamba_ssm is installed but its Mamba-2 kernels do not import ({error}); using the pure-PyTorch SSD scan",
+            stacklevel=2,
+        )
         return None
     return Mamba2Kernels(chunk_scan_combined=mamba_chunk_scan_combined, rmsnorm_fn=rmsnorm_fn)
 
@@ -289,8 +291,15 @@ class Mamba2Mixer(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("headdim", headdim), ("expand", expand),
-                            ("d_conv", d_conv), ("ngroups", ngroups), ("chunk_size", chunk_size)):
+        for name, value in (
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("headdim", headdim),
+            ("expand", expand),
+            ("d_conv", d_conv),
+            ("ngroups", ngroups),
+            ("chunk_size", chunk_size),
+        ):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"Mamba2Mixer: {name} must be a positive int, got {value!r}")
         d_inner = expand * d_model
@@ -317,8 +326,9 @@ class Mamba2Mixer(nn.Module):
 
         # in_proj output order is [z, x, B, C, dt], as in mamba-ssm.
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + nheads, bias=bias)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
-                                padding=d_conv - 1, bias=conv_bias)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1, bias=conv_bias
+        )
 
         # dt_bias = softplus^-1(dt) for dt log-uniform in [dt_min, dt_max], so softplus(dt_bias) starts there.
         dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
@@ -348,9 +358,11 @@ class Mamba2Mixer(nn.Module):
         gn = self.ngroups * self.d_state
         x, B, C = torch.split(xbc, [self.d_inner, gn, gn], dim=-1)
         lead = x.shape[:-1]
-        return (x.reshape(*lead, self.nheads, self.headdim),
-                B.reshape(*lead, self.ngroups, self.d_state),
-                C.reshape(*lead, self.ngroups, self.d_state))
+        return (
+            x.reshape(*lead, self.nheads, self.headdim),
+            B.reshape(*lead, self.ngroups, self.d_state),
+            C.reshape(*lead, self.ngroups, self.d_state),
+        )
 
     def allocate_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -359,8 +371,7 @@ class Mamba2Mixer(nn.Module):
         device = self.in_proj.weight.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
         conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype)
-        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                                dtype=torch.float32)
+        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32)
         return conv_state, ssm_state
 
     # ---- full sequence ---------------------------------------------------------------------------
@@ -388,8 +399,9 @@ class Mamba2Mixer(nn.Module):
             leak = leak + source * crosses * weight[:, -1 - shift]
         return out.index_put((rows, cols), -leak.to(out.dtype), accumulate=True)
 
-    def forward(self, u: Tensor, return_state: bool = False, doc_ids: Tensor | None = None
-                ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self, u: Tensor, return_state: bool = False, doc_ids: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
         """u: [B, T, d_model] -> [B, T, d_model]; with ``return_state`` also the (conv_state, ssm_state)
         after the last token, ready to continue generation with :meth:`step`. ``doc_ids`` [B, T]
         (non-decreasing per row): packed documents do not see each other."""
@@ -404,22 +416,39 @@ class Mamba2Mixer(nn.Module):
 
         kernels = self._kernels_for(u)
         if kernels is None:
-            y, final_state = ssd_chunked(x, F.softplus(dt.float() + self.dt_bias.float()), A, B, C,
-                                         self.chunk_size, D=self.D, seq_idx=doc_ids)
+            y, final_state = ssd_chunked(
+                x, F.softplus(dt.float() + self.dt_bias.float()), A, B, C, self.chunk_size, D=self.D, seq_idx=doc_ids
+            )
             y = self.norm(y.flatten(-2), z)
         else:
             scanned = kernels.chunk_scan_combined(
-                x, dt, A, B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                seq_idx=None if doc_ids is None else doc_ids.to(torch.int32), return_final_states=return_state,
+                x,
+                dt,
+                A,
+                B,
+                C,
+                self.chunk_size,
+                D=self.D,
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
+                seq_idx=None if doc_ids is None else doc_ids.to(torch.int32),
+                return_final_states=return_state,
             )
             y, final_state = scanned if return_state else (scanned, None)
-            y = kernels.rmsnorm_fn(y.flatten(-2), self.norm.weight, None, z=z, eps=self.norm.eps,
-                                   group_size=self.norm.group_size, norm_before_gate=False)
+            y = kernels.rmsnorm_fn(
+                y.flatten(-2),
+                self.norm.weight,
+                None,
+                z=z,
+                eps=self.norm.eps,
+                group_size=self.norm.group_size,
+                norm_before_gate=False,
+            )
         out = self.out_proj(y)
         if not return_state:
             return out
         # The conv state holds the last d_conv pre-conv inputs, left-padded with zeros for short inputs.
-        conv_state = F.pad(conv_in, (max(self.d_conv - seqlen, 0), 0))[..., -self.d_conv:]
+        conv_state = F.pad(conv_in, (max(self.d_conv - seqlen, 0), 0))[..., -self.d_conv :]
         return out, (conv_state, final_state.float())
 
     # ---- recurrent inference -------------------------------------------------------------------

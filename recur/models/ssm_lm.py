@@ -36,8 +36,15 @@ class SSMBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, ssm: SSMConfig):
         super().__init__()
         self.mixer_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = Mamba2Mixer(cfg.d_model, d_state=ssm.d_state, headdim=ssm.headdim, expand=ssm.expand,
-                                 d_conv=ssm.d_conv, chunk_size=ssm.scan_chunk, norm_eps=cfg.norm_eps)
+        self.mixer = Mamba2Mixer(
+            cfg.d_model,
+            d_state=ssm.d_state,
+            headdim=ssm.headdim,
+            expand=ssm.expand,
+            d_conv=ssm.d_conv,
+            chunk_size=ssm.scan_chunk,
+            norm_eps=cfg.norm_eps,
+        )
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -88,8 +95,9 @@ class Memory(nn.Module):
         self.chunk = chunk
         self.slots = nn.Parameter(torch.empty(n_slots, cfg.d_model))
         self.write_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.write = ThoughtCore(cfg.d_model, cfg.d_model, cfg.n_heads, ffn_width(cfg.d_model, cfg.ffn_multiple_of),
-                                 cfg.norm_eps)
+        self.write = ThoughtCore(
+            cfg.d_model, cfg.d_model, cfg.n_heads, ffn_width(cfg.d_model, cfg.ffn_multiple_of), cfg.norm_eps
+        )
         self.read_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.read = ChunkAttention(cfg.d_model, cfg.d_model, cfg.n_heads)
 
@@ -98,7 +106,7 @@ class Memory(nn.Module):
         k, v = self.write.cross_attn.keys(self.write_norm(h))
         if ctx.cache is not None:
             k, v = ctx.cache.kv_slot(("memory",), k, *k.shape[2:]).write(k, v, ctx.positions)
-            k, v = k[:, :ctx.cache.end], v[:, :ctx.cache.end]  # eager code: the filled part is all it reads
+            k, v = k[:, : ctx.cache.end], v[:, : ctx.cache.end]  # eager code: the filled part is all it reads
         layout = chunk_layout(ctx.start_pos, T, k.shape[1], self.chunk, ctx.doc_ids, h.device)
         memory = self.write(self.slots[None, None].expand(B, layout.num_units, -1, -1), k, v, layout.read_mask)
         # Token t reads the slots of its own chunk: tokens are groups of one query over U·M slots.
@@ -133,5 +141,9 @@ class SSMMemLM(SSMLM):
         return param_count(memory.read) + write_keys + slots_per_token * (param_count(memory.write) - write_keys)
 
     def param_parts(self) -> dict[str, nn.Module | None]:
-        return {"prelude": self.prelude, "coda": self.coda, "memory": self.memory,
-                "thought_stream": self.thought_stream}
+        return {
+            "prelude": self.prelude,
+            "coda": self.coda,
+            "memory": self.memory,
+            "thought_stream": self.thought_stream,
+        }

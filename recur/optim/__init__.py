@@ -20,8 +20,16 @@ from recur.optim.muon import MuonWithAdamW
 from recur.optim.param_groups import build_param_groups
 from recur.optim.schedules import lr_at
 
-__all__ = ["ELLISAdam", "LRScheduleConfig", "MuonWithAdamW", "OptimConfig", "build_optimizer",
-           "build_param_groups", "lr_at", "set_lr"]
+__all__ = [
+    "ELLISAdam",
+    "LRScheduleConfig",
+    "MuonWithAdamW",
+    "OptimConfig",
+    "build_optimizer",
+    "build_param_groups",
+    "lr_at",
+    "set_lr",
+]
 
 
 def _adamw_kernel(model: nn.Module, fused: bool | None) -> dict[str, bool]:
@@ -38,16 +46,39 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                 **_adamw_kernel(model, cfg.fused))
+        return torch.optim.AdamW(
+            groups,
+            lr=lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            **_adamw_kernel(model, cfg.fused),
+        )
     if cfg.name == "muon":
-        return MuonWithAdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov, ns_steps=cfg.muon_ns_steps,
-                             adjust_lr=cfg.muon_adjust_lr, **_adamw_kernel(model, cfg.fused))
+        return MuonWithAdamW(
+            groups,
+            lr=lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.muon_momentum,
+            nesterov=cfg.muon_nesterov,
+            ns_steps=cfg.muon_ns_steps,
+            adjust_lr=cfg.muon_adjust_lr,
+            **_adamw_kernel(model, cfg.fused),
+        )
     if cfg.name == "ellisadam":
-        return ELLISAdam(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                         grad_norm=cfg.ellis_grad_norm, atan=cfg.ellis_atan, update_clip=cfg.ellis_update_clip,
-                         finite_check=cfg.ellis_finite_check)
+        return ELLISAdam(
+            groups,
+            lr=lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            grad_norm=cfg.ellis_grad_norm,
+            atan=cfg.ellis_atan,
+            update_clip=cfg.ellis_update_clip,
+            finite_check=cfg.ellis_finite_check,
+        )
     raise ValueError(f"optim.name: expected one of adamw|muon|ellisadam, got {cfg.name!r}")
 
 

@@ -48,8 +48,16 @@ class ELLISAdam(Optimizer):
             raise ValueError(f"ELLISAdam: lr must be >= 0, got {lr!r}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"ELLISAdam: betas must be in [0, 1), got {betas!r}")
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "grad_norm": grad_norm,
-                    "atan": atan, "update_clip": update_clip, "finite_check": finite_check}
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "grad_norm": grad_norm,
+            "atan": atan,
+            "update_clip": update_clip,
+            "finite_check": finite_check,
+        }
         super().__init__(params, defaults)
         # Device-side skip counters, one per device; a diagnostic, deliberately not part of state_dict.
         self._skipped: dict[torch.device, Tensor] = {}

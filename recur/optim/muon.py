@@ -97,8 +97,14 @@ class MuonWithAdamW(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         adjusted_lr(lr, adjust_lr, torch.Size((1, 1)))  # validates the rule name up front
-        muon_defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
-                         "ns_steps": ns_steps, "adjust_lr": adjust_lr}
+        muon_defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "ns_steps": ns_steps,
+            "adjust_lr": adjust_lr,
+        }
         adamw_groups = []
         for group in param_groups:
             if group.get("use_muon"):
@@ -110,8 +116,11 @@ class MuonWithAdamW(Optimizer):
             else:
                 adamw_groups.append(group)
         # AdamW fills its defaults into (and keeps) the very dicts that become our param_groups below.
-        self._adamw = (AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                             fused=fused, foreach=foreach) if adamw_groups else None)
+        self._adamw = (
+            AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused, foreach=foreach)
+            if adamw_groups
+            else None
+        )
         super().__init__(param_groups, defaults={})
         self._link_adamw()
 

@@ -20,8 +20,10 @@ def _check_length(cfg: LRScheduleConfig, total_steps: int, decay_steps: int) -> 
     if total_steps < 1:
         raise ValueError(f"lr schedule: total_steps must be >= 1, got {total_steps}")
     if cfg.warmup_steps >= total_steps > 1:  # the run would end before (or at) its peak lr
-        raise ValueError(f"--optim.schedule.warmup_steps {cfg.warmup_steps} must be below the run length "
-                         f"({total_steps} steps): the run would end before training at the peak lr")
+        raise ValueError(
+            f"--optim.schedule.warmup_steps {cfg.warmup_steps} must be below the run length "
+            f"({total_steps} steps): the run would end before training at the peak lr"
+        )
     if cfg.warmup_steps + decay_steps > total_steps:
         raise ValueError(
             f"--optim.schedule.warmup_steps {cfg.warmup_steps} + decay steps ({decay_steps}) exceed the "

@@ -116,8 +116,10 @@ class DeepSpeedBackend(Backend):
         skipped = self.model.skipped_steps
         self.model.step()
         if self.model.skipped_steps != skipped + 1:
-            raise RuntimeError("DeepSpeed applied an update with non-finite gradients; enable "
-                               "bf16.check_grad_overflow in --dist.deepspeed_config or use --dist.nan_policy stop")
+            raise RuntimeError(
+                "DeepSpeed applied an update with non-finite gradients; enable "
+                "bf16.check_grad_overflow in --dist.deepspeed_config or use --dist.nan_policy stop"
+            )
 
     def zero_grad(self) -> None:
         pass  # the engine clears gradients at the accumulation boundary
@@ -128,15 +130,23 @@ class DeepSpeedBackend(Backend):
         return DeepSpeedState(self.model)
 
 
-def build_backend(cfg: TrainConfig, model: nn.Module, env: DistEnv, accumulation_steps: int, micro_batch_size: int,
-                  make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> Backend:
+def build_backend(
+    cfg: TrainConfig,
+    model: nn.Module,
+    env: DistEnv,
+    accumulation_steps: int,
+    micro_batch_size: int,
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+) -> Backend:
     """Wrap `model` for the configured backend, then build its optimizer over the parameters it will
     actually train (fully_shard replaces parameters by sharded DTensors, so the order matters)."""
     name = resolve_backend(cfg.dist.backend, env.world_size)
     if cfg.dist.activation_checkpointing:
         if name == "deepspeed":
-            raise ValueError("--dist.activation_checkpointing is applied by the fsdp/ddp/none backends; with "
-                             "deepspeed use its own activation_checkpointing config")
+            raise ValueError(
+                "--dist.activation_checkpointing is applied by the fsdp/ddp/none backends; with "
+                "deepspeed use its own activation_checkpointing config"
+            )
         from recur.parallel.fsdp import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
@@ -145,8 +155,10 @@ def build_backend(cfg: TrainConfig, model: nn.Module, env: DistEnv, accumulation
 
         compile_model(model)
     if cfg.dist.cpu_offload and name != "fsdp":
-        raise ValueError(f"--dist.cpu_offload needs --dist.backend fsdp (got {name}); for deepspeed set "
-                         "zero_optimization.offload_optimizer in its config")
+        raise ValueError(
+            f"--dist.cpu_offload needs --dist.backend fsdp (got {name}); for deepspeed set "
+            "zero_optimization.offload_optimizer in its config"
+        )
     if cfg.dist.cpu_offload and env.device.type != "cuda":
         raise ValueError(f"--dist.cpu_offload moves GPU state to host memory; this run is on {env.device}")
     if name == "none":
@@ -161,9 +173,14 @@ def build_backend(cfg: TrainConfig, model: nn.Module, env: DistEnv, accumulation
     from recur.parallel.deepspeed import build_deepspeed_config, initialize_deepspeed
 
     bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and env.device.type == "cuda")
-    ds_config = build_deepspeed_config(cfg.dist.deepspeed_config, global_batch_size=cfg.data.global_batch_size,
-                                       micro_batch_size=micro_batch_size, accumulation_steps=accumulation_steps,
-                                       grad_clip=cfg.optim.grad_clip, bf16=bf16)
+    ds_config = build_deepspeed_config(
+        cfg.dist.deepspeed_config,
+        global_batch_size=cfg.data.global_batch_size,
+        micro_batch_size=micro_batch_size,
+        accumulation_steps=accumulation_steps,
+        grad_clip=cfg.optim.grad_clip,
+        bf16=bf16,
+    )
     optimizer = make_optimizer(model)
     engine, _ = initialize_deepspeed(model, optimizer, ds_config)
     return DeepSpeedBackend(engine, optimizer, model, env)

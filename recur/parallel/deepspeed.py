@@ -28,8 +28,15 @@ def zero_fp32_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu() for k, v in weights.items()}
 
 
-def build_deepspeed_config(path: str | Path, *, global_batch_size: int, micro_batch_size: int,
-                           accumulation_steps: int, grad_clip: float | None, bf16: bool) -> dict:
+def build_deepspeed_config(
+    path: str | Path,
+    *,
+    global_batch_size: int,
+    micro_batch_size: int,
+    accumulation_steps: int,
+    grad_clip: float | None,
+    bf16: bool,
+) -> dict:
     """Read `path` and fill/verify the trainer-owned keys; raises ValueError naming both sides of a conflict."""
     path = Path(path)
     if not path.is_file():
@@ -52,13 +59,13 @@ def build_deepspeed_config(path: str | Path, *, global_batch_size: int, micro_ba
     for key, (value, flag) in ours.items():
         given = config.get(key, "auto")
         if given != "auto" and given != value:
-            raise ValueError(f"{path}: {key} = {given!r} contradicts {flag} = {value!r}; "
-                             f"set it to \"auto\" or {value!r}")
+            raise ValueError(f'{path}: {key} = {given!r} contradicts {flag} = {value!r}; set it to "auto" or {value!r}')
         config[key] = value
     bf16_given = config.setdefault("bf16", {}).get("enabled", "auto")
     if bf16_given != "auto" and bool(bf16_given) != bf16:
-        raise ValueError(f"{path}: bf16.enabled = {bf16_given!r} contradicts --dtype/--device "
-                         f"(bf16 {'on' if bf16 else 'off'})")
+        raise ValueError(
+            f"{path}: bf16.enabled = {bf16_given!r} contradicts --dtype/--device (bf16 {'on' if bf16 else 'off'})"
+        )
     config["bf16"]["enabled"] = bf16
     stage = config.get("zero_optimization", {}).get("stage")
     if stage not in (1, 2, 3):
@@ -99,10 +106,13 @@ class DeepSpeedState:
     def load(self, directory: Path, saved_world_size: int | None) -> None:
         world = self.engine.world_size
         if saved_world_size is not None and saved_world_size != world:
-            raise ValueError(f"--checkpoint.resume: DeepSpeed checkpoint {directory} was saved on {saved_world_size} "
-                             f"ranks and this run has {world}; ZeRO partitions do not reshard. Resume on "
-                             f"{saved_world_size} ranks, or export it with utils/export_checkpoint.py")
-        load_path, _ = self.engine.load_checkpoint(str(directory / DEEPSPEED_DIR), tag=TAG,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+            raise ValueError(
+                f"--checkpoint.resume: DeepSpeed checkpoint {directory} was saved on {saved_world_size} "
+                f"ranks and this run has {world}; ZeRO partitions do not reshard. Resume on "
+                f"{saved_world_size} ranks, or export it with utils/export_checkpoint.py"
+            )
+        load_path, _ = self.engine.load_checkpoint(
+            str(directory / DEEPSPEED_DIR), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
         if load_path is None:
             raise ValueError(f"--checkpoint.resume: DeepSpeed could not load {directory / DEEPSPEED_DIR}")

@@ -126,31 +126,43 @@ def launch_topology(environ: dict[str, str], master_port: int | None = None) -> 
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in environ]
         if missing and int(environ["WORLD_SIZE"]) > 1:
             raise ValueError(f"RANK/WORLD_SIZE are set but {', '.join(missing)} is not (launch with torchrun)")
-        return {"rank": int(environ["RANK"]), "world_size": int(environ["WORLD_SIZE"]),
-                "local_rank": int(environ.get("LOCAL_RANK", "0")),
-                "master_addr": environ.get("MASTER_ADDR", "127.0.0.1"),
-                "master_port": int(environ.get("MASTER_PORT", "29500"))}
+        return {
+            "rank": int(environ["RANK"]),
+            "world_size": int(environ["WORLD_SIZE"]),
+            "local_rank": int(environ.get("LOCAL_RANK", "0")),
+            "master_addr": environ.get("MASTER_ADDR", "127.0.0.1"),
+            "master_port": int(environ.get("MASTER_PORT", "29500")),
+        }
     if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
         for key in ("SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST"):
             if key not in environ:
                 raise ValueError(f"SLURM_PROCID is set but {key} is not; launch with srun inside an allocation")
         port = environ.get("MASTER_PORT") or master_port or slurm_master_port(environ.get("SLURM_JOB_ID", "0"))
-        return {"rank": int(environ["SLURM_PROCID"]), "world_size": int(environ["SLURM_NTASKS"]),
-                "local_rank": int(environ["SLURM_LOCALID"]),
-                "master_addr": environ.get("MASTER_ADDR") or first_slurm_host(environ["SLURM_JOB_NODELIST"]),
-                "master_port": int(port)}
+        return {
+            "rank": int(environ["SLURM_PROCID"]),
+            "world_size": int(environ["SLURM_NTASKS"]),
+            "local_rank": int(environ["SLURM_LOCALID"]),
+            "master_addr": environ.get("MASTER_ADDR") or first_slurm_host(environ["SLURM_JOB_NODELIST"]),
+            "master_port": int(port),
+        }
     return None
 
 
-def init_distributed(device: str, timeout_minutes: float, master_port: int | None = None,
-                     always: bool = False) -> DistEnv:
+def init_distributed(
+    device: str, timeout_minutes: float, master_port: int | None = None, always: bool = False
+) -> DistEnv:
     """Start torch.distributed (NCCL on GPU, gloo on CPU) when launched with several processes, or with
     `always` also for one process (an explicitly chosen fsdp/ddp/deepspeed backend runs its real code
     path on a 1-rank group, e.g. to compare backends on one GPU)."""
     topology = launch_topology(dict(os.environ), master_port)
     if topology is None and always:
-        topology = {"rank": 0, "world_size": 1, "local_rank": 0, "master_addr": "127.0.0.1",
-                    "master_port": master_port or _free_port()}
+        topology = {
+            "rank": 0,
+            "world_size": 1,
+            "local_rank": 0,
+            "master_addr": "127.0.0.1",
+            "master_port": master_port or _free_port(),
+        }
     if topology is None or (topology["world_size"] == 1 and not always):
         local = 0 if topology is None else topology["local_rank"]
         return DistEnv(device=pick_device(device, local))
@@ -162,13 +174,22 @@ def init_distributed(device: str, timeout_minutes: float, master_port: int | Non
         # Export what env:// needs (slurm launches do not set these), then rendezvous. shutdown_distributed
         # puts the caller's values back: a process that trains in-process and then launches jobs (a test
         # suite, a notebook) must not hand them RANK=0/WORLD_SIZE=1, which would win over srun's topology.
-        exported = dict(MASTER_ADDR=str(topology["master_addr"]), MASTER_PORT=str(topology["master_port"]),
-                        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        exported = dict(
+            MASTER_ADDR=str(topology["master_addr"]),
+            MASTER_PORT=str(topology["master_port"]),
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(local),
+        )
         _replaced_env.update({key: os.environ.get(key) for key in exported if key not in _replaced_env})
         os.environ.update(exported)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
-                                timeout=timedelta(minutes=timeout_minutes),
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if dev.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=timeout_minutes),
+            device_id=dev if dev.type == "cuda" else None,
+        )
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

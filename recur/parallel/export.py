@@ -53,5 +53,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bo
         tok = load_tokenizer(spec)
         special = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
         extra = [f for f in tokenizer_files(spec) if f.name != "generation_config.json"] if spec != "byte" else []
-    return save_pretrained(model, out_dir, extra_files=extra, special_ids=special, overwrite=overwrite,
-                           tokenizer="byte" if spec == "byte" else None)
+    return save_pretrained(
+        model,
+        out_dir,
+        extra_files=extra,
+        special_ids=special,
+        overwrite=overwrite,
+        tokenizer="byte" if spec == "byte" else None,
+    )

@@ -35,19 +35,24 @@ def apply_activation_checkpointing(model: DecoderLM) -> None:
             checkpoint(block)
 
 
-def apply_fsdp(model: DecoderLM, device: torch.device, cpu_offload: bool = False,
-               reshard_core: bool = False) -> DecoderLM:
+def apply_fsdp(
+    model: DecoderLM, device: torch.device, cpu_offload: bool = False, reshard_core: bool = False
+) -> DecoderLM:
     """Shard `model` in place over the default process group; returns it (now an FSDPModule)."""
     # bf16 parameters and compute with fp32 gradient reduction on GPU; CPU runs stay in fp32.
-    mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                 if device.type == "cuda" else MixedPrecisionPolicy())
+    mp_policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if device.type == "cuda"
+        else MixedPrecisionPolicy()
+    )
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for entry in model.block_lists():
         keep_gathered = entry.looped and not reshard_core
         for i, block in enumerate(entry.blocks):
             # The last block before the head is followed by the root unit, which needs no re-gather either.
             last = i == len(entry.blocks) - 1 and entry.before_head
-            fully_shard(block, mp_policy=mp_policy, offload_policy=offload,
-                        reshard_after_forward=not (keep_gathered or last))
+            fully_shard(
+                block, mp_policy=mp_policy, offload_policy=offload, reshard_after_forward=not (keep_gathered or last)
+            )
     fully_shard(model, mp_policy=mp_policy, offload_policy=offload, reshard_after_forward=False)
     return model
