@@ -99,6 +99,10 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
+    def uses_bf16(self, device_type: str) -> bool:
+        """bf16 compute (autocast, and DeepSpeed's bf16 mode): --dtype bf16, or auto on CUDA."""
+        return self.dtype == "bf16" or (self.dtype == "auto" and device_type == "cuda")
+
 
 def _check_model_builds(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Build the model on the meta device (no memory, no time): every variant checks its shape in its
@@ -158,6 +162,8 @@ def validate_config(cfg: TrainConfig) -> None:
     else:
         _check_model_builds(cfg.model)
     cfg.recurrence.validate()
+    cfg.optim.validate()
+    cfg.dist.validate()
     if cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
     check_schedule(cfg.optim.schedule, cfg.steps)

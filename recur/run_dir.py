@@ -10,6 +10,11 @@ from pathlib import Path
 class RunDir:
     root: Path
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunDir | None:
+        """The run a checkpoint directory (<run>/checkpoints/step_N) belongs to; None for one outside a run."""
+        return cls(checkpoint.parent.parent) if checkpoint.parent.name == "checkpoints" else None
+
     @property
     def config(self) -> Path:
         """The run's resolved config (config.yaml): a resume is checked against its RESUME_INVARIANTS."""
@@ -27,6 +32,15 @@ class RunDir:
     def summary(self) -> Path:
         """summary.json, written last: its presence marks a finished run."""
         return self.root / "summary.json"
+
+    @property
+    def eval_log(self) -> Path:
+        """eval.jsonl: one record per evaluation during training (recur/eval/during_training.py)."""
+        return self.root / "eval.jsonl"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.root / "accuracy.png"
 
     @property
     def loss_plot(self) -> Path:

@@ -15,9 +15,8 @@ import torch
 from recur.checkpoint import Checkpointer, read_trainer_state, seed_everything
 from recur.config import TrainConfig
 from recur.data.curriculum import PhasedLoader, SplitCurriculumConfig, build_phased_loader
-from recur.data.generated import generate_once, task_recipe
+from recur.data.generated import generate_once, pack_task_data, task_recipe
 from recur.data.loader import StatefulDataLoader, open_rank_loader
-from recur.data.packing import pack_dataset
 from recur.data.validate import read_manifest
 from recur.flops import count_params
 from recur.models import create_model
@@ -135,8 +134,7 @@ def check_resumable(cfg: TrainConfig, run: RunDir, checkpoint: Path, saved_step:
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     """bf16 (under autocast) for --dtype bf16, or auto on CUDA; fp32 otherwise."""
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    return torch.bfloat16 if use_bf16 else torch.float32
+    return torch.bfloat16 if cfg.uses_bf16(device.type) else torch.float32
 
 
 def prepare_data(cfg: TrainConfig, run: RunDir, env: DistEnv, resuming: bool) -> Path:
@@ -154,19 +152,7 @@ def prepare_data(cfg: TrainConfig, run: RunDir, env: DistEnv, resuming: bool) ->
             (run.train_data, cfg.data.num_docs, cfg.data.seed),
             (run.val_data, max(256, cfg.data.num_docs // 50), cfg.data.seed + 1),
         ):
-            build = partial(
-                pack_dataset,
-                out,
-                tokenizer=cfg.data.tokenizer,
-                seq_len=cfg.data.seq_len,
-                tasks=cfg.data.tasks,
-                num_docs=num_docs,
-                seed=seed,
-                packing="bfd",
-                mask_non_assistant=True,
-                overwrite=True,
-                recipe=recipe,
-            )
+            build = partial(pack_task_data, out, cfg.data, cfg.data.tasks, num_docs, seed)
             generate_once(out, recipe, build, resuming)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -43,6 +43,7 @@ from recur.data.tasks import get_task
 from recur.data.validate import read_manifest
 from recur.eval.depth_scaling import Arm, depth_report, plot_depth_scaling, report_markdown
 from recur.eval.sweep import DEFAULT_DEPTHS
+from recur.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ARMS = {"baseline": "--variant baseline", "recurrent": "--variant recurrent"}
@@ -282,7 +283,7 @@ def sweep_command(name: str, args: argparse.Namespace, out: Path, val: Path) -> 
 
 def training_status(run_dir: Path) -> str:
     """'step N | loss L | T tok/s' from the newest metrics line of a run, or 'starting'."""
-    metrics = run_dir / "metrics.jsonl"
+    metrics = RunDir(run_dir).metrics
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     try:
         last = json.loads(lines[-1])
@@ -352,7 +353,7 @@ def train_arms(
     steps: int,
 ) -> list[str]:
     """Train the arms not yet finished (a rerun skips those with a summary.json); returns the failed ones."""
-    todo = {name: flags for name, flags in arms.items() if not (out / name / "summary.json").exists()}
+    todo = {name: flags for name, flags in arms.items() if not RunDir(out / name).summary.exists()}
     return run_all(
         {n: train_command(n, f, args, out, data, train_args, steps) for n, f in todo.items()},
         args.parallel,

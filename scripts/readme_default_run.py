@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from recur.eval.stats import wilson_interval
+from recur.run_dir import RunDir
 
 BEGIN, END = "<!-- default-run -->", "<!-- /default-run -->"
 
@@ -38,10 +39,11 @@ def _depth_ranges(values: dict[int, float], fmt: str) -> str:
 
 
 def render(run_dir: Path) -> str:
+    run = RunDir(run_dir)
     """The generated README sentences for one finished run."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    final_eval = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
-    n = yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["num_samples"]
+    summary = json.loads(run.summary.read_text())
+    final_eval = json.loads(run.eval_log.read_text().splitlines()[-1])
+    n = yaml.safe_load(run.config.read_text())["eval"]["num_samples"]
     per_task: dict[str, dict[int, float]] = {}
     for key, accuracy in summary["eval"].items():
         task, depth = key.split("@r")
@@ -54,7 +56,7 @@ def render(run_dir: Path) -> str:
         )
         tasks.append(f"{task} {_depth_ranges(by_depth, '.2f')} (95% interval over depths [{low:.2f}, {high:.2f}])")
     held_out = {int(k[1:]): v for k, v in (final_eval.get("val_loss") or {}).items()}
-    date = datetime.datetime.fromtimestamp((run_dir / "summary.json").stat().st_mtime).date().isoformat()
+    date = datetime.datetime.fromtimestamp(run.summary.stat().st_mtime).date().isoformat()
     return (
         f"Measured {date} ({summary['steps']} steps, {summary['mean_tokens_per_s']:,.0f} tokens/s, "
         f"{summary['wall_time_s'] / 60:.1f} minutes of training): the loss falls from {summary['first_loss']:.2f} "
@@ -69,7 +71,7 @@ def main() -> None:
     p.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[1] / "README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the README block differs from the run")
     args = p.parse_args()
-    if not (args.run / "summary.json").is_file():
+    if not RunDir(args.run).summary.is_file():
         p.exit(
             2,
             f"readme_default_run.py: error: --run {args.run} has no summary.json (run `python train.py` "

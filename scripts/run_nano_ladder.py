@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from recur.cli_common import child_env
+from recur.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("baseline", "shared_loop", "latent", "act", "ssm", "ssm_mem")
@@ -32,7 +33,7 @@ VARIANTS = ("baseline", "shared_loop", "latent", "act", "ssm", "ssm_mem")
 
 def train_variant(variant: str, args: argparse.Namespace) -> Path:
     run_dir = Path(args.out_dir) / f"{args.size}_{variant}"
-    if (run_dir / "summary.json").exists():
+    if RunDir(run_dir).summary.exists():
         if not args.force:
             print(f"[ladder] {variant}: done already ({run_dir}); --force retrains", file=sys.stderr)
             return run_dir
@@ -105,7 +106,7 @@ def summary_table(run_dirs: list[Path]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run_dir in run_dirs:
-        s = json.loads((run_dir / "summary.json").read_text())
+        s = json.loads(RunDir(run_dir).summary.read_text())
         acc = s.get("eval") or {}
         mean_acc = sum(acc.values()) / len(acc) if acc else float("nan")
         lines.append(

@@ -123,9 +123,9 @@ def test_backend_choice_and_config_errors():
     assert resolve_backend("auto", 1) == "none" and resolve_backend("auto", 4) == "fsdp"
     assert resolve_backend("ddp", 1) == "ddp" and resolve_backend("deepspeed", 1) == "deepspeed"
     with pytest.raises(ValueError, match="--dist.backend"):
-        DistConfig(backend="megatron")
+        DistConfig(backend="megatron").validate()
     with pytest.raises(ValueError, match="--dist.nan_policy"):
-        DistConfig(nan_policy="ignore")
+        DistConfig(nan_policy="ignore").validate()
 
 
 def _ds_config(tmp_path, **values):

@@ -71,11 +71,11 @@ def test_wsd_shapes_differ_and_cosine_midpoint() -> None:
 
 def test_schedule_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="optim.schedule.name"):
-        LRScheduleConfig(name="linear")
+        LRScheduleConfig(name="linear").validate()
     with pytest.raises(ValueError, match="warmup_steps"):
         lr_at(0, LRScheduleConfig(name="wsd", warmup_steps=90, decay_fraction=0.2), 100)
     with pytest.raises(ValueError, match="optim.name"):
-        OptimConfig(name="sgd")
+        OptimConfig(name="sgd").validate()
 
 
 # ----------------------------------------------------------------------------- parameter groups

@@ -24,12 +24,12 @@ q_norm/k_norm -> attn.q_norm/k_norm; our `Block(block_norm="post")` computes the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from recur.convert.layer_analysis import LayerSplit
+from recur.convert.recur_baseline import loop_recur_baseline
 from recur.models import create_model
 from recur.models.config import ModelConfig
 from recur.models.looped import LoopedLM
@@ -72,27 +72,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "generation_config.json",
 )
-
-
-@dataclass(frozen=True)
-class ConversionPlan:
-    """Which source layer becomes which of our layers."""
-
-    split: LayerSplit
-
-    @property
-    def sections(self) -> dict[str, list[int]]:
-        s = self.split
-        return {
-            "prelude": list(range(s.prelude_size)),
-            "core": list(range(s.start_index, s.start_index + s.block_size)),
-            "coda": list(range(s.n_layers - s.coda_size, s.n_layers)),
-        }
-
-    @property
-    def dropped(self) -> list[int]:
-        kept = {i for layers in self.sections.values() for i in layers}
-        return [i for i in range(self.split.n_layers) if i not in kept]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +209,7 @@ def source_layer_count(hf_config: dict, arch: str) -> int:
 
 
 def map_state_dict(
-    hf_state: dict[str, torch.Tensor], arch: str, plan: ConversionPlan, tie_embeddings: bool
+    hf_state: dict[str, torch.Tensor], arch: str, split: LayerSplit, tie_embeddings: bool
 ) -> dict[str, torch.Tensor]:
     """Our parameter names -> source tensors, for every parameter except the adapter.
 
@@ -240,7 +219,7 @@ def map_state_dict(
     ours = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
     if not tie_embeddings:
         ours["lm_head.weight"] = "lm_head.weight"
-    for section, layers in plan.sections.items():
+    for section, layers in split.sections.items():
         for j, src in enumerate(layers):
             for hf_name, our_name in layer_map.items():
                 ours[f"{section}.{j}.{our_name}"] = f"model.layers.{src}.{hf_name}"
@@ -248,7 +227,7 @@ def map_state_dict(
     if missing:
         raise ValueError(f"source checkpoint lacks {len(missing)} expected {arch} weights, e.g. {missing[:3]}")
     used = set(ours.values())
-    dropped = tuple(f"model.layers.{i}." for i in plan.dropped)
+    dropped = tuple(f"model.layers.{i}." for i in split.dropped)
     # A tied checkpoint may still store lm_head.weight (a copy of the embedding): harmless to leave.
     unknown = sorted(
         k
@@ -281,8 +260,6 @@ def convert_hf_model(
     arch = detect_arch(hf_config, arch, f"--model_path {model_path}")
     split = LayerSplit(source_layer_count(hf_config, arch), prelude_size, start_index, block_size, coda_size)
     if arch == "recur":
-        from recur.convert.recur_baseline import loop_recur_baseline  # it builds on this module
-
         adapter = adapter_fields(config_overrides)
         model = loop_recur_baseline(
             model_path, split, adapter, **{k: v for k, v in config_overrides.items() if k not in adapter}
@@ -295,7 +272,7 @@ def convert_hf_model(
     if not cfg.tie_embeddings and "lm_head.weight" not in hf_state and hf_config.get("tie_word_embeddings"):
         # Untying a tied source (tie_embeddings=False override): the head starts as a copy of the embedding.
         hf_state["lm_head.weight"] = hf_state["model.embed_tokens.weight"].clone()
-    state = map_state_dict(hf_state, arch, ConversionPlan(split), cfg.tie_embeddings)
+    state = map_state_dict(hf_state, arch, split, cfg.tie_embeddings)
     model = create_model(cfg)
     targets = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
@@ -311,7 +288,6 @@ def convert_hf_model(
 
 def conversion_record(model_path: str | Path, arch: str, split: LayerSplit) -> dict:
     """Provenance stored in the converted model's config.json."""
-    plan = ConversionPlan(split)
     return {
         "source": str(Path(model_path).resolve()),
         "arch": arch,
@@ -319,8 +295,8 @@ def conversion_record(model_path: str | Path, arch: str, split: LayerSplit) -> d
         "start_index": split.start_index,
         "block_size": split.block_size,
         "coda_size": split.coda_size,
-        "source_layers": plan.sections,
-        "dropped_layers": plan.dropped,
+        "source_layers": split.sections,
+        "dropped_layers": split.dropped,
         "n_source_layers": split.n_layers,
     }
 

@@ -102,6 +102,20 @@ class LayerSplit:
     def zones(self) -> list[Zone]:
         return [self.zone(i) for i in range(self.n_layers)]
 
+    @property
+    def sections(self) -> dict[str, list[int]]:
+        """The source layers of the prelude, the recurrent block ("core") and the coda, in order."""
+        return {
+            "prelude": list(range(self.prelude_size)),
+            "core": list(range(self.start_index, self.start_index + self.block_size)),
+            "coda": list(range(self.n_layers - self.coda_size, self.n_layers)),
+        }
+
+    @property
+    def dropped(self) -> list[int]:
+        kept = {i for layers in self.sections.values() for i in layers}
+        return [i for i in range(self.n_layers) if i not in kept]
+
     def cli_flags(self) -> str:
         return (
             f"--prelude_size {self.prelude_size} --start_index {self.start_index} "

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from recur.convert.hf import ConversionPlan
 from recur.convert.layer_analysis import LayerSplit
 from recur.hf_model import WEIGHTS_NAME, read_model_config
 from recur.models import create_model
@@ -37,7 +36,6 @@ def loop_recur_baseline(
             f"--model_path {model_path}: a recur model of variant '{source.variant}'; only a "
             "'baseline' can be looped (its layers are unique)"
         )
-    plan = ConversionPlan(split)
     cfg = replace(
         source,
         variant="recurrent",
@@ -48,7 +46,7 @@ def loop_recur_baseline(
         **adapter,
         **config_overrides,
     ).resolved()
-    where = {src: f"{section}.{j}" for section, layers in plan.sections.items() for j, src in enumerate(layers)}
+    where = {src: f"{section}.{j}" for section, layers in split.sections.items() for j, src in enumerate(layers)}
     mapped = {}
     for key, tensor in load_file(str(Path(model_path) / WEIGHTS_NAME)).items():
         layer = re.match(r"layers\.(\d+)\.(.+)", key)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from recur.data.generated import generate_once, stories_recipe, task_recipe
+from recur.data.generated import generate_once, pack_task_data, stories_recipe, task_recipe
 from recur.data.loader import open_rank_loader
 from recur.data.packing import pack_dataset
 from recur.data.tasks import get_task
@@ -115,7 +115,8 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig, r
         Path(split.text_path) if split.text_path else run_dir / "data" / "lang",
     )
     if env.is_main:
-        generate_once(alg_dir, task_recipe(data), partial(_pack_tasks, alg_dir, data, split.alg_tasks), resuming)
+        pack = partial(pack_task_data, alg_dir, data, split.alg_tasks, data.num_docs, data.seed)
+        generate_once(alg_dir, task_recipe(data), pack, resuming)
         if split.text_path is None:
             generate_once(lang_dir, stories_recipe(data), partial(_pack_stories, run_dir, lang_dir, data), resuming)
     if torch.distributed.is_initialized():
@@ -136,21 +137,6 @@ def build_phased_loader(cfg, run_dir: Path, env, split: SplitCurriculumConfig, r
         data.global_batch_size * datasets[0].row_len,
         split.alg_tokens,
         split.total_tokens,
-    )
-
-
-def _pack_tasks(alg_dir: Path, data, tasks: list[str]) -> None:
-    pack_dataset(
-        alg_dir,
-        tokenizer=data.tokenizer,
-        seq_len=data.seq_len,
-        tasks=tasks,
-        num_docs=data.num_docs,
-        seed=data.seed,
-        packing="bfd",
-        mask_non_assistant=True,
-        overwrite=True,
-        recipe=task_recipe(data),
     )
 
 

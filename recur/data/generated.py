@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recur.data.packing import pack_dataset
 from recur.data.shard_writer import MANIFEST_NAME
 from recur.data.validate import read_manifest
 
@@ -47,6 +48,23 @@ def recipe_changes(recorded: dict | None, recipe: dict) -> str:
         return "no settings recorded"
     return "; ".join(
         f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in recipe.items() if recorded.get(key) != value
+    )
+
+
+def pack_task_data(out_dir: Path, data: DataConfig, tasks: list[str], num_docs: int, seed: int) -> None:
+    """Pack `num_docs` generated task documents into `out_dir` as train.py trains on them (best-fit-decreasing
+    rows, loss on the answers only), recording the run's task recipe."""
+    pack_dataset(
+        out_dir,
+        tokenizer=data.tokenizer,
+        seq_len=data.seq_len,
+        tasks=tasks,
+        num_docs=num_docs,
+        seed=seed,
+        packing="bfd",
+        mask_non_assistant=True,
+        overwrite=True,
+        recipe=task_recipe(data),
     )
 
 

@@ -38,6 +38,7 @@ from recur.atomic import write_text  # noqa: E402
 from recur.eval.plots import save_figure  # noqa: E402
 from recur.eval.schema import validate_results  # noqa: E402
 from recur.eval.stats import intervals_overlap, pooled_counts  # noqa: E402
+from recur.run_dir import RunDir  # noqa: E402
 
 RESULT_FILES = ("results_all.json", "results_algorithmic.json", "results_longctx.json", "results_perplexity.json")
 ALG_GAIN, TIME_RATIO = 0.05, 2.0
@@ -59,17 +60,18 @@ def load_run(run_dir: Path, results_dir: str = "eval") -> dict:
         validate_results(data, str(run_dir / results_dir / name))
         for section in ("algorithmic", "longctx", "perplexity", "metadata"):
             merged.setdefault(section, data.get(section))
-    summary = _read_json(run_dir / "summary.json") or {}
+    run = RunDir(run_dir)
+    summary = _read_json(run.summary) or {}
     if not merged and not summary:
         raise ValueError(
             f"{run_dir}: neither summary.json nor eval results under {run_dir / results_dir}; "
             f"run eval_hub.py --checkpoint {run_dir} --suite all first"
         )
     variant = (merged.get("metadata") or {}).get("model", {}).get("variant")
-    if variant is None and (run_dir / "config.yaml").is_file():
+    if variant is None and run.config.is_file():
         import yaml
 
-        variant = (yaml.safe_load((run_dir / "config.yaml").read_text()).get("model") or {}).get("variant")
+        variant = (yaml.safe_load(run.config.read_text()).get("model") or {}).get("variant")
     return {"name": run_dir.name, "path": str(run_dir), "variant": variant or "unknown", "summary": summary, **merged}
 
 

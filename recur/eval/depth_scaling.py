@@ -16,6 +16,7 @@ from pathlib import Path
 from recur.data.task_audit import best_shortcut
 from recur.data.tasks import get_task
 from recur.eval.plots import panel_grid, save_figure
+from recur.run_dir import RunDir
 
 # Targets (issue 14): a looped model must stay put far past its training depth, gain from depth, and
 # extend a depth-hungry task beyond its training difficulty.
@@ -47,7 +48,7 @@ class Arm:
 
 def training_health(run_dir: Path) -> dict:
     """Non-finite / skipped steps and the scheduled r̄ at the end of training, from metrics.jsonl."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
     steps = [r for r in records if "loss" in r and "step" in r]
     bad = [r["step"] for r in steps if r.get("skipped") or not math.isfinite(r["loss"])]
     return {

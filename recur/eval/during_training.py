@@ -16,21 +16,20 @@ from recur.eval.meta import effective_depths
 from recur.eval.perplexity import heldout_loss
 from recur.eval.plots import plot_training_eval
 from recur.models.lm import DecoderLM
-
-EVAL_FILE = "eval.jsonl"
+from recur.run_dir import RunDir
 
 
 def validation_path(cfg: TrainConfig, run_dir: Path) -> Path | None:
     """The held-out set: --data.val_path, or the one generated with the run's built-in data."""
     if cfg.data.val_path:
         return Path(cfg.data.val_path)
-    generated = run_dir / "data" / "val"
+    generated = RunDir(run_dir).val_data
     return generated if (generated / "manifest.json").is_file() else None
 
 
 def read_eval_records(run_dir: Path) -> list[dict]:
     """Records of eval.jsonl, one per step (a step evaluated again after a resume keeps its last record)."""
-    path = run_dir / EVAL_FILE
+    path = RunDir(run_dir).eval_log
     if not path.is_file():
         return []
     by_step = {}
@@ -64,9 +63,9 @@ def evaluate_during_training(
         val_loss = {f"r{r['depth']}": r["loss"] for r in section["results"]}
     record = {"step": step, "accuracy": accuracy, "val_loss": val_loss}
     if write:
-        with open(run_dir / EVAL_FILE, "a") as f:
+        with open(RunDir(run_dir).eval_log, "a") as f:
             f.write(json.dumps(record) + "\n")
-        plot_training_eval(read_eval_records(run_dir), run_dir / "accuracy.png")
+        plot_training_eval(read_eval_records(run_dir), RunDir(run_dir).accuracy_plot)
     metrics = {f"eval/acc/{k}": v for k, v in accuracy.items()}
     metrics.update({f"eval/val_loss/{k}": v for k, v in (val_loss or {}).items()})
     return {**record, "metrics": metrics}

@@ -30,6 +30,7 @@ from recur.hf_model import from_pretrained, is_saved_dir, read_config_json, read
 from recur.models import create_model
 from recur.models.config import ModelConfig, saved_keys
 from recur.models.lm import DecoderLM
+from recur.run_dir import RunDir
 
 EXPORT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -59,13 +60,13 @@ def model_config_from_dict(data: dict, where: str) -> ModelConfig:
     return ModelConfig.from_dict(data).resolved()
 
 
-def run_data(run_dir: Path | None) -> tuple[str | None, list[str] | None]:
+def run_data(run: RunDir | None) -> tuple[str | None, list[str] | None]:
     """(tokenizer spec, tasks of generated training data) from the run's config.yaml, when it wrote one."""
-    if run_dir is None or not (run_dir / "config.yaml").is_file():
+    if run is None or not run.config.is_file():
         return None, None
     import yaml
 
-    data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
+    data = (yaml.safe_load(run.config.read_text()) or {}).get("data") or {}
     return data.get("tokenizer"), data.get("tasks") if data.get("path") is None else None
 
 
@@ -98,14 +99,14 @@ def _load_dcp(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConfig,
         raise ValueError(f"{path / STATE_FILE} has no model_config: not a recur checkpoint")
     cfg = model_config_from_dict(state["model_config"], str(path / STATE_FILE))
     model = create_model(cfg)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    run = RunDir.of_checkpoint(path)
     meta = CheckpointMeta(
         str(path),
         checkpoint_format(path),
-        str(run_dir) if run_dir else None,
+        str(run.root) if run else None,
         state.get("step"),
         state.get("tokens"),
-        *run_data(run_dir),
+        *run_data(run),
     )
     if meta.kind == "deepspeed":  # ZeRO shards, consolidated
         from recur.parallel.deepspeed import zero_fp32_state_dict
@@ -181,9 +182,9 @@ def _load_export(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConf
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd exports
     _check_fits(model, {**state_dict, **tied_aliases(model, state_dict)}, path)
     model.load_state_dict({**state_dict, **tied_aliases(model, state_dict)})
-    run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
+    run = RunDir(path.parent) if RunDir(path.parent).config.is_file() else None  # a file exported into its run
     kind = "safetensors" if path.suffix == ".safetensors" else "torch"
-    meta = CheckpointMeta(str(path), kind, str(run_dir) if run_dir else None, None, None, *run_data(run_dir))
+    meta = CheckpointMeta(str(path), kind, str(run.root) if run else None, None, None, *run_data(run))
     return model.to(device), cfg, meta
 
 
@@ -215,10 +216,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if problem is not None:
             raise ValueError(f"--checkpoint: {path} is not a complete checkpoint: {problem}")
         return path
-    if (path / "checkpoints").is_dir():
-        latest = Checkpointer(path / "checkpoints").latest()
+    if RunDir(path).checkpoints.is_dir():
+        latest = Checkpointer(RunDir(path).checkpoints).latest()
         if latest is None:
-            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {path / 'checkpoints'}")
+            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {RunDir(path).checkpoints}")
         return latest
     exports = [path / f"model{suffix}" for suffix in EXPORT_SUFFIXES if (path / f"model{suffix}").is_file()]
     if exports:
@@ -264,9 +265,9 @@ def load_weights_into(model: DecoderLM, path: str | Path) -> None:
 def list_checkpoints(path: str | Path) -> list[Path]:
     """Every complete checkpoint of a run directory (oldest first), or [path] for a single checkpoint."""
     path = Path(path)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        found = Checkpointer(path / "checkpoints").complete_checkpoints(report=True)
+    if path.is_dir() and RunDir(path).checkpoints.is_dir():
+        found = Checkpointer(RunDir(path).checkpoints).complete_checkpoints(report=True)
         if not found:
-            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {path / 'checkpoints'}")
+            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {RunDir(path).checkpoints}")
         return found
     return [resolve_checkpoint(path)]

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule configuration (plain dataclasses, validated on construction)."""
+"""Optimizer and learning-rate schedule configuration (plain dataclasses; `validate()` checks every field and
+runs from `recur.config.validate_config`, like every other config group)."""
 
 from __future__ import annotations
 
@@ -35,15 +36,15 @@ class LRScheduleConfig:
     decay_fraction: float = 0.2  # wsd: fraction of the run spent decaying at the end
     decay_shape: str = "linear"  # wsd: linear | 1-sqrt
 
-    def __post_init__(self) -> None:
-        _check_choice("optim.schedule.name", self.name, SCHEDULES)
-        _check_choice("optim.schedule.decay_shape", self.decay_shape, DECAY_SHAPES)
+    def validate(self) -> None:
+        _check_choice("--optim.schedule.name", self.name, SCHEDULES)
+        _check_choice("--optim.schedule.decay_shape", self.decay_shape, DECAY_SHAPES)
         if not self.lr > 0:
-            raise ValueError(f"optim.schedule.lr: expected a positive learning rate, got {self.lr!r}")
-        _check_range("optim.schedule.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        _check_range("optim.schedule.decay_fraction", self.decay_fraction, 0.0, 1.0)
+            raise ValueError(f"--optim.schedule.lr: expected a positive learning rate, got {self.lr!r}")
+        _check_range("--optim.schedule.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _check_range("--optim.schedule.decay_fraction", self.decay_fraction, 0.0, 1.0)
         if self.warmup_steps < 0:
-            raise ValueError(f"optim.schedule.warmup_steps: expected >= 0, got {self.warmup_steps!r}")
+            raise ValueError(f"--optim.schedule.warmup_steps: expected >= 0, got {self.warmup_steps!r}")
 
 
 @dataclass
@@ -71,26 +72,29 @@ class OptimConfig:
     ellis_finite_check: bool = True  # a tensor whose grad is not finite is left untouched this step
     schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
-    def __post_init__(self) -> None:
-        _check_choice("optim.name", self.name, OPTIMIZERS)
-        _check_choice("optim.muon_adjust_lr", self.muon_adjust_lr, MUON_LR_ADJUST)
+    def __post_init__(self) -> None:  # normalises what yaml / json give (a list, a mapping); validate() checks
+        self.betas = tuple(float(beta) for beta in self.betas)
+        if isinstance(self.schedule, dict):
+            self.schedule = LRScheduleConfig(**self.schedule)
+
+    def validate(self) -> None:
+        _check_choice("--optim.name", self.name, OPTIMIZERS)
+        _check_choice("--optim.muon_adjust_lr", self.muon_adjust_lr, MUON_LR_ADJUST)
         if len(self.betas) != 2:
-            raise ValueError(f"optim.betas: expected two values (beta1, beta2), got {self.betas!r}")
+            raise ValueError(f"--optim.betas: expected two values (beta1, beta2), got {self.betas!r}")
         for i, beta in enumerate(self.betas):
             if not 0.0 <= beta < 1.0:
-                raise ValueError(f"optim.betas[{i}]: expected a value in [0, 1), got {beta!r}")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+                raise ValueError(f"--optim.betas[{i}]: expected a value in [0, 1), got {beta!r}")
         if not self.eps > 0:
-            raise ValueError(f"optim.eps: expected > 0, got {self.eps!r}")
+            raise ValueError(f"--optim.eps: expected > 0, got {self.eps!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay: expected >= 0, got {self.weight_decay!r}")
+            raise ValueError(f"--optim.weight_decay: expected >= 0, got {self.weight_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"optim.grad_clip: expected > 0 or null, got {self.grad_clip!r}")
+            raise ValueError(f"--optim.grad_clip: expected > 0 or null, got {self.grad_clip!r}")
         if not 0.0 <= self.muon_momentum < 1.0:
-            raise ValueError(f"optim.muon_momentum: expected a value in [0, 1), got {self.muon_momentum!r}")
+            raise ValueError(f"--optim.muon_momentum: expected a value in [0, 1), got {self.muon_momentum!r}")
         if not 1 <= self.muon_ns_steps < 100:
-            raise ValueError(f"optim.muon_ns_steps: expected 1..99, got {self.muon_ns_steps!r}")
+            raise ValueError(f"--optim.muon_ns_steps: expected 1..99, got {self.muon_ns_steps!r}")
         if not self.muon_lr_scale > 0:
-            raise ValueError(f"optim.muon_lr_scale: expected > 0, got {self.muon_lr_scale!r}")
-        if isinstance(self.schedule, dict):  # built from a plain mapping (yaml / json)
-            self.schedule = LRScheduleConfig(**self.schedule)
+            raise ValueError(f"--optim.muon_lr_scale: expected > 0, got {self.muon_lr_scale!r}")
+        self.schedule.validate()

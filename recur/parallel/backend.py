@@ -172,14 +172,13 @@ def build_backend(
         return FSDPBackend(model, make_optimizer(model), env)
     from recur.parallel.deepspeed import build_deepspeed_config, initialize_deepspeed
 
-    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and env.device.type == "cuda")
     ds_config = build_deepspeed_config(
         cfg.dist.deepspeed_config,
         global_batch_size=cfg.data.global_batch_size,
         micro_batch_size=micro_batch_size,
         accumulation_steps=accumulation_steps,
         grad_clip=cfg.optim.grad_clip,
-        bf16=bf16,
+        bf16=cfg.uses_bf16(env.device.type),
     )
     optimizer = make_optimizer(model)
     engine, _ = initialize_deepspeed(model, optimizer, ds_config)

@@ -20,7 +20,7 @@ class DistConfig:
     max_skipped_steps: int = 5  # skip: this many non-finite steps in a row end the run (report, exit 2)
     master_port: int | None = None  # slurm launch without MASTER_PORT: default derived from the job id
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"--dist.backend: expected one of {'|'.join(BACKENDS)}, got {self.backend!r}")
         if self.nan_policy not in NAN_POLICIES:

@@ -13,6 +13,7 @@ import torch
 from recur.checkpoint import STATE_FILE, checkpoint_format, checkpoint_problem
 from recur.eval.load import load_model, model_config_from_dict, resolve_checkpoint, run_data, tied_aliases
 from recur.hf_model import is_saved_dir
+from recur.run_dir import RunDir
 
 
 def consolidated_state_dict(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
@@ -46,8 +47,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bo
     weights, model_config, source = consolidated_state_dict(checkpoint)
     model = create_model(model_config_from_dict(model_config, str(source)))
     model.load_state_dict({**weights, **tied_aliases(model, weights)})
-    run_dir = source.parent.parent if source.parent.name == "checkpoints" else None
-    spec = run_data(run_dir)[0]  # the run's tokenizer ("byte" or a directory), when it is on record
+    spec = run_data(RunDir.of_checkpoint(source))[
+        0
+    ]  # the run's tokenizer ("byte" or a directory), when it is on record
     extra, special = [], {}
     if spec is not None:
         tok = load_tokenizer(spec)
