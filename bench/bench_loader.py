@@ -21,7 +21,7 @@ too); the CPU figures are what the loader costs and stay meaningful on a busy ma
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import math
 import os
@@ -155,10 +155,24 @@ def mixing(loader_cls, path: Path, global_batch_size: int, shuffle_window: int, 
     }
 
 
+def _import_recur_from(root: Path) -> None:
+    """Import `root`/recur as the `recur` package of this process (before anything imported ours)."""
+    package = root / "recur"
+    if not (package / "__init__.py").is_file():
+        print(f"bench_loader.py: error: --loader_root {root} has no recur/ package", file=sys.stderr)
+        raise SystemExit(2)
+    spec = importlib.util.spec_from_file_location(
+        "recur", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["recur"] = module
+    spec.loader.exec_module(module)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    if args.loader_root:  # the loader under test from another checkout: its recur is imported first, so it wins
-        sys.path.insert(0, str(args.loader_root.resolve()))
+    if args.loader_root:  # the loader under test from another checkout: its recur package replaces ours
+        _import_recur_from(args.loader_root.resolve())
     loader_cls = importlib.import_module("recur.data.loader").StatefulParquetDataset
     from bench.loader_data import write_reference_copy, write_synthetic
     from bench.loader_retrofit import load_reference, reference_epoch_tokens

@@ -19,25 +19,28 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-if TYPE_CHECKING:  # annotations only: recur itself is imported lazily (see _recur)
-    from recur.models.layers import KVCache
-
 SOURCE_DIR = "recur_src"  # recur's package as it was when the directory was written
 
 
 def _use_shipped_source(directory: str | Path) -> None:
-    """Where recur is not installed, make the copy shipped in the model directory importable. (transformers
-    copies only this file into its module cache, so the directory is known only once a loader names it.)"""
-    shipped = Path(directory) / SOURCE_DIR
-    if importlib.util.find_spec("recur") is None and shipped.is_dir():
-        sys.path.insert(0, str(shipped))
+    """Where recur is not installed, import the copy shipped in the model directory as `recur` (only that
+    package: nothing else in the directory becomes importable). transformers copies only this file into its
+    module cache, so the directory is known only once a loader names it."""
+    package = Path(directory) / SOURCE_DIR / "recur"
+    if importlib.util.find_spec("recur") is not None or not package.is_dir():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "recur", package / "__init__.py", submodule_search_locations=[str(package)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["recur"] = module  # before running it: its own submodules import `recur`
+    spec.loader.exec_module(module)
 
 
 @functools.cache  # forward() asks on every decoded token; a failed import is not cached, so it can be retried
