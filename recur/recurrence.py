@@ -8,6 +8,10 @@ Law (Huginn, "Scaling up test-time compute with latent reasoning"): with schedul
 depth s (s is clipped to r̄ while the curriculum has r̄ < s),
     τ ~ Normal(log r̄ − σ²/2, σ),   r ~ Poisson(e^τ) + 1,   n = max(r − s, 0),   k = min(s, r),
 so E[r] = r̄ + 1 (the log-normal has mean r̄) with a heavy right tail. `sampling="fixed"` uses r = r̄.
+
+`single_pass_fraction` f first trains the unique layers as one plain stack (r = 1, n = 0, k = 1) for the
+first f of the steps, then runs both curricula over the remaining steps as if the run started there: the
+retrofitting recipe (train a baseline, then loop its layers; docs/recurrence.md, probes 7-9) in one run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class RecurrenceConfig:
     backprop_schedule: str = "constant"
     backprop_start: int = 1
     backprop_warmup: float = 0.25
+    single_pass_fraction: float = 0.0  # first fraction of training at r = 1 exactly, before the curricula
     seed: int = 0
 
     def validate(self) -> None:
@@ -52,6 +57,8 @@ class RecurrenceConfig:
                 f"--recurrence.backprop_depth {self.backprop_depth} exceeds the fixed recurrence "
                 f"--recurrence.mean_recurrence {self.mean_recurrence} (k must be <= r)"
             )
+        if not 0.0 <= self.single_pass_fraction < 1.0:
+            raise ValueError(f"--recurrence.single_pass_fraction must lie in [0, 1), got {self.single_pass_fraction}")
         if self.max_recurrence is not None and self.max_recurrence < 1:
             raise ValueError(f"--recurrence.max_recurrence must be >= 1, got {self.max_recurrence}")
 
@@ -82,15 +89,24 @@ class RecurrenceSampler:
     def __init__(self, cfg: RecurrenceConfig, total_steps: int):
         cfg.validate()
         self.cfg, self.total_steps = cfg, total_steps
+        self.single_pass_steps = int(cfg.single_pass_fraction * total_steps)
+
+    def single_pass(self, step: int) -> bool:
+        return step < self.single_pass_steps
 
     def schedule(self, step: int) -> tuple[int, int]:
-        """(r̄, s) scheduled at `step`, with s clipped to r̄."""
+        """(r̄, s) scheduled at `step`, with s clipped to r̄ (1, 1 during the single-pass phase)."""
+        if self.single_pass(step):
+            return 1, 1
         c = self.cfg
-        mean = ramp(step, self.total_steps, c.mean_start, c.mean_recurrence, c.mean_warmup, c.mean_schedule)
-        depth = ramp(step, self.total_steps, c.backprop_start, c.backprop_depth, c.backprop_warmup, c.backprop_schedule)
+        step, total = step - self.single_pass_steps, self.total_steps - self.single_pass_steps
+        mean = ramp(step, total, c.mean_start, c.mean_recurrence, c.mean_warmup, c.mean_schedule)
+        depth = ramp(step, total, c.backprop_start, c.backprop_depth, c.backprop_warmup, c.backprop_schedule)
         return mean, min(depth, mean)
 
     def __call__(self, step: int) -> StepDepth:
+        if self.single_pass(step):
+            return StepDepth(no_grad_steps=0, grad_steps=1, mean_recurrence=1, backprop_depth=1)
         mean, depth = self.schedule(step)
         if self.cfg.sampling == "fixed":
             r = mean
@@ -107,5 +123,7 @@ class RecurrenceSampler:
 
     def expected_total(self, step: int) -> float:
         """Analytic E[r] at `step` (ignoring max_recurrence): r̄ + 1 for the Huginn law, r̄ when fixed."""
+        if self.single_pass(step):
+            return 1.0
         mean, _ = self.schedule(step)
         return mean + (1.0 if self.cfg.sampling != "fixed" else 0.0)

@@ -46,12 +46,25 @@ def test_fixed_sampling_and_cap():
     assert max(capped(s).total for s in range(1000)) == 20
 
 
+def test_single_pass_phase_then_the_curricula_as_if_the_run_started_there():
+    cfg = dict(mean_recurrence=8, backprop_depth=4, mean_schedule="1-sqrt", mean_warmup=0.5)
+    staged = RecurrenceSampler(RecurrenceConfig(**cfg, single_pass_fraction=0.4), 100)
+    rest = RecurrenceSampler(RecurrenceConfig(**cfg), 60)
+    assert all(
+        (staged(s).no_grad_steps, staged(s).grad_steps, staged.expected_total(s)) == (0, 1, 1.0) for s in range(40)
+    )
+    assert [staged.schedule(40 + j) for j in range(60)] == [rest.schedule(j) for j in range(60)]
+    assert staged.schedule(40) == (1, 1) and staged.schedule(99) == (8, 4)
+    assert staged(99).total > 1 or staged(98).total > 1  # sampled again after the phase
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(sampling="fixed", mean_recurrence=2, backprop_depth=4), "exceeds the fixed recurrence"),
         (dict(mean_schedule="cosine"), "--recurrence.mean_schedule"),
         (dict(mean_recurrence=0), "--recurrence.mean_recurrence must be >= 1"),
+        (dict(single_pass_fraction=1.0), "--recurrence.single_pass_fraction must lie in"),
     ],
 )
 def test_bad_recurrence_config(kwargs, message):
