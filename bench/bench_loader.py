@@ -158,6 +158,8 @@ def mixing(loader_cls, path: Path, global_batch_size: int, shuffle_window: int, 
 def _import_recur_from(root: Path) -> None:
     """Import `root`/recur as the `recur` package of this process (before anything imported ours)."""
     package = root / "recur"
+    if "recur" in sys.modules:  # its modules would stay ours beside the other checkout's package
+        raise RuntimeError("--loader_root: recur is already imported; call this before anything imports it")
     if not (package / "__init__.py").is_file():
         print(f"bench_loader.py: error: --loader_root {root} has no recur/ package", file=sys.stderr)
         raise SystemExit(2)

@@ -106,7 +106,7 @@ def curriculum_flops(
     totals = {"n1": 0.0, "n2": 0.0, "attention": 0.0}
     sum_n = sum_k = 0.0
     for step in range(steps):
-        if expectation == "draws":
+        if expectation == "draws" or sampler.single_pass(step):  # the single-pass phase is exactly (0, 1)
             depth = sampler(step)
             n, k = float(depth.no_grad_steps), float(depth.grad_steps)
         else:

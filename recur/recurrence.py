@@ -9,9 +9,10 @@ depth s (s is clipped to r̄ while the curriculum has r̄ < s),
     τ ~ Normal(log r̄ − σ²/2, σ),   r ~ Poisson(e^τ) + 1,   n = max(r − s, 0),   k = min(s, r),
 so E[r] = r̄ + 1 (the log-normal has mean r̄) with a heavy right tail. `sampling="fixed"` uses r = r̄.
 
-`single_pass_fraction` f first trains the unique layers as one plain stack (r = 1, n = 0, k = 1) for the
-first f of the steps, then runs both curricula over the remaining steps as if the run started there: the
-retrofitting recipe (train a baseline, then loop its layers; docs/recurrence.md, probes 7-9) in one run.
+`single_pass_fraction` f first trains at r = 1 (n = 0, k = 1) for the first f of the steps, then runs both
+curricula over the remaining steps as if the run started there. With a pass-through adapter and a zero
+initial state the r = 1 phase trains the unique layers as one plain stack: the retrofitting recipe (train
+a baseline, then loop its layers; docs/recurrence.md, probes 7-9) in one run.
 """
 
 from __future__ import annotations

@@ -52,6 +52,17 @@ def _lookup(config: dict, dotted: str):
     return config
 
 
+def _with_defaults(recorded: dict, defaults: dict) -> dict:
+    """`recorded` with every key it lacks, at any depth, taken from `defaults`."""
+    merged = dict(recorded)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _with_defaults(merged[key], value)
+    return merged
+
+
 def check_new_run(cfg: TrainConfig, run: RunDir) -> None:
     """Refuse a new run (no --checkpoint.resume) in the directory of an existing one: its checkpoints would sit
     beside the old run's (eval_hub.py would score the old one), its evaluations would be appended to the old
@@ -119,7 +130,11 @@ def check_resumable(cfg: TrainConfig, run: RunDir, checkpoint: Path, saved_step:
         return
     import yaml
 
-    old, new = yaml.safe_load(run.config.read_text()) or {}, json.loads(json.dumps(asdict(cfg)))
+    # A field added since the run was recorded is absent from its config.yaml; its default is the behaviour
+    # the run trained with (a new knob defaults to the old behaviour), so the comparison fills it in.
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    old = _with_defaults(yaml.safe_load(run.config.read_text()) or {}, defaults)
+    new = json.loads(json.dumps(asdict(cfg)))
     changed = [
         f"--{key} {_lookup(old, key)!r} -> {_lookup(new, key)!r}"
         for key in RESUME_INVARIANTS

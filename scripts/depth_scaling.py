@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recur.checkpoint import write_json_atomic
-from recur.cli_common import child_env, run_cli
+from recur.cli_common import child_env, one_line, run_cli
 from recur.data.generated import recipe_changes
 from recur.data.packing import pack_dataset
 from recur.data.shard_writer import MANIFEST_NAME, write_atomic_bytes
@@ -114,7 +115,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         train_args = ["--device", "cpu", *train_args]
     for name in [*args.tasks, *(args.sweep_tasks or [])]:
         get_task(name)  # an unknown name fails here, not after every arm has trained
-    args.retrofit_steps = args.retrofit_steps or args.steps
+    if args.retrofit_steps is None:
+        args.retrofit_steps = args.steps
     for flag in ("steps", "batch_size", "num_docs", "num_samples", "parallel", "retrofit_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
@@ -138,40 +140,55 @@ def arm_flags(args: argparse.Namespace) -> dict[str, list[str]]:
         if not sep or not name.isidentifier():
             raise ValueError(f"--arm: expected NAME='train.py flags' with NAME a plain identifier, got '{item}'")
         arms[name] = flags
-    if args.only:
-        unknown = set(args.only) - set(arms)
-        if unknown:
-            raise ValueError(f"--only: unknown arm(s) {', '.join(sorted(unknown))}; known: {', '.join(arms)}")
-        arms = {k: v for k, v in arms.items() if k in args.only}
-    if args.retrofit and "baseline" not in arms:
-        raise ValueError("--retrofit: loops the trained `baseline` arm, which --only/--arm left out")
-    if args.retrofit and {RETROFIT, CONTROL} & set(arms):
+    second = {RETROFIT, CONTROL} if args.retrofit else set()
+    if second & set(arms):
         raise ValueError(f"--arm: the names {RETROFIT} and {CONTROL} are the --retrofit arms")
+    if args.only:
+        unknown = set(args.only) - set(arms) - second
+        if unknown:
+            known = ", ".join([*arms, *sorted(second)])
+            raise ValueError(f"--only: unknown arm(s) {', '.join(sorted(unknown))}; known: {known}")
+        arms = {k: v for k, v in arms.items() if k in args.only}
     return {name: shlex.split(flags) for name, flags in arms.items()}
 
 
 def retrofit_arms(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
-    """Export the trained baseline, loop it (once; a rerun reuses both) and return the two arms that start from
-    them: the looped model and the baseline trained on."""
+    """Export the finished baseline, loop it and return the two arms that start from them: the looped model
+    and the baseline trained on. Made once: a rerun reuses them when they came from the same checkpoint and
+    split (recorded in exported/retrofit.json) and refuses otherwise, as prepare_data refuses other data."""
     from recur.convert.hf import convert_to_dir
+    from recur.eval.load import resolve_checkpoint
+    from recur.hf_model import read_config_json
     from recur.parallel.export import export_checkpoint
 
-    exported, looped = out / "exported" / "baseline", out / "exported" / "retrofit"
-    if not exported.exists():
-        export_checkpoint(out / "baseline", exported)
-    if not looped.exists():
+    if not RunDir(out / "baseline").summary.exists():
+        raise ValueError("the baseline arm has not finished training (no summary.json); rerun to finish it first")
+    made = out / "exported"
+    exported, looped, record_file = made / "baseline", made / "retrofit", made / "retrofit.json"
+    source = resolve_checkpoint(out / "baseline")
+    record = {"baseline_checkpoint": source.name, "split": list(args.retrofit)}
+    if record_file.exists():
+        recorded = json.loads(record_file.read_text())
+        if recorded != record:
+            raise ValueError(f"--retrofit: {made} was made from {recorded}, not {record}; use a new --out_dir")
+    else:
+        shutil.rmtree(made, ignore_errors=True)  # what an interrupted earlier attempt left
+        export_checkpoint(source, exported)
         prelude, block, coda = args.retrofit
-        layers = prelude + block + coda
         convert_to_dir(exported, looped, prelude, prelude, block, coda)
+        write_json_atomic(record_file, record)
+        layers = read_config_json(exported)["n_layers"]
         print(
-            f"[depth_scaling] looped the baseline into {prelude}/{block}/{coda} of its {layers} layers: {looped}",
+            f"[depth_scaling] looped the baseline ({source.name}, {layers} layers) into {prelude}/{block}/{coda}: "
+            f"{looped}",
             file=sys.stderr,
             flush=True,
         )
-    return {
+    arms = {
         RETROFIT: ["--variant", "recurrent", "--init_from", str(looped), *shlex.split(args.retrofit_flags)],
         CONTROL: ["--variant", "baseline", "--init_from", str(exported)],
     }
+    return {name: flags for name, flags in arms.items() if not args.only or name in args.only}
 
 
 def prepare_data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
@@ -351,14 +368,22 @@ def train_arms(
     data: tuple[Path, Path],
     train_args: list[str],
     steps: int,
+    deadline: float | None,
 ) -> list[str]:
-    """Train the arms not yet finished (a rerun skips those with a summary.json); returns the failed ones."""
+    """Train the arms not yet finished (a rerun skips those with a summary.json) until `deadline` (monotonic
+    seconds, shared by both phases of --retrofit); returns the failed ones."""
     todo = {name: flags for name, flags in arms.items() if not RunDir(out / name).summary.exists()}
+    if not todo:
+        return []
+    budget = None if deadline is None else deadline - time.monotonic()
+    if budget is not None and budget <= 0:
+        print(f"[depth_scaling] {', '.join(todo)}: training budget spent; a rerun trains them", file=sys.stderr)
+        return list(todo)
     return run_all(
         {n: train_command(n, f, args, out, data, train_args, steps) for n, f in todo.items()},
         args.parallel,
         out / "logs",
-        args.train_budget_s,
+        budget,
         lambda name: training_status(out / name),
     )
 
@@ -368,11 +393,17 @@ def main() -> int:
     out = Path(args.out_dir)
     arms = arm_flags(args)
     data = prepare_data(args, out)
-    failed = train_arms(arms, args, out, data, train_args, args.steps)
-    if args.retrofit and "baseline" not in failed:
-        second = retrofit_arms(args, out)
-        failed += train_arms(second, args, out, data, train_args, args.retrofit_steps)
-        arms.update(second)
+    deadline = time.monotonic() + args.train_budget_s if args.train_budget_s else None
+    failed = train_arms(arms, args, out, data, train_args, args.steps, deadline)
+    if args.retrofit:
+        try:
+            second = retrofit_arms(args, out)
+        except (ValueError, FileNotFoundError) as error:  # the other arms are still swept and reported
+            print(f"[depth_scaling] {RETROFIT}, {CONTROL}: not trained: {one_line(error)}", file=sys.stderr)
+            failed += [RETROFIT, CONTROL]
+        else:
+            failed += train_arms(second, args, out, data, train_args, args.retrofit_steps, deadline)
+            arms.update(second)
     trained = [n for n in arms if n not in failed]
     failed += run_all(
         {f"sweep_{n}": sweep_command(n, args, out, data[1]) for n in trained}, args.parallel, out / "logs"
@@ -385,7 +416,8 @@ def main() -> int:
     if not loaded:
         print(f"depth_scaling.py: error: no arm trained and swept; failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    report = depth_report(loaded, baseline="baseline" if "baseline" in arms else None, controls={RETROFIT: CONTROL})
+    controls = {RETROFIT: CONTROL} if args.retrofit else None
+    report = depth_report(loaded, baseline="baseline" if "baseline" in arms else None, controls=controls)
     report["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     report["failed"] = failed
     write_json_atomic(out / "depth_scaling.json", report)

@@ -39,8 +39,8 @@ def _depth_ranges(values: dict[int, float], fmt: str) -> str:
 
 
 def render(run_dir: Path) -> str:
-    run = RunDir(run_dir)
     """The generated README sentences for one finished run."""
+    run = RunDir(run_dir)
     summary = json.loads(run.summary.read_text())
     final_eval = json.loads(run.eval_log.read_text().splitlines()[-1])
     n = yaml.safe_load(run.config.read_text())["eval"]["num_samples"]

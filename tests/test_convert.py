@@ -141,8 +141,16 @@ def test_recur_baseline_loops_into_a_recurrent_model(tmp_path):
         "byte",
         2,
     )
+    generation = json.loads((tmp_path / "one" / "generation_config.json").read_text())
+    assert generation["num_steps"] == one.cfg.default_num_steps
     with pytest.raises(ValueError, match="only a 'baseline' can be looped"):
         convert_to_dir(tmp_path / "one", tmp_path / "again", 1, 1, 1, 2)
+    with pytest.raises(ValueError, match="init_state 'input'"):  # the caller's init_state is not overridden
+        convert_to_dir(tmp_path / "base", tmp_path / "bad", 1, 1, 1, 3, adapter_init="state", init_state="random")
+    untied = convert_to_dir(tmp_path / "base", tmp_path / "untied", 1, 1, 3, 1, tie_embeddings=False)
+    assert untied.lm_head.weight.data_ptr() != untied.tok_embeddings.weight.data_ptr()
+    with torch.no_grad():
+        assert (_ours(untied, ids) - base(ids).logits).abs().max() < TOL
 
 
 def test_misplaced_weight_is_detected(llama_dir, hf_models):

@@ -108,6 +108,33 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
         assert (out / figure).stat().st_size > 0
     markdown = (out / "depth_scaling.md").read_text()  # copy trained alongside chain, but only chain is swept
     assert "### chain: exact match" in markdown and "### copy" not in markdown
+    # A rerun with another split keeps what it trained and reports it, but refuses to mix in another retrofit.
+    other_split = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "depth_scaling.py"),
+            "--smoke",
+            "--out_dir",
+            str(out),
+            "--tasks",
+            "chain",
+            "copy",
+            "--sweep_tasks",
+            "chain",
+            "--retrofit",
+            "1,1,1",
+            "--only",
+            "baseline",
+            "retrofit",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert other_split.returncode == 1 and "use a new --out_dir" in other_split.stderr, other_split.stderr[-2000:]
+    assert json.loads((out / "depth_scaling.json").read_text())["failed"] == ["retrofit", "baseline_continued"]
     # A rerun into the same --out_dir with other data settings would compare arms trained on different data.
     rerun = subprocess.run(
         [

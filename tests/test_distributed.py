@@ -110,12 +110,14 @@ def test_topology_errors_and_single_process():
 def test_a_one_rank_group_leaves_the_process_environment_as_it_found_it(monkeypatch):
     """An in-process run on a 1-rank group exports RANK/WORLD_SIZE for env://; left behind, they would win over
     srun's topology in every job the process launches afterwards (each rank would train alone)."""
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):  # a plain launch, even inside an allocation
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MASTER_ADDR", "keep-me")
-    env = init_distributed("cpu", 1, always=True)
-    assert env.world_size == 1 and torch.distributed.is_initialized() and os.environ["RANK"] == "0"
-    shutdown_distributed()
+    try:
+        env = init_distributed("cpu", 1, always=True)
+        assert env.world_size == 1 and torch.distributed.is_initialized() and os.environ["RANK"] == "0"
+    finally:
+        shutdown_distributed()
     assert "RANK" not in os.environ and "WORLD_SIZE" not in os.environ and os.environ["MASTER_ADDR"] == "keep-me"
 
 

@@ -92,6 +92,15 @@ def test_curriculum_analytic_close_to_draws_and_ramp_costs_less():
     assert parts == pytest.approx(analytic["total_flops"], rel=1e-12)
 
 
+def test_single_pass_phase_counts_one_iteration_with_grad_in_both_expectations():
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_heads=2, n_prelude=1, n_core=2, n_coda=1).resolved()
+    rec = RecurrenceConfig(mean_recurrence=8, backprop_depth=4, single_pass_fraction=0.5)
+    sampler = RecurrenceSampler(rec, total_steps=40)
+    for expectation in ("draws", "analytic"):
+        first_half = curriculum_flops(create_model(cfg), cfg, sampler, 16, 64, steps=20, expectation=expectation)
+        assert (first_half["mean_no_grad_steps"], first_half["mean_grad_steps"]) == (0.0, 1.0)
+
+
 def test_counter_equals_trainer_logged_flops(tmp_path):
     """Sum of metrics.jsonl "flops" over a short curriculum run == the counter on the same config."""
     from train_helpers import tiny_args

@@ -262,6 +262,29 @@ def test_resume_with_other_settings_is_refused_before_anything_is_written(tmp_pa
     assert same.returncode == 0 and "[resume]" in same.stderr, same.stderr
 
 
+def test_a_run_recorded_before_a_knob_existed_still_resumes(tmp_path, data_dir):
+    """A config.yaml written before a field was added lacks it; the field's default is what that run trained
+    with, so the resume check fills it in instead of refusing (a changed value is still refused)."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from recur.cli import parse_config
+    from recur.run_dir import RunDir
+    from recur.train_setup import check_resumable
+
+    cfg, _ = parse_config(tiny_args(tmp_path / "old", data_dir, steps=20))
+    recorded = json.loads(json.dumps(asdict(cfg)))
+    del recorded["recurrence"]["single_pass_fraction"]
+    run = RunDir(tmp_path / "old")
+    run.root.mkdir()
+    run.config.write_text(yaml.safe_dump(recorded))
+    check_resumable(cfg, run, run.checkpoints / "step_00000005", 5)
+    cfg.recurrence.single_pass_fraction = 0.5
+    with pytest.raises(ValueError, match="--recurrence"):
+        check_resumable(cfg, run, run.checkpoints / "step_00000005", 5)
+
+
 def _error_line(result: subprocess.CompletedProcess) -> str:
     """The one line a refused command prints (exit 2)."""
     assert result.returncode == 2, result.stderr

@@ -260,10 +260,8 @@ def convert_hf_model(
     arch = detect_arch(hf_config, arch, f"--model_path {model_path}")
     split = LayerSplit(source_layer_count(hf_config, arch), prelude_size, start_index, block_size, coda_size)
     if arch == "recur":
-        adapter = adapter_fields(config_overrides)
-        model = loop_recur_baseline(
-            model_path, split, adapter, **{k: v for k, v in config_overrides.items() if k not in adapter}
-        )
+        # The caller's fields win over the adapter's defaults, so a contradiction is refused as for HF sources.
+        model = loop_recur_baseline(model_path, split, **{**adapter_fields(config_overrides), **config_overrides})
         check_reproduces_source(model.cfg)
         return model
     cfg = model_config_from_hf(hf_config, arch, split, **config_overrides)
@@ -324,13 +322,17 @@ def convert_to_dir(
     arch = detect_arch(hf_config, arch, f"--model_path {model_path}")
     split = LayerSplit(source_layer_count(hf_config, arch), prelude_size, start_index, block_size, coda_size)
     model = convert_hf_model(model_path, prelude_size, start_index, block_size, coda_size, arch, **config_overrides)
-    # A recur source keeps its tokenizer record (recur's byte tokenizer) and special ids.
-    special = {name: hf_config.get(f"{name}_token_id") for name in ("bos", "eos", "pad")} if arch == "recur" else None
+    # A recur source keeps its tokenizer record (recur's byte tokenizer) and special ids; its
+    # generation_config.json is written anew, for the looped model (num_steps), instead of copied.
+    special, extra = None, tokenizer_files(model_path)
+    if arch == "recur":
+        special = {name: hf_config.get(f"{name}_token_id") for name in ("bos", "eos", "pad")}
+        extra = [file for file in extra if file.name != "generation_config.json"]
     save_pretrained(
         model,
         out_dir,
         conversion=conversion_record(model_path, arch, split),
-        extra_files=tokenizer_files(model_path),
+        extra_files=extra,
         dtype=dtype,
         overwrite=overwrite,
         special_ids=special,

@@ -25,11 +25,9 @@ from recur.models.looped import LoopedLM
 NEW_IN_LOOP = {"adapter.weight", "state_norm.weight"}
 
 
-def loop_recur_baseline(
-    model_path: str | Path, split: LayerSplit, adapter: dict[str, str], **config_overrides
-) -> LoopedLM:
-    """The recurrent model for `split` of the baseline saved in `model_path` (fp32). `adapter` holds the
-    injection/adapter_init/init_state fields the caller chose; `config_overrides` set other ModelConfig fields."""
+def loop_recur_baseline(model_path: str | Path, split: LayerSplit, **config_overrides) -> LoopedLM:
+    """The recurrent model for `split` of the baseline saved in `model_path` (fp32); `config_overrides` set
+    ModelConfig fields (the adapter's start, tie_embeddings=False to untie a tied baseline, ...)."""
     source = read_model_config(model_path)
     if source.variant != "baseline":
         raise ValueError(
@@ -43,7 +41,6 @@ def loop_recur_baseline(
         n_prelude=split.prelude_size,
         n_core=split.block_size,
         n_coda=split.coda_size,
-        **adapter,
         **config_overrides,
     ).resolved()
     where = {src: f"{section}.{j}" for section, layers in split.sections.items() for j, src in enumerate(layers)}
@@ -54,6 +51,8 @@ def loop_recur_baseline(
             mapped[key] = tensor
         elif int(layer.group(1)) in where:
             mapped[f"{where[int(layer.group(1))]}.{layer.group(2)}"] = tensor
+    if not cfg.tie_embeddings and "lm_head.weight" not in mapped:  # untying a tied baseline
+        mapped["lm_head.weight"] = mapped["tok_embeddings.weight"].clone()
     model = create_model(cfg)
     new = {name: value.clone() for name, value in model.state_dict().items() if name in NEW_IN_LOOP}
     missing, unexpected = model.load_state_dict({**mapped, **new}, strict=False)

@@ -183,13 +183,17 @@ def init_distributed(
         )
         _replaced_env.update({key: os.environ.get(key) for key in exported if key not in _replaced_env})
         os.environ.update(exported)
-        dist.init_process_group(
-            "nccl" if dev.type == "cuda" else "gloo",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(minutes=timeout_minutes),
-            device_id=dev if dev.type == "cuda" else None,
-        )
+        try:
+            dist.init_process_group(
+                "nccl" if dev.type == "cuda" else "gloo",
+                rank=rank,
+                world_size=world,
+                timeout=timedelta(minutes=timeout_minutes),
+                device_id=dev if dev.type == "cuda" else None,
+            )
+        except BaseException:  # a failed rendezvous leaves the environment as it found it, too
+            _restore_env()
+            raise
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
@@ -202,6 +206,10 @@ def _free_port() -> int:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _restore_env()
+
+
+def _restore_env() -> None:
     for key, value in _replaced_env.items():
         if value is None:
             os.environ.pop(key, None)
