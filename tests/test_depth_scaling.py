@@ -65,32 +65,16 @@ def test_targets_pass_for_a_model_that_uses_depth_and_fail_for_one_that_ignores_
     assert "| good | 8 (n=100) |" in markdown and "Wilson" in markdown
 
 
+def _smoke(out, *flags: str) -> subprocess.CompletedProcess:
+    """scripts/depth_scaling.py --smoke into `out` with `flags`, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "scripts" / "depth_scaling.py"), "--smoke", "--out_dir", str(out), *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
 def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     out = tmp_path / "depth"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "depth_scaling.py"),
-            "--smoke",
-            "--out_dir",
-            str(out),
-            "--parallel",
-            "2",
-            "--tasks",
-            "chain",
-            "copy",
-            "--sweep_tasks",
-            "chain",
-            "--retrofit",
-            "1,2,1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=REPO,
-    )
+    done = _smoke(out, "--parallel", "2", "--tasks", "chain", "copy", "--sweep_tasks", "chain", "--retrofit", "1,2,1")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "depth_scaling.json").read_text())
     arms = {"baseline", "recurrent", "retrofit", "baseline_continued"}
@@ -109,48 +93,11 @@ def test_smoke_mode_runs_the_whole_experiment_on_cpu(tmp_path):
     markdown = (out / "depth_scaling.md").read_text()  # copy trained alongside chain, but only chain is swept
     assert "### chain: exact match" in markdown and "### copy" not in markdown
     # A rerun with another split keeps what it trained and reports it, but refuses to mix in another retrofit.
-    other_split = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "depth_scaling.py"),
-            "--smoke",
-            "--out_dir",
-            str(out),
-            "--tasks",
-            "chain",
-            "copy",
-            "--sweep_tasks",
-            "chain",
-            "--retrofit",
-            "1,1,1",
-            "--only",
-            "baseline",
-            "retrofit",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
+    other_split = _smoke(
+        out, *"--tasks chain copy --sweep_tasks chain --retrofit 1,1,1 --only baseline retrofit".split()
     )
     assert other_split.returncode == 1 and "use a new --out_dir" in other_split.stderr, other_split.stderr[-2000:]
     assert json.loads((out / "depth_scaling.json").read_text())["failed"] == ["retrofit", "baseline_continued"]
     # A rerun into the same --out_dir with other data settings would compare arms trained on different data.
-    rerun = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "depth_scaling.py"),
-            "--smoke",
-            "--out_dir",
-            str(out),
-            "--tasks",
-            "chain",
-            "successor",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=REPO,
-    )
+    rerun = _smoke(out, "--tasks", "chain", "successor")
     assert rerun.returncode == 2 and "use a new --out_dir" in rerun.stderr.strip().splitlines()[-1], rerun.stderr
