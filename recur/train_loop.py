@@ -23,7 +23,7 @@ from recur.data.loader import split_batch
 from recur.data.tokenizer import Tokenizer, load_tokenizer
 from recur.eval.during_training import evaluate_during_training
 from recur.flops import flops_per_token
-from recur.metrics import MetricsLogger, device_peak_tflops, read_metrics
+from recur.metrics import MetricsLogger, device_peak_tflops, measured_matmul_tflops, read_metrics
 from recur.models.lm import ModelOutput, NoiseKey
 from recur.optim import lr_at, set_lr
 from recur.parallel.backend import all_reduce_sum, resolve_backend
@@ -134,6 +134,16 @@ class Trainer:
         self.data, self.model_cfg, self.backend, self.params = setup.data, setup.model_cfg, setup.backend, setup.params
         self.sampler = RecurrenceSampler(cfg.recurrence, cfg.steps)
         self.peak = device_peak_tflops(env.device, cfg.log.peak_tflops)
+        self.measured_peak = None
+        if cfg.log.measure_peak:
+            self.measured_peak = measured_matmul_tflops(env.device, compute_dtype(cfg, env.device))
+            if env.is_main:
+                spec = f", spec sheet {self.peak:,.0f}" if self.peak else ""
+                print(
+                    f"[device] {env.device}: dense {str(compute_dtype(cfg, env.device)).removeprefix('torch.')} matmul "
+                    f"{self.measured_peak:,.2f} TFLOP/s measured{spec}",
+                    file=sys.stderr,
+                )
         self.saves = SavePolicy(cfg.steps, cfg.checkpoint.interval, cfg.stop_at, cfg.checkpoint.save_final)
         self.step, self.tokens = 0, 0  # optimizer steps taken; tokens trained on, over all ranks
         self.preempted = 0  # ranks that had a preemption signal by the last step's collective
@@ -252,6 +262,7 @@ class Trainer:
             "tokens_per_s": step_tokens * env.world_size / elapsed,
             "flops": flops * env.world_size,
             "mfu": flops / elapsed / (self.peak * 1e12) if self.peak else None,
+            "mfu_measured": flops / elapsed / (self.measured_peak * 1e12) if self.measured_peak else None,
             "grad_norm": grad_norm,
             "skipped": bool(nonfinite),
             "data_checksum": checksum,

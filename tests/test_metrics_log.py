@@ -41,3 +41,14 @@ def test_corrupt_line_inside_the_log_names_the_file(tmp_path):
         _logger(tmp_path).truncate_after(2)
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2"):
         read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_mfu_is_shown_against_the_spec_sheet_and_the_measured_matmul_rate():
+    import torch
+
+    from recur.metrics import measured_matmul_tflops, mfu_text
+
+    assert measured_matmul_tflops(torch.device("cpu"), torch.float32, size=128, iters=2) > 0
+    assert mfu_text({"mfu": 0.356, "mfu_measured": 0.48}) == " mfu 35.6% (48% of measured)"
+    assert mfu_text({"mfu": None, "mfu_measured": 0.5}) == " mfu 50.0% of measured"  # a CPU: no spec sheet
+    assert mfu_text({"mfu": None, "mfu_measured": None}) == ""
