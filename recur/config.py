@@ -57,7 +57,8 @@ class LogConfig:
     wandb_mode: str = "disabled"  # disabled | online | offline
     wandb_project: str = "recur"
     peak_tflops: float | None = None  # device peak for MFU; None = table lookup by GPU name (no MFU on CPU)
-    measure_peak: bool = True  # time a dense matmul at start-up; MFU is also reported against it (mfu_measured)
+    # Time a dense matmul at start-up: mfu_measured is MFU against it, with masked-out attention not counted.
+    measure_peak: bool = True
 
 
 @dataclass

@@ -18,6 +18,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from recur.models.config import ModelConfig
 from recur.models.lm import DecoderLM, param_count
@@ -48,11 +49,32 @@ def flop_terms(
 
 
 def flops_per_token(
-    model: DecoderLM, cfg: ModelConfig, seq_len: int, no_grad_steps: int = 0, grad_steps: int = 1
+    model: DecoderLM,
+    cfg: ModelConfig,
+    seq_len: int,
+    no_grad_steps: int = 0,
+    grad_steps: int = 1,
+    attended: float = 1.0,
 ) -> float:
-    """Training FLOPs per token for one step that runs n = no_grad_steps, k = grad_steps iterations."""
+    """Training FLOPs per token for one step that runs n = no_grad_steps, k = grad_steps iterations. The
+    attention term counts seq_len keys per query (nanoGPT/PaLM's convention); `attended` scales it to the
+    fraction of those keys the causal and document masks leave (attended_key_fraction), so that masked-out
+    attention counts as not done."""
     terms = flop_terms(model, cfg, seq_len, no_grad_steps, grad_steps)
-    return 6 * terms["n1"] + 2 * terms["n2"] + terms["attention"]
+    return 6 * terms["n1"] + 2 * terms["n2"] + terms["attention"] * attended
+
+
+def attended_key_fraction(doc_ids: torch.Tensor) -> float:
+    """The fraction of the rows × seq_len × seq_len query-key pairs that causal attention within each
+    document computes, for a [rows, seq_len] tensor of per-token document ids (a document is a run of equal
+    ids): Σ L(L+1)/2 over the documents, over rows·T². One document per row gives (T + 1) / 2T."""
+    rows, seq_len = doc_ids.shape
+    position = torch.arange(seq_len).expand(rows, seq_len)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    doc_start = torch.where(starts, position, 0).cummax(dim=1).values
+    # A query at offset j of its document attends to j + 1 keys; summed over a document: L(L+1)/2.
+    return float((position - doc_start + 1).double().sum()) / (rows * seq_len * seq_len)
 
 
 # ---------------------------------------------------------------------------------------------

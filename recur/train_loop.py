@@ -22,7 +22,7 @@ from recur.config import TrainConfig
 from recur.data.loader import split_batch
 from recur.data.tokenizer import Tokenizer, load_tokenizer
 from recur.eval.during_training import evaluate_during_training
-from recur.flops import flops_per_token
+from recur.flops import attended_key_fraction, flops_per_token
 from recur.metrics import MetricsLogger, device_peak_tflops, measured_matmul_tflops, read_metrics
 from recur.models.lm import ModelOutput, NoiseKey
 from recur.optim import lr_at, set_lr
@@ -225,7 +225,9 @@ class Trainer:
         lr = lr_at(step, cfg.optim.schedule, cfg.steps)
         set_lr(backend.optimizer, lr)
         depth = self.sampler(step)  # a pure function of the step: the same draw on every rank
-        micro_batches = [_batch_to(next(self.batches), env.device) for _ in range(self.data.micro_batches)]
+        host = [next(self.batches) for _ in range(self.data.micro_batches)]
+        attended = sum(attended_key_fraction(b["doc_ids"][:, :-1]) for b in host) / len(host)  # on the host copy
+        micro_batches = [_batch_to(batch, env.device) for batch in host]
         weights, target_tokens = _loss_weights([mb[2] for mb in micro_batches], env)
         loss_sum, checksum, out = self._forward_backward(step, depth, micro_batches, weights)
         step_tokens = sum(inputs.numel() for inputs, *_ in micro_batches)
@@ -246,10 +248,9 @@ class Trainer:
         self.step = step + 1
         self.tokens += step_tokens * env.world_size
         elapsed = time.perf_counter() - began
-        flops = (
-            flops_per_token(backend.raw, self.model_cfg, self.data.seq_len, depth.no_grad_steps, depth.grad_steps)
-            * step_tokens
-        )
+        n, k, seq_len = depth.no_grad_steps, depth.grad_steps, self.data.seq_len
+        flops = flops_per_token(backend.raw, self.model_cfg, seq_len, n, k) * step_tokens
+        flops_attended = flops_per_token(backend.raw, self.model_cfg, seq_len, n, k, attended) * step_tokens
         record = {
             "step": step,
             "loss": total_loss / target_tokens,
@@ -261,8 +262,10 @@ class Trainer:
             "tokens": self.tokens,
             "tokens_per_s": step_tokens * env.world_size / elapsed,
             "flops": flops * env.world_size,
+            "flops_attended": flops_attended * env.world_size,
             "mfu": flops / elapsed / (self.peak * 1e12) if self.peak else None,
-            "mfu_measured": flops / elapsed / (self.measured_peak * 1e12) if self.measured_peak else None,
+            # Against what the device really does, and counting masked-out attention as not done.
+            "mfu_measured": flops_attended / elapsed / (self.measured_peak * 1e12) if self.measured_peak else None,
             "grad_norm": grad_norm,
             "skipped": bool(nonfinite),
             "data_checksum": checksum,

@@ -7,8 +7,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from recur.flops import count_params, curriculum_flops, expected_steps, flops_per_token
+from recur.flops import attended_key_fraction, count_params, curriculum_flops, expected_steps, flops_per_token
 from recur.models import ModelConfig, create_model
 from recur.recurrence import RecurrenceConfig, RecurrenceSampler
 
@@ -147,3 +148,12 @@ def test_counter_cli_bad_input(capsys):
 
     assert main(["--model_size", "nope"]) == 2
     assert "--model_size" in capsys.readouterr().err
+
+
+def test_attended_key_fraction_counts_causal_pairs_within_documents():
+    one_doc = torch.zeros(2, 8, dtype=torch.long)
+    assert attended_key_fraction(one_doc) == pytest.approx(9 / 16)  # (T + 1) / 2T
+    halves = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    assert attended_key_fraction(halves) == pytest.approx(2 * (4 * 5 / 2) / 64)
+    uneven = torch.tensor([[3, 5, 5, 5, 5, 5, 5, 5]])  # a 1-token document, then a 7-token one
+    assert attended_key_fraction(uneven) == pytest.approx((1 + 7 * 8 / 2) / 64)
