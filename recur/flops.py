@@ -60,7 +60,11 @@ def flops_per_token(
     attention term counts seq_len keys per query (nanoGPT/PaLM's convention); `attended` scales it to the
     fraction of those keys the causal and document masks leave (attended_key_fraction), so that masked-out
     attention counts as not done."""
-    terms = flop_terms(model, cfg, seq_len, no_grad_steps, grad_steps)
+    return training_flops(flop_terms(model, cfg, seq_len, no_grad_steps, grad_steps), attended)
+
+
+def training_flops(terms: dict[str, float], attended: float = 1.0) -> float:
+    """6·N₁ + 2·N₂ + attention (scaled by `attended`) from flop_terms' pieces."""
     return 6 * terms["n1"] + 2 * terms["n2"] + terms["attention"] * attended
 
 
@@ -146,5 +150,5 @@ def curriculum_flops(
         "flops_6DN1": 6 * totals["n1"],
         "flops_2DN2": 2 * totals["n2"],
         "flops_attention": totals["attention"],
-        "total_flops": 6 * totals["n1"] + 2 * totals["n2"] + totals["attention"],
+        "total_flops": training_flops(totals),
     }

@@ -22,7 +22,7 @@ from recur.config import TrainConfig
 from recur.data.loader import split_batch
 from recur.data.tokenizer import Tokenizer, load_tokenizer
 from recur.eval.during_training import evaluate_during_training
-from recur.flops import attended_key_fraction, flops_per_token
+from recur.flops import attended_key_fraction, flop_terms, training_flops
 from recur.metrics import MetricsLogger, device_peak_tflops, measured_matmul_tflops, read_metrics
 from recur.models.lm import ModelOutput, NoiseKey
 from recur.optim import lr_at, set_lr
@@ -136,11 +136,12 @@ class Trainer:
         self.peak = device_peak_tflops(env.device, cfg.log.peak_tflops)
         self.measured_peak = None
         if cfg.log.measure_peak:
-            self.measured_peak = measured_matmul_tflops(env.device, compute_dtype(cfg, env.device))
+            dtype = compute_dtype(cfg, env.device)
+            self.measured_peak = measured_matmul_tflops(env.device, dtype)
             if env.is_main:
                 spec = f", spec sheet {self.peak:,.0f}" if self.peak else ""
                 print(
-                    f"[device] {env.device}: dense {str(compute_dtype(cfg, env.device)).removeprefix('torch.')} matmul "
+                    f"[device] {env.device}: dense {str(dtype).removeprefix('torch.')} matmul "
                     f"{self.measured_peak:,.2f} TFLOP/s measured{spec}",
                     file=sys.stderr,
                 )
@@ -248,9 +249,8 @@ class Trainer:
         self.step = step + 1
         self.tokens += step_tokens * env.world_size
         elapsed = time.perf_counter() - began
-        n, k, seq_len = depth.no_grad_steps, depth.grad_steps, self.data.seq_len
-        flops = flops_per_token(backend.raw, self.model_cfg, seq_len, n, k) * step_tokens
-        flops_attended = flops_per_token(backend.raw, self.model_cfg, seq_len, n, k, attended) * step_tokens
+        terms = flop_terms(backend.raw, self.model_cfg, self.data.seq_len, depth.no_grad_steps, depth.grad_steps)
+        flops, flops_attended = (training_flops(terms, share) * step_tokens for share in (1.0, attended))
         record = {
             "step": step,
             "loss": total_loss / target_tokens,

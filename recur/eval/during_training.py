@@ -63,9 +63,10 @@ def evaluate_during_training(
         val_loss = {f"r{r['depth']}": r["loss"] for r in section["results"]}
     record = {"step": step, "accuracy": accuracy, "val_loss": val_loss}
     if write:
-        with open(RunDir(run_dir).eval_log, "a") as f:
+        run = RunDir(run_dir)
+        with open(run.eval_log, "a") as f:
             f.write(json.dumps(record) + "\n")
-        plot_training_eval(read_eval_records(run_dir), RunDir(run_dir).accuracy_plot)
+        plot_training_eval(read_eval_records(run_dir), run.accuracy_plot)
     metrics = {f"eval/acc/{k}": v for k, v in accuracy.items()}
     metrics.update({f"eval/val_loss/{k}": v for k, v in (val_loss or {}).items()})
     return {**record, "metrics": metrics}

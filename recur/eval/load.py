@@ -182,7 +182,8 @@ def _load_export(path: Path, device: torch.device) -> tuple[DecoderLM, ModelConf
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}  # torch.compile'd exports
     _check_fits(model, {**state_dict, **tied_aliases(model, state_dict)}, path)
     model.load_state_dict({**state_dict, **tied_aliases(model, state_dict)})
-    run = RunDir(path.parent) if RunDir(path.parent).config.is_file() else None  # a file exported into its run
+    run = RunDir(path.parent)  # the run the file was exported into, if it has one
+    run = run if run.config.is_file() else None
     kind = "safetensors" if path.suffix == ".safetensors" else "torch"
     meta = CheckpointMeta(str(path), kind, str(run.root) if run else None, None, None, *run_data(run))
     return model.to(device), cfg, meta
@@ -216,10 +217,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if problem is not None:
             raise ValueError(f"--checkpoint: {path} is not a complete checkpoint: {problem}")
         return path
-    if RunDir(path).checkpoints.is_dir():
-        latest = Checkpointer(RunDir(path).checkpoints).latest()
+    checkpoints = RunDir(path).checkpoints
+    if checkpoints.is_dir():
+        latest = Checkpointer(checkpoints).latest()
         if latest is None:
-            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {RunDir(path).checkpoints}")
+            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {checkpoints}")
         return latest
     exports = [path / f"model{suffix}" for suffix in EXPORT_SUFFIXES if (path / f"model{suffix}").is_file()]
     if exports:
@@ -265,9 +267,10 @@ def load_weights_into(model: DecoderLM, path: str | Path) -> None:
 def list_checkpoints(path: str | Path) -> list[Path]:
     """Every complete checkpoint of a run directory (oldest first), or [path] for a single checkpoint."""
     path = Path(path)
-    if path.is_dir() and RunDir(path).checkpoints.is_dir():
-        found = Checkpointer(RunDir(path).checkpoints).complete_checkpoints(report=True)
+    checkpoints = RunDir(path).checkpoints
+    if path.is_dir() and checkpoints.is_dir():
+        found = Checkpointer(checkpoints).complete_checkpoints(report=True)
         if not found:
-            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {RunDir(path).checkpoints}")
+            raise ValueError(f"--checkpoint: run {path} has no complete checkpoint under {checkpoints}")
         return found
     return [resolve_checkpoint(path)]

@@ -47,9 +47,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bo
     weights, model_config, source = consolidated_state_dict(checkpoint)
     model = create_model(model_config_from_dict(model_config, str(source)))
     model.load_state_dict({**weights, **tied_aliases(model, weights)})
-    spec = run_data(RunDir.of_checkpoint(source))[
-        0
-    ]  # the run's tokenizer ("byte" or a directory), when it is on record
+    # The run's tokenizer ("byte" or a directory), when it is on record.
+    spec, _ = run_data(RunDir.of_checkpoint(source))
     extra, special = [], {}
     if spec is not None:
         tok = load_tokenizer(spec)
