@@ -123,11 +123,14 @@ class ReferenceGPT(torch.nn.Module):
 
 
 def chain_document(
-    rng: random.Random, pairs: int, hops: int, queries: int, fmt: str, max_offset: int = 0
+    rng: random.Random, pairs: int, hops: int, queries: int, fmt: str, max_offset: int = 0, pad_statements: int = 0
 ) -> tuple[list[int], list[int]]:
     """`pairs` shuffled binding chains of `hops` + 1 statements with distinct root digits, then `queries`
     questions (the first asks for the end of a chain, the rest any variable) -> (ids, loss mask). 0 to
-    `max_offset` leading spaces shift every statement, so absolute positions no longer name a statement."""
+    `max_offset` leading spaces shift every statement, so absolute positions no longer name a statement.
+    `pad_statements` spreads spaces at random between the statements until they fill as many tokens as that
+    many statements: every hop count up to it then has one prompt length, so a longer chain is not also a
+    longer prompt (with distances between query and statement the model never trained on)."""
     names = rng.sample(string.ascii_letters, pairs * (hops + 1))
     roots = rng.sample(string.digits, pairs)
     statements = []
@@ -135,11 +138,12 @@ def chain_document(
         chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     rng.shuffle(statements)
+    gaps = [1] * (len(statements) - 1)
+    for _ in range(pad_statements * len(statements[0]) + pad_statements - 1 - len(" ".join(statements))):
+        gaps[rng.randrange(len(gaps))] += 1
+    text = statements[0] + "".join(" " * gap + statement for gap, statement in zip(gaps, statements[1:]))
     t = TOKENIZER
-    ids, mask = (
-        [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + " ".join(statements)),
-        [],
-    )
+    ids = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + text)
     mask = [0] * len(ids)
     for q in range(queries):
         c = rng.randrange(pairs)
@@ -184,6 +188,7 @@ def batch(
             queries,
             args.format,
             args.max_offset,
+            args.pad_statements,
         )
         for _ in range(rows)
     ]
@@ -246,6 +251,9 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="chains per prompt (chance = 1/pairs)")
     p.add_argument("--max_hops", type=int, default=0, help="training draws hops from 0..max_hops; eval asks max_hops")
     p.add_argument("--max_offset", type=int, default=0, help="up to this many leading spaces per prompt")
+    p.add_argument(
+        "--pad_statements", type=int, default=0, help="spaces between statements fill this many statements' length"
+    )
     p.add_argument(
         "--copy_fraction",
         type=float,
