@@ -34,6 +34,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
+from recur.data.tasks import spread_statements
 from recur.data.tokenizer import ByteTokenizer
 from recur.models import create_model
 from recur.models.config import LOOPED_VARIANTS, ModelConfig
@@ -138,10 +139,7 @@ def chain_document(
         chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     rng.shuffle(statements)
-    gaps = [1] * (len(statements) - 1)
-    for _ in range(pad_statements * len(statements[0]) + pad_statements - 1 - len(" ".join(statements))):
-        gaps[rng.randrange(len(gaps))] += 1
-    text = statements[0] + "".join(" " * gap + statement for gap, statement in zip(gaps, statements[1:]))
+    text = spread_statements(rng, statements, pad_statements * (len(statements[0]) + 1) - 1)
     t = TOKENIZER
     ids = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + text)
     mask = [0] * len(ids)

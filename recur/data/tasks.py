@@ -141,6 +141,16 @@ CHAINS = 3
 CHAIN_FOLLOW_UPS = 7  # extra queries per training prompt, about any variable of any chain
 
 
+def spread_statements(rng: random.Random, statements: list[str], width: int) -> str:
+    """The statements joined by runs of spaces, placed at random, that fill at least `width` characters: with
+    one `width` for every hop count, a longer chain is not also a longer prompt, whose query-to-statement
+    distances the model never trained on."""
+    gaps = [1] * (len(statements) - 1)
+    for _ in range(width - len(" ".join(statements))):
+        gaps[rng.randrange(len(gaps))] += 1
+    return statements[0] + "".join(" " * gap + statement for gap, statement in zip(gaps, statements[1:]))
+
+
 def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str]]]:
     # Several binding chains  x0=7 x1=x0 ... x_hops=x_{hops-1}, each rooted at a distinct digit, all
     # statements shuffled together; the question names the last variable of one chain. Every chain has the
