@@ -85,11 +85,11 @@ def test_cache_without_capacity_grows_and_stays_exact():
 def test_compiled_decoding_does_not_recompile(variant):
     """The trainer's --compile compiles each block (recur/parallel/compile.py). Once the prompt's and the
     one-token graphs exist, more tokens of the same batch shape, other depths and adaptive exit reuse them;
-    another prompt length or budget recompiles once with dynamic sizes, and later ones not at all (a Mamba
-    prompt shorter than its conv window takes another branch, hence prompts >= 4 tokens here). The
+    other prompt lengths and budgets too (evaluation graphs have dynamic sizes from the start; a Mamba
+    prompt no longer than its conv window takes another branch, hence prompts > 4 tokens here). The
     eager backend runs the same dynamo guards as inductor, which is what decides recompiles."""
     model = tiny(variant)
-    prompt = [[9, 10, 11, 12]]
+    prompt = [[9, 10, 11, 12, 19]]
     expected = {r: generate(model, prompt, 6, set(), num_steps=r).tokens for r in (2, 4, 3)}
     torch._dynamo.reset()
     compile_model(model, backend="eager")
@@ -101,8 +101,7 @@ def test_compiled_decoding_does_not_recompile(variant):
             assert generate(model, prompt, 6, set(), num_steps=3).tokens == expected[3]
             if variant == "recurrent":
                 generate(model, prompt, 6, set(), num_steps=5, exit_rule=ExitRule("kl", 1e-3))
-        generate(model, [[13, 14, 15, 16, 17]], 9, set(), num_steps=2)  # new sizes: dynamic from now on
-        with no_recompile:
-            generate(model, [[13, 14, 15, 16, 17, 18]], 12, set(), num_steps=4)
+            generate(model, [[13, 14, 15, 16, 17, 20]], 9, set(), num_steps=2)
+            generate(model, [[13, 14, 15, 16, 17, 18, 21]], 12, set(), num_steps=4)
     finally:
         torch._dynamo.reset()

@@ -1,24 +1,98 @@
-"""torch.compile per decoder block rather than over the whole model.
+"""torch.compile per decoder block rather than over the whole model, one graph per mode of use.
 
 A looped model unrolls its core r times, and r changes from step to step under a recurrence curriculum;
 compiling the whole forward would specialise the graph on r and recompile (or hit the cache limit) for
 every new depth. Compiling each Block instead gives one graph that every block and every recurrence step
 reuses (blocks share their code and inline_inbuilt_nn_modules treats parameters as inputs), so a new r
-never recompiles. The loop, the loss and the head stay eager; `Module.compile` keeps parameter names, so
-checkpoints are identical with and without compilation.
+never recompiles. The loop, the loss and the head stay eager.
+
+A block is run in a few modes: training with grad, the no-grad iterations of truncated backprop, evaluation
+(held-out loss, prompts) and one-token decoding. Each needs its own graph (grad mode is a global guard; one
+token is a size dynamo always specialises), and when they share one compiled function each switch fails a
+guard and is logged as a recompilation — every step of a run whose sampled r includes no-grad iterations.
+So each mode gets its own compiled entry point (gpt-fast's separate prefill and decode functions): its
+own code object, hence its own dynamo cache, compiled once. Evaluation entries are compiled with dynamic
+sizes from the start, so other prompt lengths and eval batch sizes do not recompile either (a size of 1 is
+always specialised: a batch of one row after batches of several recompiles once).
+
+`Module._compiled_call_impl` is where `Module.compile` puts its compiled call; setting it keeps parameter
+names (checkpoints are identical with and without compilation) and the module hooks inside the graph.
 
 Order with the other wrappers (as torchtitan): activation checkpointing, then compile_model, then FSDP.
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from functools import cache
+
+import torch
+from torch import nn
+
 from recur.models.lm import DecoderLM
 
 
+def _block_call(module: nn.Module, *args, **kwargs):
+    return module._call_impl(*args, **kwargs)  # the module's hooks, then forward
+
+
+@cache
+def _entry_point(mode: str) -> Callable:
+    """A copy of _block_call under its own code object: dynamo keeps one cache per code object of the frame
+    it compiles (a torch-internal function such as Module._call_impl would be wrapped in one shared frame)."""
+    code = _block_call.__code__.replace(co_name=f"block_{mode}", co_qualname=f"block_{mode}")
+    return types.FunctionType(code, _block_call.__globals__, code.co_name)
+
+
+EVAL_MODES = ("eval", "eval_grad", "decode")  # compiled with dynamic sizes: shapes vary from call to call
+
+
+def block_mode(module: nn.Module, x: torch.Tensor, ctx: object) -> str:
+    """Which graph a call belongs to."""
+    if getattr(ctx, "cache", None) is not None and x.shape[1] == 1:
+        return "decode"
+    if not module.training:
+        return "eval" if not torch.is_grad_enabled() else "eval_grad"
+    return "train" if torch.is_grad_enabled() else "no_grad"
+
+
+def _mark_dynamic(obj: object, depth: int = 2) -> None:
+    """dynamic=True makes only the frame's own tensor arguments dynamic; the tensors inside the attention
+    context (rotary tables, masks, the KV slot) would stay static and pin the sequence length. Dims of
+    size 1 stay static: they broadcast (a mask shared by all heads), and dynamo specialises 1 anyway."""
+    for value in vars(obj).values() if hasattr(obj, "__dataclass_fields__") else ():
+        if isinstance(value, torch.Tensor):
+            for dim, size in enumerate(value.shape):
+                if size > 1:
+                    torch._dynamo.maybe_mark_dynamic(value, dim)
+        elif depth > 1:
+            _mark_dynamic(value, depth - 1)
+
+
+class ModeCompiledCall:
+    """A block's call, dispatched (eagerly) to the compiled entry point of its mode, made on first use."""
+
+    def __init__(self, module: nn.Module, compile_kwargs: dict):
+        self.module, self.compile_kwargs, self.entries = module, compile_kwargs, {}
+
+    def __call__(self, x: torch.Tensor, ctx: object, *args, **kwargs) -> torch.Tensor:
+        mode = block_mode(self.module, x, ctx)
+        entry = self.entries.get(mode)
+        if entry is None:
+            options = dict(self.compile_kwargs)
+            if mode in EVAL_MODES:
+                options.setdefault("dynamic", True)
+            entry = self.entries[mode] = torch.compile(_entry_point(mode), **options)
+        if mode in EVAL_MODES:
+            _mark_dynamic(ctx)
+        return entry(self.module, x, ctx, *args, **kwargs)
+
+
 def compile_model(model: DecoderLM, **compile_kwargs) -> DecoderLM:
-    """Compile every decoder block of the model's block lists in place (kwargs go to torch.compile);
-    returns the model."""
+    """Compile every decoder block of the model's block lists in place, one entry point per mode (kwargs
+    go to torch.compile); returns the model."""
     for entry in model.block_lists():
         for block in entry.blocks:
-            block.compile(**compile_kwargs)
+            block._compiled_call_impl = ModeCompiledCall(block, compile_kwargs)
     return model
