@@ -139,10 +139,6 @@ CHAIN_NAMES = string.ascii_lowercase + string.ascii_uppercase  # one byte per va
 # steps, while three chains are learned to hop 0 in ~1k and hop 1 in ~8k (docs/recurrence.md, probe 5).
 CHAINS = 3
 CHAIN_FOLLOW_UPS = 7  # extra queries per training prompt, about any variable of any chain
-# Spaces spread the statements of every prompt to the length of 8-hop chains (twice the training maximum), so
-# up to there a harder level is a longer chain in a prompt of the same length: without it the 8-hop prompts
-# were 1.8x longer than any in training (and no arm of probes 7-9 left chance at 8 hops; docs/recurrence.md).
-CHAIN_PAD_HOPS = 8
 
 
 def spread_statements(rng: random.Random, statements: list[str], width: int) -> str:
@@ -173,12 +169,11 @@ def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str
         statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
     asked = rng.randrange(count)
     rng.shuffle(statements)
-    text = spread_statements(rng, statements, count * (CHAIN_PAD_HOPS + 1) * (len(statements[0]) + 1) - 1)
     follow_ups = []
     for _ in range(CHAIN_FOLLOW_UPS):
         c = rng.randrange(count)
         follow_ups.append((f"?{names[c * (hops + 1) + rng.randrange(hops + 1)]}", roots[c]))
-    return f"chain {text} ?{names[asked * (hops + 1) + hops]}", roots[asked], follow_ups
+    return f"chain {' '.join(statements)} ?{names[asked * (hops + 1) + hops]}", roots[asked], follow_ups
 
 
 def _compare(rng: random.Random, digits: int) -> tuple[str, str]:
