@@ -144,3 +144,24 @@ def test_flex_document_mask_equals_sdpa_on_cpu() -> None:
     torch.testing.assert_close(
         attend(q, k, v, doc_ids, backend="flex"), attend(q, k, v, doc_ids, backend="sdpa"), rtol=1e-4, atol=1e-5
     )
+
+
+def test_flex_document_mask_is_built_once_outside_the_compiled_blocks() -> None:
+    """DecoderLM.context builds flex's block mask in eager code, so a compiled block has no graph break, and
+    the model's output equals SDPA's."""
+    torch._dynamo.reset()
+    flex, sdpa = _tiny(attn_backend="flex").eval(), _tiny(attn_backend="sdpa").eval()
+    x = torch.randint(0, 97, (2, 16))
+    docs = torch.tensor([[0] * 6 + [1] * 10, [0] * 16])
+    assert flex.context(x, docs, None).block_mask is not None
+    assert sdpa.context(x, docs, None).block_mask is None
+    compile_model(flex, backend="eager")
+    counters.clear()
+    try:
+        with torch.no_grad():
+            out = flex(x, num_steps=3, doc_ids=docs).logits
+    finally:
+        torch._dynamo.reset()
+    assert not counters["graph_break"]
+    with torch.no_grad():
+        torch.testing.assert_close(out, sdpa(x, num_steps=3, doc_ids=docs).logits, rtol=1e-4, atol=1e-5)

@@ -65,9 +65,10 @@ def _causal_block_mask(q_len: int, k_len: int, device: torch.device) -> BlockMas
     return create_block_mask(_causal_mod(k_len - q_len), None, None, q_len, k_len, device=device)
 
 
-# The document mask depends on tensor values, so it is built outside any compiled graph (a graph break
-# under compile_model) and reused while the same doc_ids tensor is passed, i.e. across all layers and
-# recurrence steps of one forward.
+# The document mask depends on tensor values, so it is built outside any compiled graph: DecoderLM.context
+# builds it once per forward, in eager code, and hands it to every layer and recurrence step; a direct call
+# of attend without one builds it here (a graph break when compiled) and reuses it while the same doc_ids
+# tensor is passed.
 _doc_mask_cache: list = [None, None, None]  # [doc_ids tensor, q_len, BlockMask]
 
 
@@ -97,9 +98,19 @@ def _compiled_flex() -> Callable:
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, gqa: bool) -> torch.Tensor:
+def _flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc_ids: torch.Tensor | None,
+    gqa: bool,
+    block_mask: BlockMask | None,
+) -> torch.Tensor:
     q_len, k_len = q.shape[2], k.shape[2]
-    block_mask = _causal_block_mask(q_len, k_len, q.device) if doc_ids is None else document_block_mask(doc_ids, q_len)
+    if block_mask is None:
+        block_mask = (
+            _causal_block_mask(q_len, k_len, q.device) if doc_ids is None else document_block_mask(doc_ids, q_len)
+        )
     fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
     return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 
@@ -124,15 +135,22 @@ def resolve_backend(backend: str, device: torch.device, doc_masking: bool, dtype
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None, backend: str = "auto"
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+    backend: str = "auto",
+    block_mask: BlockMask | None = None,
 ) -> torch.Tensor:
     """Causal grouped-query attention. q: [B, T, H, D]; k, v: [B, S, KV, D] with S >= T (a KV cache holds
-    the first S - T positions); doc_ids: [B, S] or None. Returns [B, T, H, D]."""
+    the first S - T positions); doc_ids: [B, S] or None. Returns [B, T, H, D]. `block_mask`, flex's mask of
+    these doc_ids built beforehand (document_block_mask), spares a compiled caller the graph break of
+    building it here."""
     backend = resolve_backend(backend, q.device, doc_ids is not None, q.dtype)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.shape[1] != k.shape[1]
     if backend == "flex":
-        out = _flex(q, k, v, doc_ids, gqa)
+        out = _flex(q, k, v, doc_ids, gqa, block_mask)
     elif backend == "sdpa":
         out = _sdpa(q, k, v, doc_ids, gqa)
     else:

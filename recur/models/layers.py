@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from recur.models.attention import attend, attend_cached
 from recur.models.config import ModelConfig
@@ -81,6 +82,7 @@ class AttentionContext:
     positions: torch.Tensor | None = None  # [T] positions this forward writes into the cache
     cache_mask: torch.Tensor | None = None  # [B|1, 1, T, capacity] which cache positions each query may see
     slot: KVSlot | StateSlot | None = None  # the running block's own cache entry, set by run_blocks
+    block_mask: BlockMask | None = None  # flex's document mask of doc_ids, built once per forward in eager code
 
 
 @dataclass
@@ -190,7 +192,7 @@ class Attention(nn.Module):
             k, v = ctx.slot.write(k, v, ctx.positions)
             out = attend_cached(q, k, v, ctx.cache_mask)
         else:
-            out = attend(q, k, v, doc_ids=ctx.doc_ids, backend=self.backend)
+            out = attend(q, k, v, doc_ids=ctx.doc_ids, backend=self.backend, block_mask=ctx.block_mask)
         return self.wo(out.reshape(B, T, -1))
 
 

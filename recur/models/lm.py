@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from recur.models.attention import document_block_mask, resolve_backend
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, KVCache, RMSNorm, Rotary
 from recur.models.loss import lm_loss
@@ -181,10 +182,17 @@ class DecoderLM(nn.Module):
         positions = torch.arange(start, start + T, device=input_ids.device)
         cos, sin = self.rotary(positions)
         ctx = AttentionContext(cos=cos, sin=sin, doc_ids=doc_ids, cache=cache, start_pos=start)
+        if doc_ids is not None and cache is None and self.attention_backend(input_ids.device) == "flex":
+            ctx.block_mask = document_block_mask(doc_ids, T)  # once for every layer and recurrence step
         if cache is not None:
             cache.begin(T, self.cfg.max_seq_len)
             ctx.positions, ctx.cache_mask = positions, cache.attention_mask(positions, doc_ids)
         return ctx
+
+    def attention_backend(self, device: torch.device) -> str:
+        """The backend document-masked attention resolves to here, in the dtype it will run in."""
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        return resolve_backend(self.cfg.attn_backend, device, True, dtype or self.tok_embeddings.weight.dtype)
 
     @torch.no_grad()
     def decode_step(

@@ -53,7 +53,11 @@ def block_mode(module: nn.Module, x: torch.Tensor, ctx: object) -> str:
     if getattr(ctx, "cache", None) is not None and x.shape[1] == 1:
         return "decode"
     if not module.training:
-        return "eval" if not torch.is_grad_enabled() else "eval_grad"
+        mode = "eval" if not torch.is_grad_enabled() else "eval_grad"
+        # Flex attention is compiled with static sizes only (dynamic=False: a new shape is a new static graph):
+        # inductor's CPU flex kernel fails to build with dynamic ones (torch 2.13), and packed held-out rows
+        # have one shape anyway.
+        return mode + "_flex" if getattr(ctx, "block_mask", None) is not None else mode
     return "train" if torch.is_grad_enabled() else "no_grad"
 
 
@@ -81,8 +85,8 @@ class ModeCompiledCall:
         entry = self.entries.get(mode)
         if entry is None:
             options = dict(self.compile_kwargs)
-            if mode in EVAL_MODES:
-                options.setdefault("dynamic", True)
+            if mode in EVAL_MODES or mode.endswith("_flex"):
+                options.setdefault("dynamic", mode in EVAL_MODES)
             entry = self.entries[mode] = torch.compile(_entry_point(mode), **options)
         if mode in EVAL_MODES:
             _mark_dynamic(ctx)
