@@ -320,6 +320,12 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="recur variants: ModelConfig overrides, e.g. n_prelude=1 n_core=1 n_coda=1 state_norm=true",
     )
+    p.add_argument(
+        "--single_pass_fraction",
+        type=float,
+        default=0.0,
+        help="looped variants: train at r = 1 for this fraction of the steps first (the retrofit in one run)",
+    )
     p.add_argument("--compile", action="store_true", help="recur variants: torch.compile every block")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--data_workers", type=int, default=2, help="processes drawing training batches ahead")
@@ -383,7 +389,12 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     looped = args.variant in LOOPED_VARIANTS
     sampler = RecurrenceSampler(
-        RecurrenceConfig(mean_recurrence=args.mean_recurrence, backprop_depth=args.backprop_depth, seed=args.seed),
+        RecurrenceConfig(
+            mean_recurrence=args.mean_recurrence,
+            backprop_depth=args.backprop_depth,
+            single_pass_fraction=args.single_pass_fraction,
+            seed=args.seed,
+        ),
         args.steps,
     )
     eval_sets = {hops: batch(eval_rng, args, 512, 1, hops, args.device) for hops in args.eval_hops}
