@@ -85,8 +85,10 @@ class ModeCompiledCall:
         entry = self.entries.get(mode)
         if entry is None:
             options = dict(self.compile_kwargs)
-            if mode in EVAL_MODES or mode.endswith("_flex"):
-                options.setdefault("dynamic", mode in EVAL_MODES)
+            if mode.endswith("_flex"):
+                options.setdefault("dynamic", False)
+            elif mode in EVAL_MODES:
+                options.setdefault("dynamic", True)
             entry = self.entries[mode] = torch.compile(_entry_point(mode), **options)
         if mode in EVAL_MODES:
             _mark_dynamic(ctx)
