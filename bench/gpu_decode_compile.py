@@ -18,6 +18,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
+from bench.perf_common import RecompileCounter
 from recur.eval.generate import ExitRule, generate
 from recur.models import ModelConfig, create_model
 from recur.parallel.compile import compile_model
@@ -63,8 +64,9 @@ def main() -> None:
     compile_model(model)
     torch._dynamo.reset()
     counters.clear()
-    compiled = [decode(model, prompts, args.tokens, r, rule) for r, rule in runs]
-    warm = decode(model, prompts, args.tokens, 8)  # every graph exists by now
+    with RecompileCounter() as recompiles:
+        compiled = [decode(model, prompts, args.tokens, r, rule) for r, rule in runs]
+        warm = decode(model, prompts, args.tokens, 8)  # every graph exists by now
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
         "variant": args.variant,
@@ -73,7 +75,7 @@ def main() -> None:
         "tokens": args.tokens,
         "tokens_equal": [e[0] == c[0] for e, c in zip(eager, compiled)],
         "unique_graphs": counters["stats"]["unique_graphs"],
-        "recompiles": sum(counters["recompiles"].values()),
+        "recompiles": recompiles.count,
         "eager_s": [round(e[1], 3) for e in eager],
         "compiled_s": [round(c[1], 3) for c in compiled],
         "compiled_warm_r8_s": round(warm[1], 3),

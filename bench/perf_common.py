@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import platform
 import subprocess
@@ -27,6 +28,28 @@ def device() -> torch.device:
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class RecompileCounter(logging.Handler):
+    """Counts dynamo's "Recompiling function" log records while in its `with` block (TORCH_LOGS=recompiles
+    is turned on meanwhile); torch keeps no counter of them (torch._dynamo.utils.counters has no recompile
+    entry in 2.13)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __enter__(self) -> RecompileCounter:
+        torch._logging.set_logs(recompiles=True)
+        logging.getLogger("torch._dynamo").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("torch._dynamo").removeHandler(self)
+        torch._logging.set_logs()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += "Recompiling function" in record.getMessage()
 
 
 def environment_line() -> str:

@@ -6,16 +6,17 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from bench.perf_common import RecompileCounter
 from recur.models import ModelConfig, create_model
 from recur.models.attention import attend, resolve_backend
 from recur.models.loss import full_lm_loss, lm_loss
 from recur.parallel.compile import compile_model
 
 
-def _tiny(variant: str = "recurrent", **kw) -> torch.nn.Module:
+def _tiny(variant: str = "recurrent", n_layers: int = 3, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = ModelConfig(
-        variant=variant, vocab_size=97, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=32, **kw
+        variant=variant, vocab_size=97, d_model=32, n_layers=n_layers, n_heads=4, n_kv_heads=2, max_seq_len=32, **kw
     )
     return create_model(cfg)
 
@@ -59,33 +60,36 @@ def test_lm_loss_rejects_negative_chunk() -> None:
         lm_loss(torch.randn(1, 2, 4), head, torch.zeros(1, 2, dtype=torch.long), None, chunk_rows=-1)
 
 
-def test_compile_per_block_does_not_recompile_when_r_changes_or_in_evaluation() -> None:
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+def test_compile_per_block_does_not_recompile_when_r_changes_or_in_evaluation(autocast: bool) -> None:
     """Every mode a run uses (grad steps, the no-grad iterations, held-out loss at another batch size and
-    length) compiles its own graph once: no guard fails, so TORCH_LOGS=recompiles stays silent."""
+    length) compiles its own graph once: no guard fails, so TORCH_LOGS=recompiles stays silent. Under
+    autocast blocks fed fp32 (embeddings, a norm's output) and bf16 (the adapter's) get graphs of their own."""
     torch._dynamo.reset()
-    model = compile_model(_tiny(), backend="eager")
+    model = compile_model(_tiny(n_layers=4), backend="eager")  # a core of two blocks
     x = torch.randint(0, 97, (2, 16))
     counters.clear()
-    model(x, targets=x, num_steps=(1, 2)).loss.backward()  # one graph with grad, one under no_grad
-    model.eval()
-    with torch.no_grad():
-        model(x[:, :8], targets=x[:, :8], num_steps=3)
-    graphs = counters["stats"]["unique_graphs"]
-    assert graphs == 3
-    try:
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            model.train()
-            for steps in [(0, 1), (3, 2), (0, 5), (7, 1)]:
-                model(x, targets=x, num_steps=steps).loss.backward()
-            model.eval()
-            with torch.no_grad():
-                for rows, length, r in [(3, 12, 1), (5, 16, 8), (4, 9, 64)]:
-                    y = torch.randint(0, 97, (rows, length))
-                    model(y, targets=y, num_steps=r)
-    finally:
-        torch._dynamo.reset()
+    with RecompileCounter() as recompiles, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        model(x, targets=x, num_steps=(1, 2)).loss.backward()  # one graph with grad, one under no_grad
+        model.eval()
+        with torch.no_grad():
+            model(x[:, :8], targets=x[:, :8], num_steps=3)
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs >= 3  # train, no-grad, eval (each per input dtype under autocast)
+        try:
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                model.train()
+                for steps in [(0, 1), (3, 2), (0, 5), (7, 1)]:
+                    model(x, targets=x, num_steps=steps).loss.backward()
+                model.eval()
+                with torch.no_grad():
+                    for rows, length, r in [(3, 12, 1), (5, 16, 8), (4, 9, 64)]:
+                        y = torch.randint(0, 97, (rows, length))
+                        model(y, targets=y, num_steps=r)
+        finally:
+            torch._dynamo.reset()
     assert counters["stats"]["unique_graphs"] == graphs
-    assert not counters["recompiles"]
+    assert recompiles.count == 0  # the first calls too: switching modes or dtypes is no recompile
 
 
 def test_compiled_equals_eager_for_ten_training_steps() -> None:
@@ -165,3 +169,55 @@ def test_flex_document_mask_is_built_once_outside_the_compiled_blocks() -> None:
     assert not counters["graph_break"]
     with torch.no_grad():
         torch.testing.assert_close(out, sdpa(x, num_steps=3, doc_ids=docs).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_blocks_keep_activation_checkpointing_hooks_eager() -> None:
+    """Only the blocks' forward is compiled: the checkpoint hooks run eagerly around it, so the graphs have
+    no breaks, and loss and gradients equal the uncompiled checkpointed model's."""
+    from recur.parallel.fsdp import apply_activation_checkpointing
+
+    torch._dynamo.reset()
+    eager, compiled = _tiny(), _tiny()
+    for model in (eager, compiled):
+        apply_activation_checkpointing(model)
+    compile_model(compiled, backend="aot_eager")
+    x = torch.randint(0, 97, (2, 16))
+    counters.clear()
+    try:
+        results = []
+        for model in (eager, compiled):
+            torch.manual_seed(0)
+            loss = model(x, targets=x, num_steps=(1, 2)).loss
+            loss.backward()
+            results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    finally:
+        torch._dynamo.reset()
+    assert not counters["graph_break"]
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_no_flex_mask_for_models_whose_blocks_do_not_attend() -> None:
+    ssm = create_model(
+        ModelConfig.from_dict(
+            dict(variant="ssm", vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, attn_backend="flex")
+        )
+    )
+    x, docs = torch.randint(0, 97, (2, 16)), torch.zeros(2, 16, dtype=torch.long)
+    assert ssm.context(x, docs, None).block_mask is None
+    flex = _tiny(attn_backend="flex")
+    assert flex.context(x, None, None).block_mask is not None  # causal flex: built here too
+
+
+def test_gpu_compile_modes_check_passes_on_cpu() -> None:
+    """bench/gpu_compile_modes.py's check (packed documents, bf16 autocast, training with no-grad
+    iterations, held-out losses at other shapes and depths) on the CPU: no recompile, compiled == eager."""
+    from bench.gpu_compile_modes import check
+
+    try:
+        record = check("sdpa", "cpu", torch.bfloat16, 64)  # inductor, as train.py
+    finally:
+        torch._dynamo.reset()
+    assert record["error"] is None and record["recompiles"] == 0, record
+    assert record["max_abs_loss_diff"] < 1e-3, record

@@ -61,7 +61,7 @@ def _document_mod(doc_ids: torch.Tensor, offset: int) -> Callable:
 
 
 @lru_cache(maxsize=16)
-def _causal_block_mask(q_len: int, k_len: int, device: torch.device) -> BlockMask:
+def causal_block_mask(q_len: int, k_len: int, device: torch.device) -> BlockMask:
     return create_block_mask(_causal_mod(k_len - q_len), None, None, q_len, k_len, device=device)
 
 
@@ -109,7 +109,7 @@ def _flex(
     q_len, k_len = q.shape[2], k.shape[2]
     if block_mask is None:
         block_mask = (
-            _causal_block_mask(q_len, k_len, q.device) if doc_ids is None else document_block_mask(doc_ids, q_len)
+            causal_block_mask(q_len, k_len, q.device) if doc_ids is None else document_block_mask(doc_ids, q_len)
         )
     fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
     return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa)

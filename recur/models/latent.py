@@ -202,9 +202,6 @@ class LatentLM(DecoderLM):
     """Token blocks split around a thought stream. Subclasses change the token block (SSM) or the
     stream (halting) through `make_block` / `make_stream`."""
 
-    # Whether the token blocks attend (Block); the SSM variants' blocks mix by a scan and cost no attention.
-    token_attention = True
-
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.settings = cfg.latent  # resolved: every derived knob is filled in

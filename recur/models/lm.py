@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from recur.models.attention import document_block_mask, resolve_backend
+from recur.models.attention import BlockMask, causal_block_mask, document_block_mask, resolve_backend
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, KVCache, RMSNorm, Rotary
 from recur.models.loss import lm_loss
@@ -100,6 +100,8 @@ class DecoderLM(nn.Module):
     uses_depth = True
     # Whether the model decodes with a per-token exit rule (`decode_step_with_exit`); looped models only.
     supports_adaptive_exit = False
+    # Whether the token blocks attend (Block); the SSM variants' blocks mix by a scan and cost no attention.
+    token_attention = True
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -182,17 +184,24 @@ class DecoderLM(nn.Module):
         positions = torch.arange(start, start + T, device=input_ids.device)
         cos, sin = self.rotary(positions)
         ctx = AttentionContext(cos=cos, sin=sin, doc_ids=doc_ids, cache=cache, start_pos=start)
-        if doc_ids is not None and cache is None and self.attention_backend(input_ids.device) == "flex":
-            ctx.block_mask = document_block_mask(doc_ids, T)  # once for every layer and recurrence step
+        if cache is None and self.token_attention:
+            ctx.block_mask = self.flex_block_mask(doc_ids, T, input_ids.device)
         if cache is not None:
             cache.begin(T, self.cfg.max_seq_len)
             ctx.positions, ctx.cache_mask = positions, cache.attention_mask(positions, doc_ids)
         return ctx
 
-    def attention_backend(self, device: torch.device) -> str:
-        """The backend document-masked attention resolves to here, in the dtype it will run in."""
+    def flex_block_mask(self, doc_ids: torch.Tensor | None, T: int, device: torch.device) -> BlockMask | None:
+        """Flex's mask for this forward when attention resolves to flex here (in the dtype it will run in),
+        built once for every layer and recurrence step, in eager code: a compiled block then has no graph
+        break. None for the other backends."""
         dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        return resolve_backend(self.cfg.attn_backend, device, True, dtype or self.tok_embeddings.weight.dtype)
+        backend = resolve_backend(
+            self.cfg.attn_backend, device, doc_ids is not None, dtype or self.tok_embeddings.weight.dtype
+        )
+        if backend != "flex":
+            return None
+        return causal_block_mask(T, T, device) if doc_ids is None else document_block_mask(doc_ids, T)
 
     @torch.no_grad()
     def decode_step(

@@ -7,16 +7,17 @@ reuses (blocks share their code and inline_inbuilt_nn_modules treats parameters 
 never recompiles. The loop, the loss and the head stay eager.
 
 A block is run in a few modes: training with grad, the no-grad iterations of truncated backprop, evaluation
-(held-out loss, prompts) and one-token decoding. Each needs its own graph (grad mode is a global guard; one
-token is a size dynamo always specialises), and when they share one compiled function each switch fails a
-guard and is logged as a recompilation — every step of a run whose sampled r includes no-grad iterations.
-So each mode gets its own compiled entry point (gpt-fast's separate prefill and decode functions): its
-own code object, hence its own dynamo cache, compiled once. Evaluation entries are compiled with dynamic
-sizes from the start, so other prompt lengths and eval batch sizes do not recompile either (a size of 1 is
-always specialised: a batch of one row after batches of several recompiles once).
+(held-out loss), a prompt's prefill into the KV cache and one-token decoding. Each needs its own graph (grad
+mode is a global guard; one token is a size dynamo always specialises), and when they share one compiled
+function each switch fails a guard and is logged as a recompilation — every step of a run whose sampled r
+includes no-grad iterations. So each mode gets its own compiled entry point (gpt-fast's separate prefill and
+decode functions): its own code object, hence its own dynamo cache, compiled once. Evaluation entries are
+compiled with dynamic sizes from the start, so other prompt lengths and eval batch sizes do not recompile
+either (a size of 1 is always specialised: a batch of one row after batches of several recompiles once).
 
-`Module._compiled_call_impl` is where `Module.compile` puts its compiled call; setting it keeps parameter
-names (checkpoints are identical with and without compilation) and the module hooks inside the graph.
+The dispatcher replaces the block's `forward` (an instance attribute); `Module.__call__` stays eager, so
+module hooks (FSDP2's all-gathers, activation checkpointing) run outside the graph as with `Module.compile`,
+and parameter names, hence checkpoints, are unchanged.
 
 Order with the other wrappers (as torchtitan): activation checkpointing, then compile_model, then FSDP.
 """
@@ -33,25 +34,26 @@ from torch import nn
 from recur.models.lm import DecoderLM
 
 
-def _block_call(module: nn.Module, *args, **kwargs):
-    return module._call_impl(*args, **kwargs)  # the module's hooks, then forward
+def _block_forward(module: nn.Module, *args, **kwargs):
+    return type(module).forward(module, *args, **kwargs)  # the class's forward, not the dispatcher
 
 
 @cache
 def _entry_point(mode: str) -> Callable:
-    """A copy of _block_call under its own code object: dynamo keeps one cache per code object of the frame
-    it compiles (a torch-internal function such as Module._call_impl would be wrapped in one shared frame)."""
-    code = _block_call.__code__.replace(co_name=f"block_{mode}", co_qualname=f"block_{mode}")
-    return types.FunctionType(code, _block_call.__globals__, code.co_name)
+    """A copy of _block_forward under its own code object: dynamo keeps one cache per code object of the
+    frame it compiles, so each mode's graphs live apart."""
+    code = _block_forward.__code__.replace(co_name=f"block_{mode}", co_qualname=f"block_{mode}")
+    return types.FunctionType(code, _block_forward.__globals__, code.co_name)
 
 
-EVAL_MODES = ("eval", "eval_grad", "decode")  # compiled with dynamic sizes: shapes vary from call to call
+# Compiled with dynamic sizes: shapes vary from call to call.
+EVAL_MODES = ("eval", "eval_grad", "prefill", "decode")
 
 
 def block_mode(module: nn.Module, x: torch.Tensor, ctx: object) -> str:
-    """Which graph a call belongs to."""
-    if getattr(ctx, "cache", None) is not None and x.shape[1] == 1:
-        return "decode"
+    """Which mode a call belongs to."""
+    if getattr(ctx, "cache", None) is not None:
+        return "decode" if x.shape[1] == 1 else "prefill"
     if not module.training:
         mode = "eval" if not torch.is_grad_enabled() else "eval_grad"
         # Flex attention is compiled with static sizes only (dynamic=False: a new shape is a new static graph):
@@ -74,22 +76,25 @@ def _mark_dynamic(obj: object, depth: int = 2) -> None:
             _mark_dynamic(value, depth - 1)
 
 
-class ModeCompiledCall:
-    """A block's call, dispatched (eagerly) to the compiled entry point of its mode, made on first use."""
+class ModeCompiledForward:
+    """A block's forward, dispatched (eagerly) to the compiled entry point of its mode, made on first use."""
 
     def __init__(self, module: nn.Module, compile_kwargs: dict):
         self.module, self.compile_kwargs, self.entries = module, compile_kwargs, {}
 
     def __call__(self, x: torch.Tensor, ctx: object, *args, **kwargs) -> torch.Tensor:
+        # One entry per mode and input dtype: under autocast a looped model's prelude gets fp32 embeddings and
+        # its core the adapter's bf16 output (two graphs, not a recompile).
         mode = block_mode(self.module, x, ctx)
-        entry = self.entries.get(mode)
+        entry = self.entries.get((mode, x.dtype))
         if entry is None:
             options = dict(self.compile_kwargs)
             if mode.endswith("_flex"):
                 options.setdefault("dynamic", False)
             elif mode in EVAL_MODES:
                 options.setdefault("dynamic", True)
-            entry = self.entries[mode] = torch.compile(_entry_point(mode), **options)
+            name = f"{mode}_{str(x.dtype).removeprefix('torch.')}"
+            entry = self.entries[mode, x.dtype] = torch.compile(_entry_point(name), **options)
         if mode in EVAL_MODES:
             _mark_dynamic(ctx)
         return entry(self.module, x, ctx, *args, **kwargs)
@@ -100,5 +105,5 @@ def compile_model(model: DecoderLM, **compile_kwargs) -> DecoderLM:
     go to torch.compile); returns the model."""
     for entry in model.block_lists():
         for block in entry.blocks:
-            block._compiled_call_impl = ModeCompiledCall(block, compile_kwargs)
+            block.forward = ModeCompiledForward(block, compile_kwargs)
     return model
