@@ -115,7 +115,7 @@ def test_params_and_flops_come_from_the_contract(two_stack):
 
 
 def test_activation_checkpointing_and_compile_find_its_blocks(two_stack):
-    from recur.parallel.compile import compile_model
+    from recur.parallel.compile import ModeCompiledForward, compile_model
     from recur.parallel.fsdp import apply_activation_checkpointing
 
     plain, wrapped = create_model(two_stack).train(), create_model(two_stack).train()
@@ -123,7 +123,7 @@ def test_activation_checkpointing_and_compile_find_its_blocks(two_stack):
     apply_activation_checkpointing(wrapped)
     compile_model(wrapped, backend="eager")
     blocks = [*wrapped.lower, *wrapped.upper]
-    assert all(block._compiled_call_impl is not None for block in blocks)  # every block of both lists
+    assert all(isinstance(block.forward, ModeCompiledForward) for block in blocks)  # every block of both lists
     assert list(wrapped.state_dict()) == list(plain.state_dict())
     ids = torch.randint(0, 64, (2, 12))
     for model in (plain, wrapped):
