@@ -34,7 +34,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
-from recur.data.tasks import spread_statements
+from recur.data.tasks import binding_chains, spread_statements
 from recur.data.tokenizer import ByteTokenizer
 from recur.models import create_model
 from recur.models.config import LOOPED_VARIANTS, ModelConfig
@@ -124,30 +124,35 @@ class ReferenceGPT(torch.nn.Module):
 
 
 def chain_document(
-    rng: random.Random, pairs: int, hops: int, queries: int, fmt: str, max_offset: int = 0, pad_statements: int = 0
+    rng: random.Random,
+    pairs: int,
+    hops: int,
+    queries: int,
+    fmt: str,
+    max_offset: int = 0,
+    pad_statements: int = 0,
+    span: tuple[int, int] = (0, 0),
 ) -> tuple[list[int], list[int]]:
-    """`pairs` shuffled binding chains of `hops` + 1 statements with distinct root digits, then `queries`
-    questions (the first asks for the end of a chain, the rest any variable) -> (ids, loss mask). 0 to
-    `max_offset` leading spaces shift every statement, so absolute positions no longer name a statement.
+    """`pairs` shuffled binding chains with distinct root digits, then `queries` questions (the first asks for
+    the variable `hops` hops from its root, the rest any variable 0..hops hops deep) -> (ids, loss mask).
+    Every chain is `hops` hops long unless `span` = (lo, hi) draws a longer length from lo..hi (never below
+    `hops`): with hi = twice the training hops, a training prompt is as long as a test prompt of twice the
+    hops, so a deeper question is not also a longer prompt, and the extra statements are real distractors.
+    0 to `max_offset` leading spaces shift every statement, so absolute positions no longer name a statement.
     `pad_statements` spreads spaces at random between the statements until they fill as many tokens as that
-    many statements: every hop count up to it then has one prompt length, so a longer chain is not also a
-    longer prompt (with distances between query and statement the model never trained on)."""
-    names = rng.sample(string.ascii_letters, pairs * (hops + 1))
-    roots = rng.sample(string.digits, pairs)
-    statements = []
-    for c, root in enumerate(roots):
-        chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
-        statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
-    rng.shuffle(statements)
-    text = spread_statements(rng, statements, pad_statements * (len(statements[0]) + 1) - 1)
+    many statements (the same aim as `span`, by padding)."""
+    lo, hi = max(hops, span[0]), max(hops, span[1])
+    length = rng.randint(lo, hi) if hi > lo else lo  # no draw without a span: earlier probes' data stays as it was
+    bound = binding_chains(rng, pairs, length)
+    text = spread_statements(rng, bound.statements, pad_statements * (len(bound.statements[0]) + 1) - 1)
     t = TOKENIZER
     ids = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + text)
     mask = [0] * len(ids)
     for q in range(queries):
         c = rng.randrange(pairs)
-        name = names[c * (hops + 1) + (hops if q == 0 else rng.randrange(hops + 1))]
+        name = bound.variable(c, hops if q == 0 else rng.randrange(hops + 1))
         question = t.encode(f" ?{name}") + ([] if fmt == "direct" else [t.end_id, t.role_ids["assistant"]])
-        answer = t.encode((f"{name}=" if fmt == "echo" else "") + roots[c]) + [t.end_id]
+        answer = t.encode((f"{name}=" if fmt == "echo" else "") + bound.roots[c]) + [t.end_id]
         ids += question + answer
         mask += [0] * len(question) + [1] * len(answer)
         if fmt != "direct" and q + 1 < queries:
@@ -187,6 +192,7 @@ def batch(
             args.format,
             args.max_offset,
             args.pad_statements,
+            args.span,
         )
         for _ in range(rows)
     ]
@@ -251,6 +257,14 @@ def main() -> None:
     p.add_argument("--max_offset", type=int, default=0, help="up to this many leading spaces per prompt")
     p.add_argument(
         "--pad_statements", type=int, default=0, help="spaces between statements fill this many statements' length"
+    )
+    p.add_argument(
+        "--span",
+        type=int,
+        nargs=2,
+        default=(0, 0),
+        metavar=("LO", "HI"),
+        help="chains are LO..HI hops long (at least the question's hops), in training and evaluation alike",
     )
     p.add_argument(
         "--copy_fraction",
@@ -336,7 +350,7 @@ def main() -> None:
     )
     args = p.parse_args()
     args.eval_hops = args.eval_hops or sorted({*range(args.max_hops + 1), 2 * args.max_hops})
-    most_hops = max(args.max_hops, *args.eval_hops)
+    most_hops = max(args.max_hops, *args.eval_hops, args.span[1])
     if args.pairs < 1 or args.pairs * (most_hops + 1) > len(string.ascii_letters) or args.pairs > 10:
         p.error(f"--pairs {args.pairs} x (hops {most_hops} + 1) must fit 52 names and 10 root digits")
     torch.manual_seed(args.seed)

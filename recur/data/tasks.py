@@ -151,29 +151,46 @@ def spread_statements(rng: random.Random, statements: list[str], width: int) -> 
     return statements[0] + "".join(" " * gap + statement for gap, statement in zip(gaps, statements[1:]))
 
 
+@dataclass(frozen=True)
+class BindingChains:
+    """`chains[c]` names chain c's variables, root binding first; `statements` are all bindings, shuffled."""
+
+    chains: list[list[str]]
+    roots: list[str]
+    statements: list[str]
+
+    def variable(self, chain: int, depth: int) -> str:
+        """The variable `depth` hops from chain `chain`'s root (its value is that root)."""
+        return self.chains[chain][depth]
+
+
+def binding_chains(rng: random.Random, count: int, length: int) -> BindingChains:
+    """`count` chains  x0=7 x1=x0 ... x_length=x_{length-1}, each rooted at a distinct digit, statements shuffled
+    together. Every chain has the same length, so neither a digit's position nor a chain's size tells which
+    root a variable leads to: the model has to follow the pointers back."""
+    names = rng.sample(CHAIN_NAMES, count * (length + 1))
+    chains = [names[c * (length + 1) : (c + 1) * (length + 1)] for c in range(count)]
+    roots = rng.sample(string.digits, count)
+    statements = [
+        f"{chain[i]}={chain[i - 1] if i else root}" for chain, root in zip(chains, roots) for i in range(length + 1)
+    ]
+    rng.shuffle(statements)
+    return BindingChains(chains, roots, statements)
+
+
 def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str]]]:
-    # Several binding chains  x0=7 x1=x0 ... x_hops=x_{hops-1}, each rooted at a distinct digit, all
-    # statements shuffled together; the question names the last variable of one chain. Every chain has the
-    # same length, so neither a digit's position nor a chain's size tells which root is asked for: the
-    # model has to follow `hops` pointers back from the query.
+    # Three binding chains; the question names the last variable of one chain, `hops` hops from its root.
     # The follow-ups (training documents only) ask about random variables of random chains, 0..hops hops
     # from the root, drawn with replacement so earlier answers never rule a root out. With a single
     # answer per prompt a nano model stayed at chance on every level, hop 0 included, after 3,000 steps
     # (docs/recurrence.md); multi-query recall is how associative-recall tasks are usually made learnable.
-    count = CHAINS
-    names = rng.sample(CHAIN_NAMES, count * (hops + 1))
-    roots = rng.sample(string.digits, count)
-    statements = []
-    for c, root in enumerate(roots):
-        chain = names[c * (hops + 1) : (c + 1) * (hops + 1)]
-        statements += [f"{chain[0]}={root}"] + [f"{chain[i]}={chain[i - 1]}" for i in range(1, hops + 1)]
-    asked = rng.randrange(count)
-    rng.shuffle(statements)
+    bound = binding_chains(rng, CHAINS, hops)
+    asked = rng.randrange(CHAINS)
     follow_ups = []
     for _ in range(CHAIN_FOLLOW_UPS):
-        c = rng.randrange(count)
-        follow_ups.append((f"?{names[c * (hops + 1) + rng.randrange(hops + 1)]}", roots[c]))
-    return f"chain {' '.join(statements)} ?{names[asked * (hops + 1) + hops]}", roots[asked], follow_ups
+        c = rng.randrange(CHAINS)
+        follow_ups.append((f"?{bound.variable(c, rng.randrange(hops + 1))}", bound.roots[c]))
+    return f"chain {' '.join(bound.statements)} ?{bound.variable(asked, hops)}", bound.roots[asked], follow_ups
 
 
 def _compare(rng: random.Random, digits: int) -> tuple[str, str]:
