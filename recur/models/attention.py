@@ -92,6 +92,11 @@ def document_block_mask(doc_ids: torch.Tensor, q_len: int) -> BlockMask:
     return block_mask
 
 
+def flex_block_mask(doc_ids: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> BlockMask:
+    """Flex's mask: causal, and within documents when doc_ids [B, k_len] is given (queries are the last q_len)."""
+    return causal_block_mask(q_len, k_len, device) if doc_ids is None else document_block_mask(doc_ids, q_len)
+
+
 @lru_cache(maxsize=1)
 def _compiled_flex() -> Callable:
     # Eager flex_attention materialises the scores; the compiled one is the fused kernel.
@@ -108,9 +113,7 @@ def _flex(
 ) -> torch.Tensor:
     q_len, k_len = q.shape[2], k.shape[2]
     if block_mask is None:
-        block_mask = (
-            causal_block_mask(q_len, k_len, q.device) if doc_ids is None else document_block_mask(doc_ids, q_len)
-        )
+        block_mask = flex_block_mask(doc_ids, q_len, k_len, q.device)
     fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
     return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa)
 

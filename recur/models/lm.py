@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from recur.models.attention import BlockMask, causal_block_mask, document_block_mask, resolve_backend
+from recur.models.attention import BlockMask, flex_block_mask, resolve_backend
 from recur.models.config import ModelConfig
 from recur.models.layers import AttentionContext, KVCache, RMSNorm, Rotary
 from recur.models.loss import lm_loss
@@ -185,13 +185,13 @@ class DecoderLM(nn.Module):
         cos, sin = self.rotary(positions)
         ctx = AttentionContext(cos=cos, sin=sin, doc_ids=doc_ids, cache=cache, start_pos=start)
         if cache is None and self.token_attention:
-            ctx.block_mask = self.flex_block_mask(doc_ids, T, input_ids.device)
+            ctx.block_mask = self.block_mask(doc_ids, T, input_ids.device)
         if cache is not None:
             cache.begin(T, self.cfg.max_seq_len)
             ctx.positions, ctx.cache_mask = positions, cache.attention_mask(positions, doc_ids)
         return ctx
 
-    def flex_block_mask(self, doc_ids: torch.Tensor | None, T: int, device: torch.device) -> BlockMask | None:
+    def block_mask(self, doc_ids: torch.Tensor | None, T: int, device: torch.device) -> BlockMask | None:
         """Flex's mask for this forward when attention resolves to flex here (in the dtype it will run in),
         built once for every layer and recurrence step, in eager code: a compiled block then has no graph
         break. None for the other backends."""
@@ -201,7 +201,7 @@ class DecoderLM(nn.Module):
         )
         if backend != "flex":
             return None
-        return causal_block_mask(T, T, device) if doc_ids is None else document_block_mask(doc_ids, T)
+        return flex_block_mask(doc_ids, T, T, device)
 
     @torch.no_grad()
     def decode_step(
