@@ -14,11 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from recall_probe import FORMATS, TOKENIZER, chain_document  # noqa: E402
 
 
+@pytest.mark.parametrize("span", [(0, 0), (8, 8), (0, 8)])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_supervised_digits_follow_the_bindings(fmt):
+def test_supervised_digits_follow_the_bindings(fmt, span):
     rng = random.Random(0)
     for hops in (0, 1, 3):
-        ids, mask = chain_document(rng, pairs=3, hops=hops, queries=5, fmt=fmt)
+        ids, mask = chain_document(rng, pairs=3, hops=hops, queries=5, fmt=fmt, span=span)
         assert len(ids) == len(mask)
         text = TOKENIZER.decode(ids)
         bindings = dict(re.findall(r"(\w)=(\w)", text.split("?")[0]))
@@ -35,6 +36,30 @@ def test_supervised_digits_follow_the_bindings(fmt):
             {ord("=")} | set(map(ord, questions)) if fmt == "echo" else set()
         )
         assert {i for i, m in zip(ids, mask) if m} <= allowed
+
+
+def _depth(text: str, name: str) -> int:
+    bindings = dict(re.findall(r"(\w)=(\w)", text.split("?")[0]))
+    depth = 0
+    while not name.isdigit():
+        name, depth = bindings[name], depth + 1
+    return depth - 1
+
+
+def test_span_asks_the_given_depth_in_prompts_as_long_as_the_deepest_level():
+    """With a span up to 8, a 0-hop and an 8-hop question come in prompts of one length distribution, and
+    the first question is exactly `hops` hops from its root: depth is the only thing that changes."""
+    lengths = {}
+    for hops in (0, 4, 8):
+        rng = random.Random(hops)
+        docs = [chain_document(rng, pairs=3, hops=hops, queries=1, fmt="chat", span=(8, 8)) for _ in range(50)]
+        texts = [TOKENIZER.decode(ids) for ids, _ in docs]
+        assert all(_depth(text, re.findall(r"\?(\w)", text)[0]) == hops for text in texts)
+        lengths[hops] = {len(ids) for ids, _ in docs}
+    assert lengths[0] == lengths[4] == lengths[8] and len(lengths[0]) == 1
+    rng = random.Random(0)
+    without = chain_document(rng, pairs=3, hops=2, queries=1, fmt="chat")[0]
+    assert TOKENIZER.decode(without).count("=") == 3 * 3  # no span: chains as long as the question's hops
 
 
 def test_checkpoint_resume_continues_the_same_run(tmp_path):
