@@ -112,6 +112,39 @@ def test_compiled_equals_eager_for_ten_training_steps() -> None:
         assert abs(losses[0] - losses[1]) < 1e-4 * max(1.0, abs(losses[0])), (step, losses)
 
 
+def test_whole_model_compile_equals_eager_in_one_graph_and_evaluation_stays_per_block() -> None:
+    """A baseline compiled whole (inductor, as train.py on one device) trains as the eager model for ten
+    steps in one graph with no graph break; held-out loss and decoding take the per-block path and leave
+    the training graph alone (no recompile). A looped model is never compiled whole (r changes its graph)."""
+    torch._dynamo.reset()
+    eager, compiled = _tiny("baseline"), _tiny("baseline")
+    compile_model(compiled, whole=True)
+    assert type(compiled.forward).__name__ == "WholeTrainingForward"
+    assert type(compile_model(_tiny(), whole=True).forward).__name__ != "WholeTrainingForward"
+    optims = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (eager, compiled)]
+    gen = torch.Generator().manual_seed(3)
+    counters.clear()
+    with RecompileCounter() as recompiles:
+        for step in range(10):
+            x = torch.randint(0, 97, (2, 16), generator=gen)
+            losses = []
+            for model, opt in zip((eager, compiled), optims):
+                loss = model(x, targets=x).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                losses.append(loss.item())
+            assert abs(losses[0] - losses[1]) < 1e-4 * max(1.0, abs(losses[0])), (step, losses)
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+        compiled.eval()
+        with torch.no_grad():
+            assert torch.allclose(compiled(x).logits, eager.eval()(x).logits, atol=1e-4)
+        compiled.train()
+        compiled(x, targets=x).loss.backward()
+    torch._dynamo.reset()
+    assert recompiles.count == 0
+
+
 def test_pinned_sdpa_math_equals_default_with_documents() -> None:
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, 12, h, 8, generator=gen) for h in (4, 2, 2))

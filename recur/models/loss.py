@@ -69,7 +69,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(h) if want_grad else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
-            step = _compiled_chunk() if hidden.is_cuda else _chunk
+            # Inside a whole-model graph (compile_model(whole=True)) the chunk is traced with the rest.
+            step = _compiled_chunk() if hidden.is_cuda and not torch.compiler.is_compiling() else _chunk
             for start in range(0, h.shape[0], chunk_rows):
                 rows = slice(start, start + chunk_rows)
                 loss, dh, dw = step(h[rows], w, targets[rows], row_weights[rows], want_grad)

@@ -153,7 +153,8 @@ def build_backend(
     if cfg.compile:  # per block, after checkpoint wrapping and before sharding: r changes never recompile
         from recur.parallel.compile import compile_model
 
-        compile_model(model)
+        # One device and no per-block hooks: a model of fixed depth compiles its training step whole.
+        compile_model(model, whole=name == "none" and not cfg.dist.activation_checkpointing)
     if cfg.dist.cpu_offload and name != "fsdp":
         raise ValueError(
             f"--dist.cpu_offload needs --dist.backend fsdp (got {name}); for deepspeed set "

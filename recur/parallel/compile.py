@@ -83,6 +83,8 @@ class ModeCompiledForward:
         self.module, self.compile_kwargs, self.entries = module, compile_kwargs, {}
 
     def __call__(self, x: torch.Tensor, ctx: object, *args, **kwargs) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # traced as part of a whole-model graph (WholeTrainingForward)
+            return _block_forward(self.module, x, ctx, *args, **kwargs)
         # One entry per mode and input dtype: under autocast a looped model's prelude gets fp32 embeddings and
         # its core the adapter's bf16 output (two graphs, not a recompile).
         mode = block_mode(self.module, x, ctx)
@@ -100,10 +102,33 @@ class ModeCompiledForward:
         return entry(self.module, x, ctx, *args, **kwargs)
 
 
-def compile_model(model: DecoderLM, **compile_kwargs) -> DecoderLM:
+def _model_forward(model: nn.Module, *args, **kwargs):
+    return type(model).forward(model, *args, **kwargs)
+
+
+class WholeTrainingForward:
+    """A model's forward whose training calls (train mode, grad enabled) run one compiled graph of the whole
+    model — embeddings, rotary tables, blocks, final norm, head and loss, as nanoGPT compiles its GPT — and
+    whose other calls (evaluation, generation) take the eager forward with its per-mode compiled blocks."""
+
+    def __init__(self, model: nn.Module, compile_kwargs: dict):
+        self.model, self.compiled = model, torch.compile(_model_forward, **compile_kwargs)
+
+    def __call__(self, *args, **kwargs):
+        if self.model.training and torch.is_grad_enabled():
+            return self.compiled(self.model, *args, **kwargs)
+        return _model_forward(self.model, *args, **kwargs)
+
+
+def compile_model(model: DecoderLM, whole: bool = False, **compile_kwargs) -> DecoderLM:
     """Compile every decoder block of the model's block lists in place, one entry point per mode (kwargs
-    go to torch.compile); returns the model."""
+    go to torch.compile); returns the model. `whole`: a model without a looped block list (its depth cannot
+    change, so one graph serves every training step) also compiles its training forward whole. Only for
+    models that no wrapper hooks into per block (no FSDP, no activation checkpointing): the whole graph
+    would run their hooks inside it."""
     for entry in model.block_lists():
         for block in entry.blocks:
             block.forward = ModeCompiledForward(block, compile_kwargs)
+    if whole and not any(entry.looped for entry in model.block_lists()):
+        model.forward = WholeTrainingForward(model, compile_kwargs)
     return model
