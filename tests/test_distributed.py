@@ -218,3 +218,43 @@ def test_activation_checkpointing_keeps_gradients_and_names():
         model(ids, targets=ids, num_steps=(2, 3), noise=NoiseKey(1, 0)).loss.backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+class _AttentionCalls(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the fused attention kernels run (forward, and any recomputation in backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from recur.parallel.fsdp import ATTENTION_OPS
+
+        self.count += func in ATTENTION_OPS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("variant", ["baseline", "recurrent"])
+def test_selective_checkpointing_keeps_gradients_and_does_not_recompute_attention(variant):
+    """`--dist.ac_policy selective`: the same gradients as no checkpointing; backward recomputes the blocks
+    but not their attention (full checkpointing runs every grad block's attention twice)."""
+    from recur.parallel.fsdp import apply_activation_checkpointing
+
+    cfg = preset_config("tiny", variant, d_model=32, n_heads=2, n_layers=4, attn_backend="sdpa")
+    models = {policy: create_model(cfg).train() for policy in ("none", "full", "selective")}
+    for policy in ("full", "selective"):
+        models[policy].load_state_dict(models["none"].state_dict())
+        apply_activation_checkpointing(models[policy], policy)
+    ids = torch.randint(0, 256, (3, 10))
+    calls = {}
+    for policy, model in models.items():
+        with _AttentionCalls() as counter:
+            model(ids, targets=ids, num_steps=(1, 2), noise=NoiseKey(1, 0)).loss.backward()
+        calls[policy] = counter.count
+    blocks_with_grad = 4 if variant == "baseline" else 2 + 2 * 2  # prelude + coda + core x k
+    assert calls["selective"] == calls["none"] and calls["full"] == calls["none"] + blocks_with_grad
+    for policy in ("full", "selective"):
+        for (name, a), b in zip(models["none"].named_parameters(), models[policy].parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=f"{policy}: {name}")
+    with pytest.raises(ValueError, match="ac_policy"):
+        apply_activation_checkpointing(models["none"], "some")

@@ -149,7 +149,7 @@ def build_backend(
             )
         from recur.parallel.fsdp import apply_activation_checkpointing
 
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, cfg.dist.ac_policy)
     if cfg.compile:  # per block, after checkpoint wrapping and before sharding: r changes never recompile
         from recur.parallel.compile import compile_model
 

@@ -17,6 +17,9 @@ No-grad iterations register no backward hooks, so they cost forward compute and 
 
 Activation checkpointing wraps each Block with the composable `checkpoint` (module names unchanged,
 so checkpoints are identical with and without it). Only iterations that build a graph store anything.
+`--dist.ac_policy selective` keeps the attention kernels' outputs and recomputes only the rest of the block
+(projections, MLP, norms, rotary): at 16k context attention is the quadratic, costliest part of the
+recomputation, while what it saves per block (output and log-sum-exp) is one activation's worth of memory.
 """
 
 from __future__ import annotations
@@ -25,14 +28,40 @@ import torch
 from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
 from recur.models.lm import DecoderLM
+from recur.parallel.config import AC_POLICIES
+
+_aten = torch.ops.aten
+# The fused attention kernels SDPA dispatches to; their outputs are what `selective` keeps.
+ATTENTION_OPS = {
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+if hasattr(torch.ops.higher_order, "flex_attention"):  # the document-masked path (eager flex)
+    ATTENTION_OPS.add(torch.ops.higher_order.flex_attention)
 
 
-def apply_activation_checkpointing(model: DecoderLM) -> None:
-    """Checkpoint every decoder block of the model's block lists in place."""
+def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_contexts():
+    return create_selective_checkpoint_contexts(_keep_attention)
+
+
+def apply_activation_checkpointing(model: DecoderLM, policy: str = "full") -> None:
+    """Checkpoint every decoder block of the model's block lists in place: `full` recomputes the whole block
+    in backward, `selective` all of it but attention."""
+    if policy not in AC_POLICIES:
+        raise ValueError(f"--dist.ac_policy: unknown policy '{policy}'; expected one of {', '.join(AC_POLICIES)}")
+    extra = {"context_fn": _selective_contexts} if policy == "selective" else {}
     for entry in model.block_lists():
         for block in entry.blocks:
-            checkpoint(block)
+            checkpoint(block, **extra)
 
 
 def apply_fsdp(
