@@ -64,6 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no compile: checks the script on CPU")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     p.add_argument("--profile-dir", type=Path, default=None, help="write full profiler tables here")
+    p.add_argument("--ac_policy", default="full", help="long: activation checkpointing policy (full | selective)")
     p.add_argument("--iters", type=int, default=None, help="timed steps (default 20, 2 with --smoke)")
     args = p.parse_args()
     if "all" in args.benchmarks:
@@ -129,10 +130,10 @@ class Trainer:
         self.last_loss = loss.detach()
 
 
-def build_ours(cfg: ModelConfig, compile_: bool, checkpointing: bool = False) -> torch.nn.Module:
+def build_ours(cfg: ModelConfig, compile_: bool, checkpointing: bool = False, ac_policy: str = "full") -> torch.nn.Module:
     model = create_model(cfg).to(device())
     if checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(model, ac_policy)
     if compile_:
         compile_model(model)
     return model
@@ -399,7 +400,7 @@ def bench_long(args, peak: float) -> None:
         cfg = preset_config("1B-16k", "recurrent")
     # FlexAttention has no CPU backward: the smoke run checks the rest of the path with SDPA.
     cfg = replace(cfg, attn_backend="sdpa" if args.smoke else "flex")
-    model = build_ours(cfg, args.compile, checkpointing=True)
+    model = build_ours(cfg, args.compile, checkpointing=True, ac_policy=args.ac_policy)
     steps = (0, model.cfg.default_num_steps)
     doc_ids, density = document_ids(1, long["seq"], long["docs_per_row"])
     batches = synthetic_batches(cfg.vocab_size, 1, long["seq"], count=2)
@@ -447,7 +448,7 @@ def bench_long(args, peak: float) -> None:
         f"\n\n`preset_config('1B-16k', 'recurrent')` ({model.cfg.n_prelude}/{model.cfg.n_core}/{model.cfg.n_coda}, "
         f"GQA {model.cfg.n_heads}/{model.cfg.n_kv_heads} heads, preset dropout {model.cfg.dropout}), one row of "
         f"{long['seq']} tokens with ~{long['docs_per_row']} documents, flex attention with the document block "
-        f"mask, activation checkpointing per block, bf16 autocast, fused AdamW, chunked CE; matmul peak "
+        f"mask, activation checkpointing per block ({args.ac_policy}), bf16 autocast, fused AdamW, chunked CE; matmul peak "
         f"{peak:.0f} TFLOP/s. The mask-aware MFU counts only the (q, k) pairs the mask keeps (the honest figure; "
         f"recomputation from checkpointing is not counted).\n\n"
         f"- Goal: MFU ≥ 50% of measured peak. Mask-aware {100 * mfu_masked:.1f}%: {met(mfu_masked >= 0.5)}\n"

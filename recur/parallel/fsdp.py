@@ -24,6 +24,9 @@ recomputation, while what it saves per block (output and log-sum-exp) is one act
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+
 import torch
 from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
@@ -49,8 +52,23 @@ def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _selective_contexts():
-    return create_selective_checkpoint_contexts(_keep_attention)
+@contextmanager
+def _without_autocast_cache(inner: AbstractContextManager) -> Iterator[None]:
+    # Autocast casts a weight once per autocast region and reuses the copy; a block recomputed in backward
+    # runs outside that region and casts again, so selective checkpointing would count casts the forward
+    # never ran (and fail). Casting at every use in the forward and the recompute keeps the counts equal.
+    with ExitStack() as stack:
+        for device_type in ("cuda", "cpu"):
+            if torch.is_autocast_enabled(device_type):
+                dtype = torch.get_autocast_dtype(device_type)
+                stack.enter_context(torch.autocast(device_type, dtype=dtype, cache_enabled=False))
+        stack.enter_context(inner)
+        yield
+
+
+def _selective_contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
+    forward, recompute = create_selective_checkpoint_contexts(_keep_attention)
+    return _without_autocast_cache(forward), _without_autocast_cache(recompute)
 
 
 def apply_activation_checkpointing(model: DecoderLM, policy: str = "full") -> None:
