@@ -130,7 +130,9 @@ class Trainer:
         self.last_loss = loss.detach()
 
 
-def build_ours(cfg: ModelConfig, compile_: bool, checkpointing: bool = False, ac_policy: str = "full") -> torch.nn.Module:
+def build_ours(
+    cfg: ModelConfig, compile_: bool, checkpointing: bool = False, ac_policy: str = "full"
+) -> torch.nn.Module:
     model = create_model(cfg).to(device())
     if checkpointing:
         apply_activation_checkpointing(model, ac_policy)

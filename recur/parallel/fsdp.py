@@ -30,7 +30,6 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 import torch
 from torch.distributed._composable import checkpoint
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from recur.models.lm import DecoderLM
