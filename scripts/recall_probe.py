@@ -144,6 +144,7 @@ def chain_document(
     lo, hi = max(hops, span[0]), max(hops, span[1])
     length = rng.randint(lo, hi) if hi > lo else lo  # no draw without a span: earlier probes' data stays as it was
     bound = binding_chains(rng, pairs, length)
+    rng.shuffle(bound.statements)
     text = spread_statements(rng, bound.statements, pad_statements * (len(bound.statements[0]) + 1) - 1)
     t = TOKENIZER
     ids = [t.bos_id, t.role_ids["user"]] + t.encode("chain " + " " * rng.randint(0, max_offset) + text)

@@ -191,3 +191,11 @@ def test_chain_follow_ups_are_correct_turns_after_the_first_answer():
             {"role": "assistant", "content": sample.answer},
         ]
         assert [m["role"] for m in messages] == ["user", "assistant"] * (1 + CHAIN_FOLLOW_UPS)
+
+
+def test_chain_samples_are_pinned():
+    """A seed's chain sample never changes: earlier runs' data and results stay reproducible (the draw order
+    of names, roots, the asked chain and the shuffle is part of the data)."""
+    sample = TASKS["chain"].generate(random.Random(0), 2)
+    assert (sample.prompt, sample.answer) == ("chain F=3 G=q c=5 t=z z=F y=7 W=y q=c A=W ?t", "3")
+    assert sample.follow_ups[:2] == (("?c", "5"), ("?F", "3"))

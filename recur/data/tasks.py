@@ -153,7 +153,8 @@ def spread_statements(rng: random.Random, statements: list[str], width: int) -> 
 
 @dataclass(frozen=True)
 class BindingChains:
-    """`chains[c]` names chain c's variables, root binding first; `statements` are all bindings, shuffled."""
+    """`chains[c]` names chain c's variables, root binding first; `statements` are all bindings in chain
+    order, for the caller to shuffle (where in its draws is part of a task's seeded data)."""
 
     chains: list[list[str]]
     roots: list[str]
@@ -165,16 +166,15 @@ class BindingChains:
 
 
 def binding_chains(rng: random.Random, count: int, length: int) -> BindingChains:
-    """`count` chains  x0=7 x1=x0 ... x_length=x_{length-1}, each rooted at a distinct digit, statements shuffled
-    together. Every chain has the same length, so neither a digit's position nor a chain's size tells which
-    root a variable leads to: the model has to follow the pointers back."""
+    """`count` chains  x0=7 x1=x0 ... x_length=x_{length-1}, each rooted at a distinct digit (statements not
+    yet shuffled together). Every chain has the same length, so neither a digit's position nor a chain's size
+    tells which root a variable leads to: the model has to follow the pointers back."""
     names = rng.sample(CHAIN_NAMES, count * (length + 1))
     chains = [names[c * (length + 1) : (c + 1) * (length + 1)] for c in range(count)]
     roots = rng.sample(string.digits, count)
     statements = [
         f"{chain[i]}={chain[i - 1] if i else root}" for chain, root in zip(chains, roots) for i in range(length + 1)
     ]
-    rng.shuffle(statements)
     return BindingChains(chains, roots, statements)
 
 
@@ -186,6 +186,7 @@ def _chain(rng: random.Random, hops: int) -> tuple[str, str, list[tuple[str, str
     # (docs/recurrence.md); multi-query recall is how associative-recall tasks are usually made learnable.
     bound = binding_chains(rng, CHAINS, hops)
     asked = rng.randrange(CHAINS)
+    rng.shuffle(bound.statements)
     follow_ups = []
     for _ in range(CHAIN_FOLLOW_UPS):
         c = rng.randrange(CHAINS)
