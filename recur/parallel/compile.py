@@ -122,13 +122,13 @@ class WholeTrainingForward:
 
 def compile_model(model: DecoderLM, whole: bool = False, **compile_kwargs) -> DecoderLM:
     """Compile every decoder block of the model's block lists in place, one entry point per mode (kwargs
-    go to torch.compile); returns the model. `whole`: a model without a looped block list (its depth cannot
-    change, so one graph serves every training step) also compiles its training forward whole. Only for
+    go to torch.compile); returns the model. `whole`: a model that takes no depth (`uses_depth` False: its graph
+    cannot change, so one graph serves every training step) also compiles its training forward whole. Only for
     models that no wrapper hooks into per block (no FSDP, no activation checkpointing): the whole graph
     would run their hooks inside it."""
     for entry in model.block_lists():
         for block in entry.blocks:
             block.forward = ModeCompiledForward(block, compile_kwargs)
-    if whole and not any(entry.looped for entry in model.block_lists()):
+    if whole and not model.uses_depth:  # thought-stream models loop without a looped block list
         model.forward = WholeTrainingForward(model, compile_kwargs)
     return model

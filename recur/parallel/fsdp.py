@@ -43,7 +43,7 @@ ATTENTION_OPS = {
     _aten._scaled_dot_product_cudnn_attention.default,
     _aten._scaled_dot_product_flash_attention_for_cpu.default,
 }
-if hasattr(torch.ops.higher_order, "flex_attention"):  # the document-masked path (eager flex)
+if hasattr(torch.ops.higher_order, "flex_attention"):  # eager flex only: compiled flex is opaque to the policy
     ATTENTION_OPS.add(torch.ops.higher_order.flex_attention)
 
 
